@@ -1,0 +1,244 @@
+//! The command line: `serve` (default), `check-config`, `sign`, `keygen`, `outbox`, `tenants`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use clap::{Parser, Subcommand};
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair, RsaKeyPair, RSA_PKCS1_SHA256};
+
+use crate::config::Settings;
+use crate::verify::pem;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hlgate",
+    version,
+    about = "Webhook gateway for HighLevel Marketplace apps"
+)]
+pub struct Cli {
+    /// TOML file with settings (keys: the HLGATE_ names, lower-cased, without the prefix).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Load and validate the settings; print them with secrets redacted.
+    CheckConfig,
+    /// Sign a JSON file with a local Ed25519 or RSA private key (PKCS#8 PEM); print the
+    /// signature header, or POST the file with it.
+    Sign {
+        /// Private key PEM (Ed25519 signs X-GHL-Signature, RSA signs X-WH-Signature).
+        #[arg(long)]
+        key: PathBuf,
+        /// POST the signed body to this URL and print the answer.
+        #[arg(long, value_name = "URL")]
+        post: Option<String>,
+        /// The JSON file to sign.
+        file: PathBuf,
+    },
+    /// Generate an Ed25519 key pair for local testing: PREFIX.key (private) and PREFIX.pub.
+    Keygen {
+        /// Path prefix for the two files.
+        #[arg(default_value = "hlgate-test")]
+        prefix: PathBuf,
+    },
+    /// Show the outbox: depth and oldest entry (asks the running gateway, else reads the store).
+    Outbox,
+    /// List installs and their token state (never the tokens).
+    Tenants,
+}
+
+/// Loads settings from `--config` and the process environment.
+pub fn load_settings(config: Option<&Path>) -> Result<Settings, String> {
+    let text = match config {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let env: HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("HLGATE_"))
+        .collect();
+    Settings::load(text.as_deref(), &env).map_err(|e| e.to_string())
+}
+
+/// `hlgate check-config`.
+pub fn check_config(settings: &Settings) {
+    for (name, value) in settings.describe() {
+        println!("{name}={value}");
+    }
+    println!("configuration ok");
+}
+
+/// A private key that can sign webhook bodies.
+pub enum SigningKey {
+    Ed25519(Ed25519KeyPair),
+    Rsa(RsaKeyPair),
+}
+
+impl SigningKey {
+    /// Reads a PKCS#8 (`PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`) PEM file.
+    pub fn from_pem(text: &str) -> Result<SigningKey, String> {
+        let block = pem::pem_blocks(text)
+            .into_iter()
+            .find(|b| b.label.ends_with("PRIVATE KEY"))
+            .ok_or("no PRIVATE KEY block in the key file")?;
+        let der = block.der.ok_or("the key's base64 is broken")?;
+        if block.label == "RSA PRIVATE KEY" {
+            return RsaKeyPair::from_der(&der)
+                .map(SigningKey::Rsa)
+                .map_err(|e| format!("not a usable RSA key: {e}"));
+        }
+        if let Ok(pair) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der) {
+            return Ok(SigningKey::Ed25519(pair));
+        }
+        RsaKeyPair::from_pkcs8(&der)
+            .map(SigningKey::Rsa)
+            .map_err(|e| format!("neither an Ed25519 nor an RSA PKCS#8 key: {e}"))
+    }
+
+    /// The header name and base64 signature for `body`.
+    pub fn sign(&self, body: &[u8]) -> (&'static str, String) {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        match self {
+            SigningKey::Ed25519(pair) => ("X-GHL-Signature", b64.encode(pair.sign(body))),
+            SigningKey::Rsa(pair) => {
+                let mut sig = vec![0; pair.public().modulus_len()];
+                pair.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), body, &mut sig)
+                    .expect("RSA signing");
+                ("X-WH-Signature", b64.encode(sig))
+            }
+        }
+    }
+}
+
+/// `hlgate sign`.
+pub async fn sign(key: &Path, post: Option<&str>, file: &Path) -> Result<(), String> {
+    let key_text =
+        std::fs::read_to_string(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
+    let key = SigningKey::from_pem(&key_text)?;
+    let body = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let (header, signature) = key.sign(&body);
+    let Some(url) = post else {
+        println!("{header}: {signature}");
+        return Ok(());
+    };
+    let response = reqwest::Client::new()
+        .post(url)
+        .header(header, &signature)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("POST {url}: {e}"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    println!("{} {text}", status.as_u16());
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("{url} answered {status}"))
+    }
+}
+
+/// The SubjectPublicKeyInfo PEM of an Ed25519 public key.
+pub fn ed25519_public_pem(public: &[u8]) -> String {
+    let mut spki = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    spki.extend_from_slice(public);
+    pem::encode("PUBLIC KEY", &spki)
+}
+
+/// `hlgate keygen`: a fresh Ed25519 pair; the private file is made readable by its owner only.
+pub fn keygen(prefix: &Path) -> Result<(), String> {
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+        .map_err(|_| "cannot generate a key")?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| "cannot read the key")?;
+    let private = prefix.with_extension("key");
+    let public = prefix.with_extension("pub");
+    write_private(
+        &private,
+        pem::encode("PRIVATE KEY", pkcs8.as_ref()).as_bytes(),
+    )?;
+    std::fs::write(&public, ed25519_public_pem(pair.public_key().as_ref()))
+        .map_err(|e| format!("cannot write {}: {e}", public.display()))?;
+    println!("wrote {} and {}", private.display(), public.display());
+    println!(
+        "run hlgate with HLGATE_ED25519_PUBLIC_KEYS=@{} to accept events signed with {}",
+        public.display(),
+        private.display()
+    );
+    Ok(())
+}
+
+/// Writes a file readable by its owner only (mode 0600).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// GETs an admin endpoint of the running gateway; `Ok(None)` when nothing listens.
+pub async fn admin_get(settings: &Settings, path: &str) -> Result<Option<String>, String> {
+    let url = format!("http://{}{path}", settings.admin_listen);
+    let mut request = reqwest::Client::new().get(&url);
+    if let Some(token) = &settings.admin_token {
+        request = request.bearer_auth(token.expose());
+    }
+    match request.send().await {
+        Ok(r) => Ok(Some(r.text().await.map_err(|e| e.to_string())?)),
+        Err(e) if e.is_connect() => Ok(None),
+        Err(e) => Err(format!("GET {url}: {e}")),
+    }
+}
+
+/// `hlgate outbox`.
+pub async fn outbox(settings: &Settings) -> Result<(), String> {
+    if let Some(text) = admin_get(settings, "/readyz").await? {
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|_| format!("unexpected answer: {text}"))?;
+        println!("outbox_depth={}", v["outbox_depth"]);
+        println!("oldest_pending_seconds={}", v["oldest_pending_seconds"]);
+        println!("broker={}", v["broker"].as_str().unwrap_or("?"));
+        return Ok(());
+    }
+    let store = crate::store::Store::open(&settings.data_dir, settings.dedup_retention)
+        .map_err(|e| format!("hlgate is not running and the store cannot be opened: {e}"))?;
+    let (depth, oldest) = crate::http::admin::outbox_state(&store);
+    println!("outbox_depth={depth}");
+    println!("oldest_pending_seconds={oldest}");
+    println!("broker=unknown (hlgate is not running)");
+    Ok(())
+}
+
+/// `hlgate tenants`.
+pub async fn tenants(settings: &Settings) -> Result<(), String> {
+    match admin_get(settings, "/v1/tenants").await? {
+        Some(text) => {
+            println!("{text}");
+            Ok(())
+        }
+        None => Err(format!(
+            "hlgate is not running on {}; start it to list tenants",
+            settings.admin_listen
+        )),
+    }
+}

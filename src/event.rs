@@ -1,0 +1,296 @@
+//! Pure event facts from a body: type, tenant, dedup key, routing key, timestamp.
+//!
+//! A body is parsed once. A top-level array is one delivery of several events; each element
+//! becomes its own [`Event`] with its compact JSON as body.
+
+use ring::digest;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+/// Type name for bodies that are not JSON.
+pub const MALFORMED: &str = "_malformed";
+/// Type name for JSON without a usable `type`.
+pub const UNKNOWN: &str = "unknown";
+/// Tenant name when no tenant field is usable.
+pub const NO_TENANT: &str = "none";
+
+/// Longest webhook id used as a dedup key as is; longer ones are hashed, because the key is
+/// also the AMQP `message_id`, a short string of at most 255 bytes.
+const MAX_PLAIN_KEY: usize = 200;
+/// Each part of a routing key is cut to this many bytes, so the key stays under 255.
+const MAX_KEY_PART: usize = 120;
+
+/// The fields hlgate reads; everything else is skipped without allocation.
+#[derive(Deserialize, Default)]
+struct Fields {
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+    #[serde(rename = "locationId")]
+    location_id: Option<Value>,
+    #[serde(rename = "altId")]
+    alt_id: Option<Value>,
+    #[serde(rename = "altType")]
+    alt_type: Option<Value>,
+    #[serde(rename = "companyId")]
+    company_id: Option<Value>,
+    #[serde(rename = "webhookId")]
+    webhook_id: Option<Value>,
+    timestamp: Option<Value>,
+}
+
+/// A non-empty string field; `null`, empty strings and other JSON types count as absent.
+fn text(v: Option<Value>) -> Option<String> {
+    match v {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s),
+        _ => None,
+    }
+}
+
+/// One event of a delivery, ready for the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// `type`, `unknown` or `_malformed`, as found (not sanitised).
+    pub event_type: String,
+    /// The tenant id as found, or `none`.
+    pub tenant: String,
+    pub location_id: Option<String>,
+    pub company_id: Option<String>,
+    pub webhook_id: Option<String>,
+    /// The parsed `timestamp`, when present and parseable.
+    pub timestamp: Option<OffsetDateTime>,
+    /// The bytes to publish: the body as received, or an array element's compact JSON.
+    pub body: Vec<u8>,
+}
+
+impl Event {
+    fn from_fields(f: Fields, body: Vec<u8>) -> Event {
+        let location_id = text(f.location_id);
+        let company_id = text(f.company_id);
+        let alt_is_location = matches!(&f.alt_type, Some(Value::String(t)) if t == "location");
+        let alt_id = if alt_is_location {
+            text(f.alt_id)
+        } else {
+            None
+        };
+        let tenant = location_id
+            .clone()
+            .or(alt_id)
+            .or_else(|| company_id.clone())
+            .unwrap_or_else(|| NO_TENANT.to_string());
+        let timestamp = match f.timestamp {
+            Some(Value::String(s)) => parse_timestamp(&s),
+            _ => None,
+        };
+        Event {
+            event_type: text(f.kind).unwrap_or_else(|| UNKNOWN.to_string()),
+            tenant,
+            location_id,
+            company_id,
+            webhook_id: text(f.webhook_id),
+            timestamp,
+            body,
+        }
+    }
+
+    fn malformed(body: &[u8]) -> Event {
+        Event {
+            event_type: MALFORMED.to_string(),
+            tenant: NO_TENANT.to_string(),
+            location_id: None,
+            company_id: None,
+            webhook_id: None,
+            timestamp: None,
+            body: body.to_vec(),
+        }
+    }
+
+    /// `<type>.<tenant>`, each part limited to `[A-Za-z0-9_-]`.
+    pub fn routing_key(&self) -> String {
+        routing_key(&self.event_type, &self.tenant)
+    }
+}
+
+/// A whole delivery: its dedup key and its events (several for a top-level array).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub dedup_key: String,
+    /// True when the body was a top-level array.
+    pub is_array: bool,
+    pub events: Vec<Event>,
+}
+
+impl Delivery {
+    /// The `message_id` of event `index`: the dedup key, or `<key>/<index>` for arrays.
+    pub fn message_id(&self, index: usize) -> String {
+        if self.is_array {
+            format!("{}/{index}", self.dedup_key)
+        } else {
+            self.dedup_key.clone()
+        }
+    }
+}
+
+/// Parses a body once into a [`Delivery`]. Never fails: what is not JSON is `_malformed`.
+pub fn parse_delivery(body: &[u8]) -> Delivery {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        if let Ok(elements) = serde_json::from_slice::<Vec<&RawValue>>(body) {
+            let events: Vec<Event> = elements.iter().map(|raw| element_event(raw)).collect();
+            let webhook_id = events.iter().find_map(|e| e.webhook_id.clone());
+            return Delivery {
+                dedup_key: dedup_key(webhook_id.as_deref(), body),
+                is_array: true,
+                events,
+            };
+        }
+    }
+    let event = match serde_json::from_slice::<Fields>(body) {
+        Ok(fields) => Event::from_fields(fields, body.to_vec()),
+        // JSON, but not an object (a string, a number…): no fields to read.
+        Err(_) if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() => {
+            Event::from_fields(Fields::default(), body.to_vec())
+        }
+        Err(_) => Event::malformed(body),
+    };
+    Delivery {
+        dedup_key: dedup_key(event.webhook_id.as_deref(), body),
+        is_array: false,
+        events: vec![event],
+    }
+}
+
+fn element_event(raw: &RawValue) -> Event {
+    let compact = serde_json::from_str::<Value>(raw.get())
+        .and_then(|v| serde_json::to_vec(&v))
+        .unwrap_or_else(|_| raw.get().as_bytes().to_vec());
+    let fields = serde_json::from_str::<Fields>(raw.get()).unwrap_or_default();
+    Event::from_fields(fields, compact)
+}
+
+/// `webhookId` when present, else `sha256:<hex of the raw body>`.
+pub fn dedup_key(webhook_id: Option<&str>, body: &[u8]) -> String {
+    match webhook_id {
+        Some(id) if id.len() <= MAX_PLAIN_KEY => id.to_string(),
+        Some(id) => format!(
+            "sha256:{}",
+            hex(digest::digest(&digest::SHA256, id.as_bytes()).as_ref())
+        ),
+        None => format!(
+            "sha256:{}",
+            hex(digest::digest(&digest::SHA256, body).as_ref())
+        ),
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+    out
+}
+
+/// Replaces every character outside `[A-Za-z0-9_-]` with `_`, cut to a bounded length.
+pub fn sanitize(part: &str) -> String {
+    let mut out: String = part
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    out.truncate(MAX_KEY_PART);
+    out
+}
+
+/// `<type>.<tenant>` for the topic exchange.
+pub fn routing_key(event_type: &str, tenant: &str) -> String {
+    format!("{}.{}", sanitize(event_type), sanitize(tenant))
+}
+
+/// ISO-8601 / RFC 3339 `timestamp` as HighLevel sends it; `None` when it does not parse.
+pub fn parse_timestamp(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_rule() {
+        let cases = [
+            (r#"{"locationId":"L","companyId":"C"}"#, "L"),
+            (r#"{"altId":"A","altType":"location","companyId":"C"}"#, "A"),
+            (r#"{"altId":"A","altType":"company","companyId":"C"}"#, "C"),
+            (r#"{"locationId":null,"companyId":"C"}"#, "C"),
+            (r#"{"locationId":"","altId":"A","altType":"location"}"#, "A"),
+            (r#"{"type":"X"}"#, "none"),
+            (r#"{"locationId":7}"#, "none"),
+        ];
+        for (body, tenant) in cases {
+            assert_eq!(
+                parse_delivery(body.as_bytes()).events[0].tenant,
+                tenant,
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn types_and_keys() {
+        let d =
+            parse_delivery(br#"{"type":"Contact Create!","locationId":"a.b","webhookId":"w1"}"#);
+        assert_eq!(d.dedup_key, "w1");
+        assert_eq!(d.events[0].routing_key(), "Contact_Create_.a_b");
+        let d = parse_delivery(br#"{"locationId":"L"}"#);
+        assert_eq!(d.events[0].routing_key(), "unknown.L");
+        assert!(d.dedup_key.starts_with("sha256:"));
+        assert_eq!(d.dedup_key.len(), 7 + 64);
+        let d = parse_delivery(b"{not json");
+        assert_eq!(d.events[0].routing_key(), "_malformed.none");
+        assert_eq!(d.events[0].body, b"{not json");
+        let d = parse_delivery(b"\"just a string\"");
+        assert_eq!(d.events[0].routing_key(), "unknown.none");
+    }
+
+    #[test]
+    fn arrays_split_into_compact_elements() {
+        let body = br#"[ {"type":"SaasPlanCreate", "companyId":"C1"}, {"type":"SaasPlanCreate","companyId":"C2","webhookId":"w"} ]"#;
+        let d = parse_delivery(body);
+        assert!(d.is_array);
+        assert_eq!(d.dedup_key, "w");
+        assert_eq!(d.events.len(), 2);
+        assert_eq!(
+            d.events[0].body,
+            br#"{"type":"SaasPlanCreate","companyId":"C1"}"#
+        );
+        assert_eq!(d.events[1].tenant, "C2");
+        assert_eq!(d.message_id(1), "w/1");
+    }
+
+    #[test]
+    fn long_webhook_ids_are_hashed() {
+        let id = "x".repeat(300);
+        let key = dedup_key(Some(&id), b"");
+        assert!(key.starts_with("sha256:") && key.len() < 255);
+    }
+
+    #[test]
+    fn timestamps() {
+        let d = parse_delivery(br#"{"timestamp":"2025-06-25T06:57:06.225Z"}"#);
+        assert_eq!(
+            d.events[0].timestamp.unwrap().unix_timestamp(),
+            1_750_834_626
+        );
+        let d = parse_delivery(br#"{"timestamp":"yesterday"}"#);
+        assert_eq!(d.events[0].timestamp, None);
+    }
+}

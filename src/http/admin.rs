@@ -1,0 +1,178 @@
+//! The admin listener: health, readiness, metrics, replay (and the token API when the token
+//! module is on). Everything but `/healthz` wants the admin bearer token when one is set.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::ApiError;
+use crate::config::Secret;
+use crate::event::sanitize;
+use crate::metrics::{Gauges, Metrics};
+use crate::store::{now_ms, Store};
+
+/// Counts tenants by token state, for `hlgate_tenants`.
+pub type TenantCounter = Arc<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
+
+/// What the admin handlers share.
+pub struct AdminState {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub admin_token: Option<Secret>,
+    pub outbox_max_events: u64,
+    /// Tenant counts by token state, for `hlgate_tenants`.
+    pub tenant_states: Option<TenantCounter>,
+}
+
+/// Registers the admin routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(super::public::healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/v1/replay", web::post().to(replay));
+}
+
+/// Checks `Authorization: Bearer …` against the admin token, in constant time.
+pub fn authorize(req: &HttpRequest, token: &Option<Secret>) -> Result<(), ApiError> {
+    let Some(expected) = token else {
+        return Ok(());
+    };
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let digest = |s: &str| ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    let (a, b) = (digest(given), digest(expected.expose()));
+    // Equal digests of equal length; compared without early exit.
+    let diff = a
+        .as_ref()
+        .iter()
+        .zip(b.as_ref())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    if diff == 0 && !given.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized())
+    }
+}
+
+/// The outbox's depth and the age of its oldest entry in seconds.
+pub fn outbox_state(store: &Store) -> (u64, f64) {
+    let oldest = store
+        .oldest_pending()
+        .ok()
+        .flatten()
+        .map(|(_, accepted)| now_ms().saturating_sub(accepted) as f64 / 1000.0)
+        .unwrap_or(0.0);
+    (store.depth(), oldest)
+}
+
+async fn readyz(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state.admin_token)?;
+    let store = state.store.clone();
+    let (depth, oldest) = web::block(move || outbox_state(&store))
+        .await
+        .map_err(|_| ApiError::overloaded("busy"))?;
+    let writable = state.store.writable();
+    let connected = state.metrics.broker_connected.load(Ordering::Relaxed);
+    let ready = writable && depth < state.outbox_max_events;
+    let body = serde_json::json!({
+        "store": if writable { "ok" } else { "unwritable" },
+        "broker": if connected { "connected" } else { "disconnected" },
+        "outbox_depth": depth,
+        "oldest_pending_seconds": oldest,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok(HttpResponse::build(status).json(body))
+}
+
+async fn metrics(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state.admin_token)?;
+    let store = state.store.clone();
+    let (outbox_depth, outbox_oldest_seconds) = web::block(move || outbox_state(&store))
+        .await
+        .map_err(|_| ApiError::overloaded("busy"))?;
+    let gauges = Gauges {
+        outbox_depth,
+        outbox_oldest_seconds,
+        tenants: state
+            .tenant_states
+            .as_ref()
+            .map(|f| f())
+            .unwrap_or_default(),
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render(&gauges)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayRequest {
+    since: String,
+    until: String,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    tenant: Option<String>,
+}
+
+fn unix_ms(field: &str, text: &str) -> Result<u64, ApiError> {
+    let t = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
+        ApiError::bad_request(format!("{field} must be an RFC 3339 time, got {text:?}"))
+    })?;
+    Ok((t.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
+}
+
+/// `POST /v1/replay`: republishes archived events of a window, marked `x-hl-replay: true`.
+async fn replay(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state.admin_token)?;
+    let request: ReplayRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected {{\"since\",\"until\",\"type\"?,\"tenant\"?}}: {e}"
+        ))
+    })?;
+    let since = unix_ms("since", &request.since)?;
+    let until = unix_ms("until", &request.until)?;
+    if since > until {
+        return Err(ApiError::bad_request("since is after until"));
+    }
+    let matches = |wanted: &Option<String>, value: &str| match wanted {
+        None => true,
+        Some(w) => w == value || *w == sanitize(value),
+    };
+    let store = state.store.clone();
+    let (event_type, tenant) = (request.event_type, request.tenant);
+    let entries = web::block(move || {
+        store.archived(since, until, |e| {
+            matches(&event_type, &e.event_type) && matches(&tenant, &e.tenant)
+        })
+    })
+    .await
+    .map_err(|_| ApiError::overloaded("busy"))?
+    .map_err(|e| ApiError::overloaded(format!("the archive cannot be read: {e}")))?;
+    let mut count = 0;
+    for chunk in entries.chunks(1000) {
+        count += state
+            .store
+            .append(chunk.to_vec())
+            .await
+            .map_err(|e| ApiError::overloaded(format!("replay could not be stored: {e}")))?;
+    }
+    tracing::info!(count, "replay queued");
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "replayed": count })))
+}

@@ -1,0 +1,140 @@
+//! The webhook use case, without HTTP: verify → parse → timestamp rule → dedup + outbox.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::event::{parse_delivery, Delivery};
+use crate::metrics::Metrics;
+use crate::schema::{Outcome, Schemas};
+use crate::store::{AcceptOutcome, Entry, Store, StoreError};
+use crate::verify::{SignatureHeaders, Verified, Verifier, VerifyError};
+
+/// What a caller learns about an accepted or absorbed delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub duplicate: bool,
+    pub dedup_key: String,
+    pub event_type: String,
+    pub tenant: String,
+    pub webhook_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("no usable signature header")]
+    MissingSignature,
+    #[error("the signature does not verify")]
+    InvalidSignature,
+    #[error("the event timestamp is outside the accepted window")]
+    StaleTimestamp,
+    #[error("the outbox holds {0} unpublished events")]
+    OutboxFull(u64),
+    #[error("the store cannot take events: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The ingest pipeline with its configuration.
+pub struct Ingest {
+    pub verifier: Verifier,
+    pub store: Store,
+    pub schemas: Arc<Schemas>,
+    pub metrics: Arc<Metrics>,
+    pub retention: Duration,
+    pub max_future_skew: Duration,
+    pub outbox_max_events: u64,
+}
+
+impl Ingest {
+    /// Runs the contract's checks in order on the raw body and stores what passes.
+    pub async fn ingest(
+        &self,
+        body: &[u8],
+        headers: SignatureHeaders<'_>,
+    ) -> Result<Receipt, IngestError> {
+        let verified = self.verifier.verify(body, headers).map_err(|e| match e {
+            VerifyError::Missing => IngestError::MissingSignature,
+            VerifyError::Invalid => IngestError::InvalidSignature,
+        })?;
+        if verified.used_fallback() {
+            self.metrics
+                .signature_fallback
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let delivery = parse_delivery(verified.body());
+        self.check_timestamps(&delivery, OffsetDateTime::now_utc())?;
+
+        let depth = self.store.depth();
+        if depth >= self.outbox_max_events {
+            return Err(IngestError::OutboxFull(depth));
+        }
+        if !self.store.writable() {
+            return Err(StoreError::Write("the data disk is full or failing".into()).into());
+        }
+        let first = &delivery.events[0];
+        let receipt = Receipt {
+            duplicate: false,
+            dedup_key: delivery.dedup_key.clone(),
+            event_type: first.event_type.clone(),
+            tenant: first.tenant.clone(),
+            webhook_id: first.webhook_id.clone(),
+        };
+        let entries = self.entries(&verified, delivery);
+        match self
+            .store
+            .accept(receipt.dedup_key.clone(), entries)
+            .await?
+        {
+            AcceptOutcome::Accepted { .. } => Ok(receipt),
+            AcceptOutcome::Duplicate => Ok(Receipt {
+                duplicate: true,
+                ..receipt
+            }),
+        }
+    }
+
+    /// Older than the retention or further ahead than the skew: refused. Unparseable: ignored.
+    fn check_timestamps(&self, d: &Delivery, now: OffsetDateTime) -> Result<(), IngestError> {
+        for ts in d.events.iter().filter_map(|e| e.timestamp) {
+            if ts < now - self.retention || ts > now + self.max_future_skew {
+                return Err(IngestError::StaleTimestamp);
+            }
+        }
+        Ok(())
+    }
+
+    fn entries(&self, verified: &Verified<'_>, delivery: Delivery) -> Vec<Entry> {
+        let is_array = delivery.is_array;
+        delivery
+            .events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| {
+                let schema = if event.event_type == crate::event::MALFORMED {
+                    Outcome::Unknown
+                } else {
+                    self.schemas.validate(&event.event_type, &event.body)
+                };
+                Entry {
+                    seq: 0,
+                    accepted_ms: 0,
+                    replay: false,
+                    dedup_owner: false,
+                    scheme: verified.scheme(),
+                    schema,
+                    dedup_key: delivery.dedup_key.clone(),
+                    index: is_array.then_some(i as u32),
+                    event_type: event.event_type,
+                    tenant: event.tenant,
+                    location_id: event.location_id,
+                    company_id: event.company_id,
+                    webhook_id: event.webhook_id,
+                    signature: verified.signature().to_string(),
+                    body: event.body,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,67 @@
+//! Thin entry point: parse the command line, load settings, run until a signal.
+
+use clap::Parser;
+use hlgate::cli::{self, Cli, Command};
+use hlgate::startup::Application;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match cli::load_settings(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("hlgate: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => return serve(settings).await,
+        Command::CheckConfig => {
+            cli::check_config(&settings);
+            Ok(())
+        }
+        Command::Sign { key, post, file } => cli::sign(&key, post.as_deref(), &file).await,
+        Command::Keygen { prefix } => cli::keygen(&prefix),
+        Command::Outbox => cli::outbox(&settings).await,
+        Command::Tenants => cli::tenants(&settings).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hlgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: hlgate::config::Settings) -> ExitCode {
+    hlgate::telemetry::init(&settings.log, settings.log_format);
+    let app = match Application::build(settings).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("hlgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = app.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        shutdown.cancel();
+    });
+    if app.run().await {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,243 @@
+//! Prometheus metrics: lock-free counters and histograms, rendered as text on scrape.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How a webhook request ended (`hlgate_webhooks_total{outcome}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    Accepted,
+    Duplicate,
+    InvalidSignature,
+    MissingSignature,
+    StaleTimestamp,
+    TooLarge,
+    Overloaded,
+}
+
+impl WebhookOutcome {
+    const ALL: [WebhookOutcome; 7] = [
+        WebhookOutcome::Accepted,
+        WebhookOutcome::Duplicate,
+        WebhookOutcome::InvalidSignature,
+        WebhookOutcome::MissingSignature,
+        WebhookOutcome::StaleTimestamp,
+        WebhookOutcome::TooLarge,
+        WebhookOutcome::Overloaded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookOutcome::Accepted => "accepted",
+            WebhookOutcome::Duplicate => "duplicate",
+            WebhookOutcome::InvalidSignature => "invalid_signature",
+            WebhookOutcome::MissingSignature => "missing_signature",
+            WebhookOutcome::StaleTimestamp => "stale_timestamp",
+            WebhookOutcome::TooLarge => "too_large",
+            WebhookOutcome::Overloaded => "overloaded",
+        }
+    }
+}
+
+/// How a publish ended (`hlgate_publish_total{result}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishResult {
+    Ack,
+    Nack,
+    Error,
+}
+
+const BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+    300.0,
+];
+
+/// A fixed-bucket histogram of seconds.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// Every metric hlgate exports.
+#[derive(Default)]
+pub struct Metrics {
+    webhooks: [AtomicU64; 7],
+    pub signature_fallback: AtomicU64,
+    publish: [AtomicU64; 3],
+    pub publish_seconds: Histogram,
+    pub ingest_seconds: Histogram,
+    pub broker_connected: AtomicBool,
+    schema: [AtomicU64; 3],
+    token_refresh: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// Values read from elsewhere at scrape time.
+#[derive(Default)]
+pub struct Gauges {
+    pub outbox_depth: u64,
+    pub outbox_oldest_seconds: f64,
+    pub tenants: Vec<(&'static str, u64)>,
+}
+
+impl Metrics {
+    pub fn webhook(&self, outcome: WebhookOutcome) {
+        let i = WebhookOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .expect("listed");
+        self.webhooks[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn webhooks(&self, outcome: WebhookOutcome) -> u64 {
+        let i = WebhookOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .expect("listed");
+        self.webhooks[i].load(Ordering::Relaxed)
+    }
+
+    pub fn publish(&self, result: PublishResult, n: u64) {
+        self.publish[result as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn schema(&self, outcome: crate::schema::Outcome) {
+        self.schema[outcome.to_u8() as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn token_refresh(&self, result: &'static str) {
+        let mut map = self.token_refresh.lock().expect("metrics lock");
+        *map.entry(result).or_default() += 1;
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let counter = |out: &mut String, name: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        };
+        let gauge = |out: &mut String, name: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        };
+
+        counter(
+            &mut out,
+            "hlgate_webhooks_total",
+            "Webhook requests by outcome.",
+        );
+        for (i, o) in WebhookOutcome::ALL.iter().enumerate() {
+            let n = self.webhooks[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "hlgate_webhooks_total{{outcome=\"{}\"}} {n}",
+                o.as_str()
+            );
+        }
+        counter(
+            &mut out,
+            "hlgate_signature_fallback_total",
+            "Signatures that verified only over the compact re-serialisation.",
+        );
+        let _ = writeln!(
+            out,
+            "hlgate_signature_fallback_total {}",
+            self.signature_fallback.load(Ordering::Relaxed)
+        );
+        gauge(
+            &mut out,
+            "hlgate_outbox_depth",
+            "Events stored but not yet confirmed by RabbitMQ.",
+        );
+        let _ = writeln!(out, "hlgate_outbox_depth {}", gauges.outbox_depth);
+        gauge(
+            &mut out,
+            "hlgate_outbox_oldest_seconds",
+            "Age of the oldest unpublished event.",
+        );
+        let _ = writeln!(
+            out,
+            "hlgate_outbox_oldest_seconds {}",
+            gauges.outbox_oldest_seconds
+        );
+        counter(
+            &mut out,
+            "hlgate_publish_total",
+            "Publishes by broker answer.",
+        );
+        for (i, r) in ["ack", "nack", "error"].iter().enumerate() {
+            let n = self.publish[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "hlgate_publish_total{{result=\"{r}\"}} {n}");
+        }
+        self.publish_seconds.render(
+            &mut out,
+            "hlgate_publish_seconds",
+            "Time from acceptance to broker confirm.",
+        );
+        self.ingest_seconds.render(
+            &mut out,
+            "hlgate_ingest_seconds",
+            "Time from request to 2xx answer.",
+        );
+        gauge(
+            &mut out,
+            "hlgate_broker_connected",
+            "1 while connected to RabbitMQ.",
+        );
+        let _ = writeln!(
+            out,
+            "hlgate_broker_connected {}",
+            u8::from(self.broker_connected.load(Ordering::Relaxed))
+        );
+        counter(
+            &mut out,
+            "hlgate_schema_total",
+            "Published events by schema outcome.",
+        );
+        for (i, o) in ["unknown", "valid", "invalid"].iter().enumerate() {
+            let n = self.schema[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "hlgate_schema_total{{outcome=\"{o}\"}} {n}");
+        }
+        counter(
+            &mut out,
+            "hlgate_token_refresh_total",
+            "Token refreshes by result.",
+        );
+        for (result, n) in self.token_refresh.lock().expect("metrics lock").iter() {
+            let _ = writeln!(out, "hlgate_token_refresh_total{{result=\"{result}\"}} {n}");
+        }
+        gauge(&mut out, "hlgate_tenants", "Tenants by token state.");
+        for (state, n) in &gauges.tenants {
+            let _ = writeln!(out, "hlgate_tenants{{state=\"{state}\"}} {n}");
+        }
+        out
+    }
+}

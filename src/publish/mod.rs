@@ -1,0 +1,7 @@
+//! The only lapin user: the relay from the outbox to RabbitMQ, and the AMQP message format.
+
+pub mod amqp;
+pub mod relay;
+
+pub use amqp::Attached;
+pub use relay::{Backoff, Relay, RelayConfig, TokenHooks};

@@ -1,0 +1,300 @@
+//! The relay: drains the outbox in order to RabbitMQ, removing an entry only after its confirm.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::amqp::{self, Attached, Link};
+use crate::config::SchemaMode;
+use crate::metrics::{Metrics, PublishResult};
+use crate::schema::Outcome;
+use crate::store::{now_ms, Entry, Store};
+
+/// How many entries are published before their confirms are awaited.
+const WINDOW: usize = 1000;
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What the token module does around a publish. The relay works without one.
+pub trait TokenHooks: Send + Sync {
+    /// The token facts to attach to a message for `tenant`.
+    fn attach<'a>(
+        &'a self,
+        entry: &'a Entry,
+    ) -> Pin<Box<dyn Future<Output = Attached> + Send + 'a>>;
+    /// Called once a message is confirmed (INSTALL, UNINSTALL handling).
+    fn published<'a>(&'a self, entry: &'a Entry) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
+
+/// Where and how to publish.
+#[derive(Clone)]
+pub struct RelayConfig {
+    pub amqp_url: String,
+    pub exchange: String,
+    pub declare_topology: bool,
+    pub schema_mode: SchemaMode,
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("amqp_url", &crate::config::redact_url(&self.amqp_url))
+            .field("exchange", &self.exchange)
+            .finish()
+    }
+}
+
+pub struct Relay {
+    pub config: RelayConfig,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub hooks: Option<Arc<dyn TokenHooks>>,
+}
+
+/// Exponential backoff with full jitter.
+pub struct Backoff {
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new() -> Self {
+        Self {
+            current: BACKOFF_MIN,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.current = BACKOFF_MIN;
+    }
+
+    /// The next delay: uniformly random in [current/2, current], then current doubles.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.current;
+        self.current = (self.current * 2).min(BACKOFF_MAX);
+        let half = base / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+enum Stop {
+    /// The connection or channel failed; reconnect.
+    Broken(String),
+    /// Shutdown was asked for.
+    Shutdown,
+}
+
+impl Relay {
+    /// Runs until `shutdown`; finishes the batch in flight first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new();
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let link = tokio::select! {
+                link = self.open() => link,
+                () = shutdown.cancelled() => break,
+            };
+            match link {
+                Ok(link) => {
+                    info!(exchange = %self.config.exchange, "connected to RabbitMQ");
+                    self.metrics.broker_connected.store(true, Ordering::Relaxed);
+                    backoff.reset();
+                    let stop = self.drain(&link, &shutdown, &mut backoff).await;
+                    self.metrics
+                        .broker_connected
+                        .store(false, Ordering::Relaxed);
+                    let _ = link.connection.close(200, "hlgate closing".into()).await;
+                    match stop {
+                        Stop::Shutdown => break,
+                        Stop::Broken(why) => warn!(error = %why, "lost RabbitMQ; reconnecting"),
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot reach RabbitMQ; events wait in the outbox");
+                }
+            }
+            let delay = backoff.next_delay();
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
+        info!("relay stopped");
+    }
+
+    async fn open(&self) -> Result<Link, lapin::Error> {
+        let link = amqp::connect(&self.config.amqp_url).await?;
+        if self.config.declare_topology {
+            amqp::declare_topology(
+                &link.channel,
+                &self.config.exchange,
+                self.config.schema_mode == SchemaMode::Enforce,
+            )
+            .await?;
+        }
+        Ok(link)
+    }
+
+    async fn drain(
+        &self,
+        link: &Link,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Stop {
+        loop {
+            if shutdown.is_cancelled() {
+                return Stop::Shutdown;
+            }
+            let store = self.store.clone();
+            let batch =
+                match tokio::task::spawn_blocking(move || store.pending_after(0, WINDOW)).await {
+                    Ok(Ok(batch)) => batch,
+                    Ok(Err(e)) => return Stop::Broken(format!("reading the outbox: {e}")),
+                    Err(e) => return Stop::Broken(format!("reading the outbox: {e}")),
+                };
+            if batch.is_empty() {
+                tokio::select! {
+                    () = self.store.appended() => {}
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {
+                        if !link.connection.status().connected() {
+                            return Stop::Broken("connection closed".into());
+                        }
+                    }
+                    () = shutdown.cancelled() => return Stop::Shutdown,
+                }
+                continue;
+            }
+            match self.publish_batch(link, batch).await {
+                Ok(true) => backoff.reset(),
+                Ok(false) => {
+                    // Nacked: those entries stay in the outbox and go again after a pause.
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown.cancelled() => return Stop::Shutdown,
+                    }
+                }
+                Err(why) => return Stop::Broken(why),
+            }
+        }
+    }
+
+    /// Publishes a batch, then awaits its confirms in order. `Ok(false)` when something was
+    /// nacked.
+    async fn publish_batch(&self, link: &Link, batch: Vec<Entry>) -> Result<bool, String> {
+        let mut confirms = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        for entry in &batch {
+            let attached = match &self.hooks {
+                Some(h) => h.attach(entry).await,
+                None => Attached::Off,
+            };
+            let (exchange, routing_key) = self.destination(entry);
+            let published = link
+                .channel
+                .basic_publish(
+                    exchange,
+                    amqp::short(&routing_key),
+                    BasicPublishOptions::default(),
+                    &entry.body,
+                    amqp::properties(entry, &attached),
+                )
+                .await;
+            match published {
+                Ok(confirm) => confirms.push((entry, confirm)),
+                Err(e) => {
+                    failure = Some(format!("publish: {e}"));
+                    break;
+                }
+            }
+        }
+
+        let mut acked = Vec::with_capacity(confirms.len());
+        let mut all_acked = true;
+        for (entry, confirm) in confirms {
+            match confirm.await {
+                Ok(c) if c.is_ack() => {
+                    acked.push(entry);
+                }
+                Ok(_) => {
+                    all_acked = false;
+                    self.metrics.publish(PublishResult::Nack, 1);
+                    warn!(
+                        seq = entry.seq,
+                        "RabbitMQ nacked a publish; it will be retried"
+                    );
+                }
+                Err(e) => {
+                    self.metrics.publish(PublishResult::Error, 1);
+                    failure.get_or_insert_with(|| format!("confirm: {e}"));
+                }
+            }
+        }
+
+        let now = now_ms();
+        for entry in &acked {
+            self.metrics
+                .publish_seconds
+                .observe(Duration::from_millis(now.saturating_sub(entry.accepted_ms)));
+            self.metrics.schema(entry.schema);
+        }
+        self.metrics.publish(PublishResult::Ack, acked.len() as u64);
+        let seqs: Vec<u64> = acked.iter().map(|e| e.seq).collect();
+        let store = self.store.clone();
+        let removed = tokio::task::spawn_blocking(move || store.mark_published(&seqs)).await;
+        if !matches!(removed, Ok(Ok(()))) {
+            return Err("cannot remove confirmed entries from the outbox".into());
+        }
+        debug!(count = acked.len(), "published");
+        if let Some(hooks) = &self.hooks {
+            for entry in &acked {
+                hooks.published(entry).await;
+            }
+        }
+        match failure {
+            Some(why) => Err(why),
+            None => Ok(all_acked),
+        }
+    }
+
+    /// The main exchange and routing key, or the quarantine queue for invalid events in
+    /// enforce mode.
+    fn destination(&self, entry: &Entry) -> (ShortString, String) {
+        if self.config.schema_mode == SchemaMode::Enforce && entry.schema == Outcome::Invalid {
+            ("".into(), amqp::QUARANTINE.to_string())
+        } else {
+            (amqp::short(&self.config.exchange), entry.routing_key())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut b = Backoff::new();
+        let first = b.next_delay();
+        assert!(first >= BACKOFF_MIN / 2 && first <= BACKOFF_MIN);
+        for _ in 0..20 {
+            let d = b.next_delay();
+            assert!(d <= BACKOFF_MAX);
+        }
+        assert!(b.next_delay() >= BACKOFF_MAX / 2);
+    }
+}

@@ -1,0 +1,285 @@
+//! Wires everything: opens the store, starts the relay and the sweeper, binds both listeners
+//! (port 0 allowed), and drains in order on shutdown.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpServer};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Settings;
+use crate::http::{admin, error, public};
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::publish::{Relay, RelayConfig};
+use crate::schema::Schemas;
+use crate::store::{Store, StoreError};
+use crate::verify::Verifier;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot open the store in {dir}: {source}")]
+    Store { dir: String, source: StoreError },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A built hlgate, listening, ready to run.
+pub struct Application {
+    public_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    public: Server,
+    admin: Server,
+    store: Store,
+    metrics: Arc<Metrics>,
+    relay: Relay,
+    settings: Settings,
+    shutdown: CancellationToken,
+}
+
+fn listener(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr).map_err(|source| StartupError::Bind { addr, source })
+}
+
+impl Application {
+    /// Opens the store and binds the listeners; nothing runs until [`Application::run`].
+    pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        std::fs::create_dir_all(&settings.data_dir).map_err(|e| StartupError::Store {
+            dir: settings.data_dir.display().to_string(),
+            source: StoreError::Sled(sled::Error::Io(e)),
+        })?;
+        let store =
+            Store::open(&settings.data_dir, settings.dedup_retention).map_err(|source| {
+                StartupError::Store {
+                    dir: settings.data_dir.display().to_string(),
+                    source,
+                }
+            })?;
+        let metrics = Arc::new(Metrics::default());
+        let schemas = Arc::new(Schemas::none());
+        let ingest = Arc::new(Ingest {
+            verifier: Verifier {
+                ed25519: settings.ed25519_keys.clone(),
+                rsa: settings.rsa_keys.clone(),
+                accept_legacy_rsa: settings.accept_legacy_rsa,
+            },
+            store: store.clone(),
+            schemas,
+            metrics: metrics.clone(),
+            retention: settings.dedup_retention,
+            max_future_skew: settings.max_future_skew,
+            outbox_max_events: settings.outbox_max_events,
+        });
+
+        let public_listener = listener(settings.listen)?;
+        let admin_listener = listener(settings.admin_listen)?;
+        let public_addr = public_listener.local_addr().expect("bound");
+        let admin_addr = admin_listener.local_addr().expect("bound");
+        let grace = settings.shutdown_grace.as_secs().max(1);
+
+        let public_state = web::Data::new(public::PublicState {
+            ingest,
+            max_body_bytes: settings.max_body_bytes,
+        });
+        let public = HttpServer::new(move || {
+            App::new()
+                .app_data(public_state.clone())
+                .configure(public::routes)
+                .default_service(web::to(error::not_found))
+        })
+        .workers(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .disable_signals()
+        .shutdown_timeout(grace)
+        .listen(public_listener)
+        .map_err(|source| StartupError::Bind {
+            addr: public_addr,
+            source,
+        })?
+        .run();
+
+        let admin_state = web::Data::new(admin::AdminState {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            admin_token: settings.admin_token.clone(),
+            outbox_max_events: settings.outbox_max_events,
+            tenant_states: None,
+        });
+        let admin = HttpServer::new(move || {
+            App::new()
+                .app_data(admin_state.clone())
+                .configure(admin::routes)
+                .default_service(web::to(error::not_found))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(grace)
+        .listen(admin_listener)
+        .map_err(|source| StartupError::Bind {
+            addr: admin_addr,
+            source,
+        })?
+        .run();
+
+        let relay = Relay {
+            config: RelayConfig {
+                amqp_url: settings.amqp_url.expose().to_string(),
+                exchange: settings.exchange.clone(),
+                declare_topology: settings.declare_topology,
+                schema_mode: settings.schema_mode,
+            },
+            store: store.clone(),
+            metrics: metrics.clone(),
+            hooks: None,
+        };
+
+        Ok(Application {
+            public_addr,
+            admin_addr,
+            public,
+            admin,
+            store,
+            metrics,
+            relay,
+            settings,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Cancel it to shut down gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains in order: stop accepting and
+    /// finish in-flight requests, let the relay finish its batch, flush the store, all within
+    /// the grace period. Returns true when everything stopped in time.
+    pub async fn run(self) -> bool {
+        let Application {
+            public,
+            admin,
+            store,
+            relay,
+            settings,
+            shutdown,
+            ..
+        } = self;
+        let public_handle = public.handle();
+        let admin_handle = admin.handle();
+        let public_task = tokio::spawn(public);
+        let admin_task = tokio::spawn(admin);
+        let relay_task = tokio::spawn(relay.run(shutdown.child_token()));
+        let sweeper = tokio::spawn(sweep(
+            store.clone(),
+            settings.clone(),
+            shutdown.child_token(),
+        ));
+        info!(
+            public = %self.public_addr,
+            admin = %self.admin_addr,
+            "hlgate serving"
+        );
+
+        shutdown.cancelled().await;
+        info!(grace = ?settings.shutdown_grace, "shutting down");
+        let drained = tokio::time::timeout(
+            settings.shutdown_grace,
+            drain(
+                public_handle,
+                admin_handle,
+                [public_task, admin_task],
+                relay_task,
+                &store,
+            ),
+        )
+        .await;
+        sweeper.abort();
+        match drained {
+            Ok(()) => {
+                info!("stopped");
+                true
+            }
+            Err(_) => {
+                warn!("shutdown grace elapsed; stopping anyway");
+                let _ = store.flush().await;
+                false
+            }
+        }
+    }
+}
+
+async fn drain(
+    public: ServerHandle,
+    admin: ServerHandle,
+    servers: [JoinHandle<std::io::Result<()>>; 2],
+    relay: JoinHandle<()>,
+    store: &Store,
+) {
+    // Stop taking webhooks first, finishing the requests in flight; their events are stored.
+    public.stop(true).await;
+    admin.stop(true).await;
+    for server in servers {
+        let _ = server.await;
+    }
+    // The relay sees the cancelled token and returns after its current batch.
+    let _ = relay.await;
+    if let Err(e) = store.flush().await {
+        warn!(error = %e, "final flush failed");
+    }
+}
+
+/// Sweeps expired archive entries and dedup keys, and watches the data disk.
+async fn sweep(store: Store, settings: Settings, shutdown: CancellationToken) {
+    let every =
+        (settings.dedup_retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut next_sweep = tokio::time::Instant::now() + every;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1).min(every)) => {}
+            () = shutdown.cancelled() => return,
+        }
+        store.check_disk(&settings.data_dir);
+        if tokio::time::Instant::now() < next_sweep {
+            continue;
+        }
+        next_sweep = tokio::time::Instant::now() + every;
+        loop {
+            match store.sweep().await {
+                Ok(report) => {
+                    if report.events > 0 {
+                        info!(
+                            events = report.events,
+                            dedup_keys = report.dedup_keys,
+                            "swept expired events"
+                        );
+                    }
+                    if !report.more {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "sweep failed");
+                    break;
+                }
+            }
+        }
+    }
+}

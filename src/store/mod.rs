@@ -1,0 +1,642 @@
+//! The only sled user: dedup keys, the outbox, the archive, and (for the token module) the
+//! vault's tree.
+//!
+//! One tree holds three key families, so that a delivery's dedup key and its outbox entries are
+//! written by one atomic batch:
+//! - `d<dedup key>`  → first seq (u64 BE) + acceptance time (u64 BE, unix ms)
+//! - `e<seq>`        → the encoded [`Entry`]: the archive, kept for the retention window
+//! - `p<seq>`        → empty: the outbox, removed once RabbitMQ confirmed the publish
+//!
+//! All inserts go through one writer thread that batches concurrent requests and flushes once
+//! per batch (group commit). Sequence numbers are assigned there, so outbox order is commit order.
+
+mod entry;
+
+pub use entry::Entry;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{oneshot, Notify};
+
+const DEDUP: u8 = b'd';
+const EVENT: u8 = b'e';
+const PENDING: u8 = b'p';
+
+/// How many requests the writer takes into one batch at most.
+const MAX_BATCH: usize = 1024;
+/// How many requests may wait for the writer before new ones are refused (429).
+const QUEUE_DEPTH: usize = 16 * 1024;
+/// How many archived entries one sweep step looks at.
+const SWEEP_STEP: usize = 4096;
+/// Below this much free disk space, new events are refused (429).
+const DISK_RESERVE_BYTES: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("the store is busy")]
+    Busy,
+    #[error("the store writer has stopped")]
+    Closed,
+    #[error("broken entry at seq {0}")]
+    Corrupt(u64),
+    #[error("write failed: {0}")]
+    Write(String),
+}
+
+/// A request of the current batch waiting for the flush.
+enum Waiting {
+    Accept(
+        oneshot::Sender<Result<AcceptOutcome, StoreError>>,
+        AcceptOutcome,
+    ),
+    Append(oneshot::Sender<Result<usize, StoreError>>, usize),
+}
+
+/// What became of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcceptOutcome {
+    /// Stored and flushed; the seqs of its entries.
+    Accepted { first_seq: u64, count: usize },
+    /// Its dedup key was accepted within the retention window.
+    Duplicate,
+}
+
+enum Command {
+    Accept {
+        dedup_key: String,
+        entries: Vec<Entry>,
+        reply: oneshot::Sender<Result<AcceptOutcome, StoreError>>,
+    },
+    Append {
+        entries: Vec<Entry>,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    Sweep {
+        reply: oneshot::Sender<Result<SweepReport, StoreError>>,
+    },
+}
+
+/// What one sweep step removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub events: usize,
+    pub dedup_keys: usize,
+    /// More expired entries remain.
+    pub more: bool,
+}
+
+struct Shared {
+    db: sled::Db,
+    tree: sled::Tree,
+    retention_ms: u64,
+    depth: AtomicU64,
+    /// The outbox gained entries.
+    appended: Notify,
+    /// Set by the disk check; refuses new events while true.
+    disk_low: AtomicBool,
+    /// Set when the last write failed; cleared by the next good one.
+    write_failed: AtomicBool,
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+    sender: SyncSender<Command>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("depth", &self.depth())
+            .finish()
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn key(prefix: u8, seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn dedup_db_key(dedup_key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + dedup_key.len());
+    k.push(DEDUP);
+    k.extend_from_slice(dedup_key.as_bytes());
+    k
+}
+
+fn seq_of(k: &[u8]) -> u64 {
+    k.get(1..9)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir` and starts the writer thread.
+    pub fn open(dir: &Path, retention: Duration) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir.join("sled"))
+            .cache_capacity(64 * 1024 * 1024)
+            .open()?;
+        let tree = db.open_tree("outbox")?;
+        let next_seq = tree
+            .scan_prefix([EVENT])
+            .keys()
+            .next_back()
+            .transpose()?
+            .map(|k| seq_of(&k) + 1)
+            .unwrap_or(1);
+        let depth = tree.scan_prefix([PENDING]).keys().count() as u64;
+        let shared = Arc::new(Shared {
+            db,
+            tree,
+            retention_ms: retention.as_millis() as u64,
+            depth: AtomicU64::new(depth),
+            appended: Notify::new(),
+            disk_low: AtomicBool::new(false),
+            write_failed: AtomicBool::new(false),
+        });
+        let (sender, receiver) = mpsc::sync_channel(QUEUE_DEPTH);
+        let writer_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("hlgate-store-writer".into())
+            .spawn(move || Writer::new(writer_shared, next_seq).run(receiver))
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        let store = Store { shared, sender };
+        store.check_disk(dir);
+        Ok(store)
+    }
+
+    /// The sled database, for other trees (the token vault).
+    pub fn db(&self) -> &sled::Db {
+        &self.shared.db
+    }
+
+    /// Unpublished events.
+    pub fn depth(&self) -> u64 {
+        self.shared.depth.load(Ordering::Relaxed)
+    }
+
+    /// True while new events can be stored (disk has room, last write worked).
+    pub fn writable(&self) -> bool {
+        !self.shared.disk_low.load(Ordering::Relaxed)
+            && !self.shared.write_failed.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads the free space of the data dir.
+    pub fn check_disk(&self, dir: &Path) {
+        let low = fs2::available_space(dir)
+            .map(|free| free < DISK_RESERVE_BYTES)
+            .unwrap_or(false);
+        self.shared.disk_low.store(low, Ordering::Relaxed);
+    }
+
+    /// Resolves when entries were appended since the last call.
+    pub async fn appended(&self) {
+        self.shared.appended.notified().await
+    }
+
+    async fn send<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        match self.sender.try_send(make(tx)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(StoreError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Records a delivery: dedup key and outbox entries in one batch, flushed before returning.
+    pub async fn accept(
+        &self,
+        dedup_key: String,
+        entries: Vec<Entry>,
+    ) -> Result<AcceptOutcome, StoreError> {
+        self.send(|reply| Command::Accept {
+            dedup_key,
+            entries,
+            reply,
+        })
+        .await
+    }
+
+    /// Appends entries without a dedup key (replays); returns how many.
+    pub async fn append(&self, entries: Vec<Entry>) -> Result<usize, StoreError> {
+        self.send(|reply| Command::Append { entries, reply }).await
+    }
+
+    /// Removes one step of expired archive entries and dedup keys.
+    pub async fn sweep(&self) -> Result<SweepReport, StoreError> {
+        self.send(|reply| Command::Sweep { reply }).await
+    }
+
+    /// Up to `limit` outbox entries after `after`, in order.
+    pub fn pending_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let tree = &self.shared.tree;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for k in tree
+            .range(key(PENDING, after + 1)..=key(PENDING, u64::MAX))
+            .keys()
+        {
+            let seq = seq_of(&k?);
+            match tree.get(key(EVENT, seq))? {
+                Some(bytes) => {
+                    out.push(Entry::decode(seq, &bytes).ok_or(StoreError::Corrupt(seq))?)
+                }
+                // An outbox key without its event cannot be published; drop the key.
+                None => {
+                    tree.remove(key(PENDING, seq))?;
+                    self.shared.depth.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes confirmed entries from the outbox (they stay in the archive).
+    pub fn mark_published(&self, seqs: &[u64]) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for seq in seqs {
+            batch.remove(&key(PENDING, *seq));
+        }
+        self.shared.tree.apply_batch(batch)?;
+        self.shared
+            .depth
+            .fetch_sub(seqs.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The oldest unpublished entry's seq and acceptance time.
+    pub fn oldest_pending(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let tree = &self.shared.tree;
+        let Some(k) = tree.scan_prefix([PENDING]).keys().next().transpose()? else {
+            return Ok(None);
+        };
+        let seq = seq_of(&k);
+        let accepted = tree
+            .get(key(EVENT, seq))?
+            .and_then(|b| Entry::decode(seq, &b))
+            .map(|e| e.accepted_ms)
+            .unwrap_or_else(now_ms);
+        Ok(Some((seq, accepted)))
+    }
+
+    /// Archived original events (not replays) accepted in `[since_ms, until_ms]`, filtered.
+    pub fn archived(
+        &self,
+        since_ms: u64,
+        until_ms: u64,
+        mut keep: impl FnMut(&Entry) -> bool,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.shared.tree.scan_prefix([EVENT]) {
+            let (k, v) = item?;
+            let seq = seq_of(&k);
+            let entry = Entry::decode(seq, &v).ok_or(StoreError::Corrupt(seq))?;
+            if entry.accepted_ms > until_ms {
+                break;
+            }
+            if entry.accepted_ms >= since_ms && !entry.replay && keep(&entry) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of archived entries (events within retention).
+    pub fn archived_count(&self) -> usize {
+        self.shared.tree.scan_prefix([EVENT]).keys().count()
+    }
+
+    /// True when a dedup key is on record (whether or not it has expired).
+    pub fn has_dedup_key(&self, dedup_key: &str) -> Result<bool, StoreError> {
+        Ok(self.shared.tree.contains_key(dedup_db_key(dedup_key))?)
+    }
+
+    /// Flushes everything to disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.shared.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    next_seq: u64,
+}
+
+impl Writer {
+    fn new(shared: Arc<Shared>, next_seq: u64) -> Self {
+        Self { shared, next_seq }
+    }
+
+    fn run(mut self, receiver: Receiver<Command>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Ok(first) = receiver.recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            self.commit(std::mem::take(&mut batch));
+        }
+        let _ = self.shared.db.flush();
+    }
+
+    fn entry_into(&mut self, batch: &mut sled::Batch, mut entry: Entry, now: u64) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        entry.seq = seq;
+        entry.accepted_ms = now;
+        batch.insert(&key(EVENT, seq), entry.encode());
+        batch.insert(&key(PENDING, seq), &[][..]);
+        seq
+    }
+
+    /// One group commit: every accept and append in `commands`, one batch, one flush.
+    fn commit(&mut self, commands: Vec<Command>) {
+        let now = now_ms();
+        let start_seq = self.next_seq;
+        let mut batch = sled::Batch::default();
+        let mut seen = HashSet::new();
+        let mut added = 0u64;
+        let mut waiting = Vec::new();
+
+        for command in commands {
+            match command {
+                Command::Accept {
+                    dedup_key,
+                    entries,
+                    reply,
+                } => {
+                    let duplicate = match self.is_recent_duplicate(&dedup_key, now) {
+                        Ok(d) => d || seen.contains(&dedup_key),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            continue;
+                        }
+                    };
+                    if duplicate {
+                        // Its first copy is on disk already, or in this very batch.
+                        waiting.push(Waiting::Accept(reply, AcceptOutcome::Duplicate));
+                        continue;
+                    }
+                    let count = entries.len();
+                    let mut first_seq = 0;
+                    for (i, mut entry) in entries.into_iter().enumerate() {
+                        entry.dedup_owner = i == 0;
+                        let seq = self.entry_into(&mut batch, entry, now);
+                        if i == 0 {
+                            first_seq = seq;
+                        }
+                    }
+                    let mut value = [0u8; 16];
+                    value[..8].copy_from_slice(&first_seq.to_be_bytes());
+                    value[8..].copy_from_slice(&now.to_be_bytes());
+                    batch.insert(dedup_db_key(&dedup_key), &value[..]);
+                    seen.insert(dedup_key);
+                    added += count as u64;
+                    waiting.push(Waiting::Accept(
+                        reply,
+                        AcceptOutcome::Accepted { first_seq, count },
+                    ));
+                }
+                Command::Append { entries, reply } => {
+                    let count = entries.len();
+                    for mut entry in entries {
+                        entry.replay = true;
+                        entry.dedup_owner = false;
+                        self.entry_into(&mut batch, entry, now);
+                    }
+                    added += count as u64;
+                    waiting.push(Waiting::Append(reply, count));
+                }
+                Command::Sweep { reply } => {
+                    let _ = reply.send(self.sweep(now));
+                }
+            }
+        }
+
+        if waiting.is_empty() {
+            return;
+        }
+        let result = self
+            .shared
+            .tree
+            .apply_batch(batch)
+            .and_then(|()| self.shared.db.flush().map(|_| ()));
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "store write failed");
+            self.shared.write_failed.store(true, Ordering::Relaxed);
+            // Nothing of this batch is on record: hand its seqs out again.
+            self.next_seq = start_seq;
+        } else {
+            self.shared.write_failed.store(false, Ordering::Relaxed);
+            if added > 0 {
+                self.shared.depth.fetch_add(added, Ordering::Relaxed);
+                self.shared.appended.notify_one();
+            }
+        }
+        for w in waiting {
+            let failed = |e: &sled::Error| StoreError::Write(e.to_string());
+            match w {
+                Waiting::Accept(reply, outcome) => {
+                    let _ = reply.send(result.as_ref().map(|_| outcome).map_err(failed));
+                }
+                Waiting::Append(reply, count) => {
+                    let _ = reply.send(result.as_ref().map(|_| count).map_err(failed));
+                }
+            }
+        }
+    }
+
+    fn is_recent_duplicate(&self, dedup_key: &str, now: u64) -> Result<bool, StoreError> {
+        Ok(match self.shared.tree.get(dedup_db_key(dedup_key))? {
+            Some(v) if v.len() == 16 => {
+                let accepted = u64::from_be_bytes(v[8..16].try_into().expect("8 bytes"));
+                now.saturating_sub(accepted) < self.shared.retention_ms
+            }
+            Some(_) => true,
+            None => false,
+        })
+    }
+
+    /// Removes archived entries older than the retention (unless still unpublished) and the
+    /// dedup keys they own.
+    fn sweep(&mut self, now: u64) -> Result<SweepReport, StoreError> {
+        let tree = &self.shared.tree;
+        let cutoff = now.saturating_sub(self.shared.retention_ms);
+        let mut report = SweepReport::default();
+        let mut batch = sled::Batch::default();
+        let mut looked = 0;
+        for item in tree.scan_prefix([EVENT]) {
+            let (k, v) = item?;
+            let seq = seq_of(&k);
+            let Some(entry) = Entry::decode(seq, &v) else {
+                batch.remove(k);
+                continue;
+            };
+            if entry.accepted_ms >= cutoff {
+                break;
+            }
+            looked += 1;
+            if looked > SWEEP_STEP {
+                report.more = true;
+                break;
+            }
+            if tree.contains_key(key(PENDING, seq))? {
+                continue;
+            }
+            batch.remove(k);
+            report.events += 1;
+            if entry.dedup_owner {
+                let dk = dedup_db_key(&entry.dedup_key);
+                if let Some(v) = tree.get(&dk)? {
+                    if v.len() == 16 && u64::from_be_bytes(v[..8].try_into().expect("8")) == seq {
+                        batch.remove(dk);
+                        report.dedup_keys += 1;
+                    }
+                }
+            }
+        }
+        tree.apply_batch(batch)?;
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Outcome;
+    use crate::verify::Scheme;
+
+    pub fn entry(key: &str, body: &str) -> Entry {
+        Entry {
+            seq: 0,
+            accepted_ms: 0,
+            replay: false,
+            dedup_owner: false,
+            scheme: Scheme::Ed25519,
+            schema: Outcome::Unknown,
+            dedup_key: key.into(),
+            index: None,
+            event_type: "ContactCreate".into(),
+            tenant: "loc".into(),
+            location_id: Some("loc".into()),
+            company_id: None,
+            webhook_id: Some(key.into()),
+            signature: "sig".into(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn accept_dedup_publish_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), Duration::from_secs(60)).unwrap();
+            let a = store
+                .accept("a".into(), vec![entry("a", "1")])
+                .await
+                .unwrap();
+            assert_eq!(
+                a,
+                AcceptOutcome::Accepted {
+                    first_seq: 1,
+                    count: 1
+                }
+            );
+            let dup = store
+                .accept("a".into(), vec![entry("a", "1")])
+                .await
+                .unwrap();
+            assert_eq!(dup, AcceptOutcome::Duplicate);
+            store
+                .accept("b".into(), vec![entry("b", "2"), entry("b", "3")])
+                .await
+                .unwrap();
+            assert_eq!(store.depth(), 3);
+            let pending = store.pending_after(0, 10).unwrap();
+            assert_eq!(
+                pending.iter().map(|e| e.seq).collect::<Vec<_>>(),
+                vec![1, 2, 3]
+            );
+            assert!(pending[1].dedup_owner && !pending[2].dedup_owner);
+            store.mark_published(&[1]).unwrap();
+            assert_eq!(store.depth(), 2);
+        }
+        // Give the old writer thread a moment to drop the database lock.
+        std::thread::sleep(Duration::from_millis(200));
+        let store = Store::open(dir.path(), Duration::from_secs(60)).unwrap();
+        assert_eq!(store.depth(), 2);
+        assert_eq!(store.pending_after(0, 10).unwrap()[0].seq, 2);
+        let c = store
+            .accept("c".into(), vec![entry("c", "4")])
+            .await
+            .unwrap();
+        assert_eq!(
+            c,
+            AcceptOutcome::Accepted {
+                first_seq: 4,
+                count: 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn sweep_removes_expired_published_entries_and_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Duration::from_millis(50)).unwrap();
+        store
+            .accept("a".into(), vec![entry("a", "1")])
+            .await
+            .unwrap();
+        store
+            .accept("b".into(), vec![entry("b", "2")])
+            .await
+            .unwrap();
+        store.mark_published(&[1]).unwrap();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let report = store.sweep().await.unwrap();
+        // "b" is still unpublished, so it stays.
+        assert_eq!(report.events, 1);
+        assert_eq!(report.dedup_keys, 1);
+        assert!(!store.has_dedup_key("a").unwrap());
+        assert!(store.has_dedup_key("b").unwrap());
+        assert_eq!(store.archived_count(), 1);
+        // An expired key is accepted again.
+        let again = store
+            .accept("a".into(), vec![entry("a", "1")])
+            .await
+            .unwrap();
+        assert!(matches!(again, AcceptOutcome::Accepted { .. }));
+    }
+}
