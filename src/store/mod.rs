@@ -103,6 +103,8 @@ struct Shared {
     disk_low: AtomicBool,
     /// Set when the last write failed; cleared by the next good one.
     write_failed: AtomicBool,
+    /// fsync each group commit; only benchmarks turn it off.
+    flush_on_commit: AtomicBool,
 }
 
 /// Handle to the store; cheap to clone.
@@ -172,6 +174,7 @@ impl Store {
             appended: Notify::new(),
             disk_low: AtomicBool::new(false),
             write_failed: AtomicBool::new(false),
+            flush_on_commit: AtomicBool::new(true),
         });
         let (sender, receiver) = mpsc::sync_channel(QUEUE_DEPTH);
         let writer_shared = shared.clone();
@@ -187,6 +190,12 @@ impl Store {
     /// The sled database, for other trees (the token vault).
     pub fn db(&self) -> &sled::Db {
         &self.shared.db
+    }
+
+    /// Turns the fsync of each group commit off or on. Without it a 2xx no longer means
+    /// durable: this exists only so benchmarks can show what the flush costs.
+    pub fn set_flush_on_commit(&self, on: bool) {
+        self.shared.flush_on_commit.store(on, Ordering::Relaxed);
     }
 
     /// Unpublished events.
@@ -452,7 +461,12 @@ impl Writer {
             .shared
             .tree
             .apply_batch(batch)
-            .and_then(|()| self.shared.db.flush().map(|_| ()));
+            .and_then(|()| {
+                if self.shared.flush_on_commit.load(Ordering::Relaxed) {
+                    self.shared.db.flush()?;
+                }
+                Ok(())
+            });
         if let Err(e) = &result {
             tracing::error!(error = %e, "store write failed");
             self.shared.write_failed.store(true, Ordering::Relaxed);
