@@ -457,16 +457,12 @@ impl Writer {
         if waiting.is_empty() {
             return;
         }
-        let result = self
-            .shared
-            .tree
-            .apply_batch(batch)
-            .and_then(|()| {
-                if self.shared.flush_on_commit.load(Ordering::Relaxed) {
-                    self.shared.db.flush()?;
-                }
-                Ok(())
-            });
+        let result = self.shared.tree.apply_batch(batch).and_then(|()| {
+            if self.shared.flush_on_commit.load(Ordering::Relaxed) {
+                self.shared.db.flush()?;
+            }
+            Ok(())
+        });
         if let Err(e) = &result {
             tracing::error!(error = %e, "store write failed");
             self.shared.write_failed.store(true, Ordering::Relaxed);
