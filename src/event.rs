@@ -294,3 +294,77 @@ mod tests {
         assert_eq!(d.events[0].timestamp, None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A routing key RabbitMQ takes for a topic exchange and consumers can match by part:
+    /// at most 255 bytes, exactly two non-empty dot-separated words of `[A-Za-z0-9_-]`.
+    fn valid_topic_key(key: &str) -> bool {
+        let parts: Vec<&str> = key.split('.').collect();
+        key.len() <= 255
+            && parts.len() == 2
+            && parts.iter().all(|p| {
+                !p.is_empty()
+                    && p.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            })
+    }
+
+    fn field() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<String>().prop_map(serde_json::Value::from),
+            "[a-zA-Z0-9 .#*]{0,300}".prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn routing_key_is_always_a_valid_topic_key(
+            kind in field(), location in field(), alt in field(), alt_type in field(), company in field()
+        ) {
+            let mut body = serde_json::Map::new();
+            for (k, v) in [("type", kind), ("locationId", location), ("altId", alt), ("altType", alt_type), ("companyId", company)] {
+                if !v.is_null() || fastrand::bool() {
+                    body.insert(k.into(), v);
+                }
+            }
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let delivery = parse_delivery(&bytes);
+            prop_assert_eq!(delivery.events.len(), 1);
+            let key = delivery.events[0].routing_key();
+            prop_assert!(valid_topic_key(&key), "{key}");
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_route(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let delivery = parse_delivery(&body);
+            prop_assert!(!delivery.events.is_empty() || delivery.is_array);
+            for e in &delivery.events {
+                prop_assert!(valid_topic_key(&e.routing_key()));
+            }
+            prop_assert!(delivery.dedup_key.len() <= 255);
+        }
+
+        #[test]
+        fn the_tenant_rule_holds(location in "[a-z]{0,3}", alt in "[a-z]{0,3}", location_alt in any::<bool>(), company in "[a-z]{0,3}") {
+            let body = serde_json::json!({
+                "locationId": location, "altId": alt,
+                "altType": if location_alt { "location" } else { "company" },
+                "companyId": company,
+            });
+            let tenant = parse_delivery(&serde_json::to_vec(&body).unwrap()).events[0].tenant.clone();
+            let expected = if !location.is_empty() { location }
+                else if location_alt && !alt.is_empty() { alt }
+                else if !company.is_empty() { company }
+                else { "none".into() };
+            prop_assert_eq!(tenant, expected);
+        }
+    }
+}

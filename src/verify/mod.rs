@@ -398,3 +398,66 @@ mod tests {
         assert_eq!(v.verify(b"{}", h).unwrap_err(), VerifyError::Missing);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use ring::rand::SystemRandom;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+
+    fn setup() -> (Ed25519KeyPair, Verifier) {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let mut spki = ED25519_SPKI_PREFIX.to_vec();
+        spki.extend_from_slice(pair.public_key().as_ref());
+        let verifier = Verifier {
+            ed25519: Keyring::ed25519_from_pem(&pem::encode("PUBLIC KEY", &spki)).unwrap(),
+            rsa: Keyring::rsa_from_pem(include_str!("highlevel-rsa.pem")).unwrap(),
+            accept_legacy_rsa: true,
+        };
+        (pair, verifier)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn signed_bodies_verify(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let (pair, verifier) = setup();
+            let sig = base64::engine::general_purpose::STANDARD.encode(pair.sign(&body));
+            let headers = SignatureHeaders { ghl: Some(&sig), wh: None };
+            prop_assert!(verifier.verify(&body, headers).is_ok());
+        }
+
+        #[test]
+        fn any_flipped_bit_fails(
+            body in proptest::collection::vec(any::<u8>(), 1..2048),
+            at in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let (pair, verifier) = setup();
+            let sig = base64::engine::general_purpose::STANDARD.encode(pair.sign(&body));
+            let mut flipped = body.clone();
+            let i = at.index(flipped.len());
+            flipped[i] ^= 1 << bit;
+            let headers = SignatureHeaders { ghl: Some(&sig), wh: None };
+            // The compact fallback must not rescue a changed body either.
+            prop_assert!(verifier.verify(&flipped, headers).is_err());
+        }
+
+        #[test]
+        fn any_flipped_signature_bit_fails(
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+            at in 0usize..64,
+            bit in 0u8..8,
+        ) {
+            let (pair, verifier) = setup();
+            let mut raw = pair.sign(&body).as_ref().to_vec();
+            raw[at] ^= 1 << bit;
+            let sig = base64::engine::general_purpose::STANDARD.encode(raw);
+            let headers = SignatureHeaders { ghl: Some(&sig), wh: None };
+            prop_assert!(verifier.verify(&body, headers).is_err());
+        }
+    }
+}
