@@ -10,6 +10,7 @@ pub mod event;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod oauth;
 pub mod publish;
 pub mod schema;
 pub mod startup;

@@ -15,15 +15,24 @@ use crate::config::Settings;
 use crate::http::{admin, error, public};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::oauth::{
+    refresher, vault, HighLevelClient, Hooks, InstallSettings, TokenService, TokenServiceParts,
+    Vault, VaultError,
+};
 use crate::publish::{Relay, RelayConfig};
 use crate::schema::Schemas;
 use crate::store::{Store, StoreError};
+
+/// How often the token schedule looks for tenants due for a refresh.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
 use crate::verify::Verifier;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("cannot open the store in {dir}: {source}")]
     Store { dir: String, source: StoreError },
+    #[error("token vault: {0}")]
+    Vault(#[from] VaultError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -40,8 +49,44 @@ pub struct Application {
     store: Store,
     metrics: Arc<Metrics>,
     relay: Relay,
+    tokens: Arc<TokenService>,
     settings: Settings,
     shutdown: CancellationToken,
+}
+
+/// The vault (always: private tokens need no app credentials) and, with credentials, the client.
+fn token_service(
+    settings: &Settings,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+) -> Result<TokenService, StartupError> {
+    let store_err = |source| StartupError::Store {
+        dir: settings.data_dir.display().to_string(),
+        source,
+    };
+    let key = vault::load_or_create_key(settings.token_key.as_ref(), &settings.data_dir)?;
+    let client = settings.oauth.as_ref().map(|o| {
+        HighLevelClient::new(
+            &settings.oauth_base_url,
+            &o.client_id,
+            o.client_secret.clone(),
+            o.redirect_uri.clone(),
+        )
+    });
+    Ok(TokenService::new(TokenServiceParts {
+        vault: Vault::new(store.keyed_tree("tokens").map_err(store_err)?, &key),
+        installs: store.keyed_tree("installs").map_err(store_err)?,
+        client,
+        install: InstallSettings {
+            marketplace_url: settings.marketplace_url.clone(),
+            redirect_uri: settings.oauth.as_ref().and_then(|o| o.redirect_uri.clone()),
+            scopes: settings.oauth.as_ref().and_then(|o| o.scopes.clone()),
+        },
+        refresh_before: settings.token_refresh_before,
+        min_ttl: settings.token_min_ttl,
+        attach_tokens: settings.attach_tokens,
+        metrics: metrics.clone(),
+    }))
 }
 
 fn listener(addr: SocketAddr) -> Result<TcpListener, StartupError> {
@@ -63,6 +108,7 @@ impl Application {
                 }
             })?;
         let metrics = Arc::new(Metrics::default());
+        let tokens = Arc::new(token_service(&settings, &store, &metrics)?);
         let schemas = Arc::new(Schemas::none());
         let ingest = Arc::new(Ingest {
             verifier: Verifier {
@@ -87,6 +133,7 @@ impl Application {
         let public_state = web::Data::new(public::PublicState {
             ingest,
             max_body_bytes: settings.max_body_bytes,
+            tokens: Some(tokens.clone()),
         });
         let public = HttpServer::new(move || {
             App::new()
@@ -109,7 +156,11 @@ impl Application {
             metrics: metrics.clone(),
             admin_token: settings.admin_token.clone(),
             outbox_max_events: settings.outbox_max_events,
-            tenant_states: None,
+            tenant_states: Some({
+                let tokens = tokens.clone();
+                Arc::new(move || tokens.state_counts())
+            }),
+            tokens: tokens.clone(),
         });
         let admin = HttpServer::new(move || {
             App::new()
@@ -136,7 +187,7 @@ impl Application {
             },
             store: store.clone(),
             metrics: metrics.clone(),
-            hooks: None,
+            hooks: Some(Arc::new(Hooks(tokens.clone()))),
         };
 
         Ok(Application {
@@ -147,6 +198,7 @@ impl Application {
             store,
             metrics,
             relay,
+            tokens,
             settings,
             shutdown: CancellationToken::new(),
         })
@@ -178,6 +230,7 @@ impl Application {
             admin,
             store,
             relay,
+            tokens,
             settings,
             shutdown,
             ..
@@ -187,6 +240,13 @@ impl Application {
         let public_task = tokio::spawn(public);
         let admin_task = tokio::spawn(admin);
         let relay_task = tokio::spawn(relay.run(shutdown.child_token()));
+        let refresher = tokens.client().is_some().then(|| {
+            tokio::spawn(refresher::run(
+                tokens.clone(),
+                REFRESH_EVERY,
+                shutdown.child_token(),
+            ))
+        });
         let sweeper = tokio::spawn(sweep(
             store.clone(),
             settings.clone(),
@@ -212,6 +272,9 @@ impl Application {
         )
         .await;
         sweeper.abort();
+        if let Some(r) = refresher {
+            r.abort();
+        }
         match drained {
             Ok(()) => {
                 info!("stopped");

@@ -14,6 +14,7 @@ use super::ApiError;
 use crate::config::Secret;
 use crate::event::sanitize;
 use crate::metrics::{Gauges, Metrics};
+use crate::oauth::{TokenError, TokenService};
 use crate::store::{now_ms, Store};
 
 /// Counts tenants by token state, for `hlgate_tenants`.
@@ -27,6 +28,8 @@ pub struct AdminState {
     pub outbox_max_events: u64,
     /// Tenant counts by token state, for `hlgate_tenants`.
     pub tenant_states: Option<TenantCounter>,
+    /// The token vault and refresher.
+    pub tokens: Arc<TokenService>,
 }
 
 /// Registers the admin routes.
@@ -34,7 +37,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(super::public::healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
-        .route("/v1/replay", web::post().to(replay));
+        .route("/v1/replay", web::post().to(replay))
+        .route("/v1/tenants", web::get().to(tenants))
+        .route(
+            "/v1/tenants/{tenant}/private-token",
+            web::put().to(private_token),
+        )
+        .route("/v1/tokens/{tenant}", web::get().to(token));
 }
 
 /// Checks `Authorization: Bearer …` against the admin token, in constant time.
@@ -175,4 +184,80 @@ async fn replay(
     }
     tracing::info!(count, "replay queued");
     Ok(HttpResponse::Ok().json(serde_json::json!({ "replayed": count })))
+}
+
+/// `GET /v1/tenants`: every install with its token state and expiry, never a token.
+async fn tenants(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state.admin_token)?;
+    let tokens = state.tokens.clone();
+    let (tenants, pending) = web::block(move || (tokens.tenants(), tokens.pending_installs()))
+        .await
+        .map_err(|_| ApiError::overloaded("busy"))?;
+    let tenants =
+        tenants.map_err(|e| ApiError::overloaded(format!("the vault cannot be read: {e}")))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "tenants": tenants,
+        "pending_installs": pending,
+    })))
+}
+
+/// `GET /v1/tokens/{tenant}`: a token valid at least `HLGATE_TOKEN_MIN_TTL`.
+async fn token(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state.admin_token)?;
+    let tenant = path.into_inner();
+    match state.tokens.token(&tenant).await {
+        Ok(served) => Ok(HttpResponse::Ok()
+            .insert_header(("Cache-Control", "no-store"))
+            .json(served)),
+        Err(TokenError::Unknown) => Err(ApiError::not_found(format!(
+            "no tokens for tenant {tenant}"
+        ))),
+        Err(TokenError::NeedsReauth) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "needs_reauth",
+            "the tokens cannot be refreshed or recovered; the app must be installed again",
+        )),
+        Err(TokenError::Inactive) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "inactive",
+            "HighLevel says the location is not active; hlgate keeps retrying",
+        )),
+        Err(e @ (TokenError::Unavailable(_) | TokenError::Vault(_))) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "token_unavailable",
+            e.to_string(),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrivateToken {
+    token: String,
+}
+
+/// `PUT /v1/tenants/{tenant}/private-token`: stores a Private Integration Token.
+async fn private_token(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state.admin_token)?;
+    let tenant = path.into_inner();
+    let request: PrivateToken = serde_json::from_slice(&body)
+        .map_err(|_| ApiError::bad_request("expected {\"token\": \"…\"}"))?;
+    if request.token.trim().is_empty() {
+        return Err(ApiError::bad_request("the token is empty"));
+    }
+    let tokens = state.tokens.clone();
+    web::block(move || tokens.set_private(&tenant, request.token.trim()))
+        .await
+        .map_err(|_| ApiError::overloaded("busy"))?
+        .map_err(|e| ApiError::overloaded(format!("the vault cannot be written: {e}")))?;
+    Ok(HttpResponse::NoContent().finish())
 }

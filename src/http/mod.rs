@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod oauth;
 pub mod public;
 
 pub use error::ApiError;

@@ -17,6 +17,8 @@ use crate::verify::SignatureHeaders;
 pub struct PublicState {
     pub ingest: Arc<Ingest>,
     pub max_body_bytes: usize,
+    /// The token module, for the install flow.
+    pub tokens: Option<Arc<crate::oauth::TokenService>>,
 }
 
 #[derive(Serialize)]
@@ -28,7 +30,8 @@ struct Answer<'a> {
 /// Registers the public routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/webhooks/highlevel", web::post().to(webhook))
-        .route("/healthz", web::get().to(healthz));
+        .route("/healthz", web::get().to(healthz))
+        .configure(super::oauth::routes);
 }
 
 pub async fn healthz() -> HttpResponse {

@@ -11,8 +11,10 @@
 //! per batch (group commit). Sequence numbers are assigned there, so outbox order is commit order.
 
 mod entry;
+mod tokens;
 
 pub use entry::Entry;
+pub use tokens::KeyedTree;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -187,9 +189,10 @@ impl Store {
         Ok(store)
     }
 
-    /// The sled database, for other trees (the token vault).
-    pub fn db(&self) -> &sled::Db {
-        &self.shared.db
+    /// A tree of opaque values by key, for the token vault (`tokens`) and the INSTALLs waiting
+    /// for a company token (`installs`).
+    pub fn keyed_tree(&self, name: &str) -> Result<KeyedTree, StoreError> {
+        KeyedTree::open(&self.shared.db, name)
     }
 
     /// Turns the fsync of each group commit off or on. Without it a 2xx no longer means

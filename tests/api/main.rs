@@ -5,4 +5,6 @@ mod amqp;
 mod cli;
 mod durability;
 mod helpers;
+mod highlevel;
+mod tokens;
 mod webhook;

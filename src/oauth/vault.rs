@@ -1,0 +1,205 @@
+//! Tenants' token pairs at rest: AES-256-GCM (`ring::aead`) under `HLGATE_TOKEN_KEY`, or a key
+//! generated once into the data dir with mode 0600. The tenant id is the associated data, so a
+//! record cannot be moved to another tenant.
+
+use std::path::Path;
+
+use base64::Engine;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use crate::config::TokenKey;
+use crate::store::{KeyedTree, StoreError};
+
+/// Where a tenant's tokens stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantState {
+    /// Tokens are fresh or refreshable.
+    Active,
+    /// HighLevel says the location is not active; the refresh token is kept and retried.
+    Inactive,
+    /// Neither refresh nor reconnect worked: someone must install the app again.
+    NeedsReauth,
+    /// A Private Integration Token: served as is, never refreshed.
+    Private,
+}
+
+impl TenantState {
+    pub const ALL: [TenantState; 4] = [
+        TenantState::Active,
+        TenantState::Inactive,
+        TenantState::NeedsReauth,
+        TenantState::Private,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantState::Active => "active",
+            TenantState::Inactive => "inactive",
+            TenantState::NeedsReauth => "needs_reauth",
+            TenantState::Private => "private",
+        }
+    }
+}
+
+/// One tenant's tokens and their bookkeeping. `Debug` never shows a token.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenRecord {
+    /// The location id or company id.
+    pub tenant: String,
+    /// `Location` or `Company`.
+    pub user_type: String,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    /// Access token expiry, unix seconds; `None` for private tokens.
+    pub expires_at: Option<i64>,
+    pub scope: Option<String>,
+    pub location_id: Option<String>,
+    pub company_id: Option<String>,
+    pub state: TenantState,
+    /// The last failure, in words without secrets.
+    pub last_error: Option<String>,
+    /// Failed attempts since the last success (for backoff).
+    pub attempts: u32,
+    /// Unix seconds before which no retry is made (inactive, network errors).
+    pub retry_at: i64,
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for TokenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("tenant", &self.tenant)
+            .field("user_type", &self.user_type)
+            .field("access_token", &"[redacted]")
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("expires_at", &self.expires_at)
+            .field("state", &self.state)
+            .field("last_error", &self.last_error)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("a token record cannot be decrypted (wrong HLGATE_TOKEN_KEY?)")]
+    Decrypt,
+    #[error("the token key file {path}: {reason}")]
+    KeyFile { path: String, reason: String },
+}
+
+/// Encrypted token records by tenant.
+#[derive(Clone)]
+pub struct Vault {
+    tree: KeyedTree,
+    key: std::sync::Arc<LessSafeKey>,
+}
+
+const KEY_FILE: &str = "token.key";
+
+/// The configured key, or the one generated into `data_dir` (created on first use, mode 0600).
+pub fn load_or_create_key(
+    configured: Option<&TokenKey>,
+    data_dir: &Path,
+) -> Result<TokenKey, VaultError> {
+    if let Some(key) = configured {
+        return Ok(key.clone());
+    }
+    let path = data_dir.join(KEY_FILE);
+    let err = |reason: String| VaultError::KeyFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let bytes = b64
+                .decode(text.trim())
+                .map_err(|_| err("not base64".into()))?;
+            let key: [u8; 32] = bytes.try_into().map_err(|_| err("not 32 bytes".into()))?;
+            Ok(TokenKey(key))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = [0u8; 32];
+            SystemRandom::new()
+                .fill(&mut key)
+                .map_err(|_| err("no randomness".into()))?;
+            crate::cli::write_private(&path, b64.encode(key).as_bytes()).map_err(err)?;
+            Ok(TokenKey(key))
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+impl Vault {
+    pub fn new(tree: KeyedTree, key: &TokenKey) -> Vault {
+        let unbound = UnboundKey::new(&AES_256_GCM, &key.0).expect("32-byte key");
+        Vault {
+            tree,
+            key: std::sync::Arc::new(LessSafeKey::new(unbound)),
+        }
+    }
+
+    fn seal(&self, record: &TokenRecord) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new().fill(&mut nonce).expect("randomness");
+        let mut data = serde_json::to_vec(record).expect("record serialises");
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(record.tenant.as_bytes()),
+                &mut data,
+            )
+            .expect("seal");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        out
+    }
+
+    fn open(&self, tenant: &str, mut bytes: Vec<u8>) -> Result<TokenRecord, VaultError> {
+        if bytes.len() < NONCE_LEN {
+            return Err(VaultError::Decrypt);
+        }
+        let mut sealed = bytes.split_off(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(&bytes).map_err(|_| VaultError::Decrypt)?;
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(tenant.as_bytes()), &mut sealed)
+            .map_err(|_| VaultError::Decrypt)?;
+        serde_json::from_slice(plain).map_err(|_| VaultError::Decrypt)
+    }
+
+    pub fn get(&self, tenant: &str) -> Result<Option<TokenRecord>, VaultError> {
+        match self.tree.get(tenant)? {
+            Some(bytes) => Ok(Some(self.open(tenant, bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Encrypts, stores and flushes.
+    pub fn put(&self, record: &TokenRecord) -> Result<(), VaultError> {
+        self.tree.put(&record.tenant, &self.seal(record))?;
+        Ok(())
+    }
+
+    pub fn delete(&self, tenant: &str) -> Result<bool, VaultError> {
+        Ok(self.tree.delete(tenant)?)
+    }
+
+    /// Every record that decrypts; the others are reported by tenant.
+    pub fn list(&self) -> Result<Vec<Result<TokenRecord, String>>, VaultError> {
+        Ok(self
+            .tree
+            .list()?
+            .into_iter()
+            .map(|(tenant, bytes)| self.open(&tenant, bytes).map_err(|_| tenant))
+            .collect())
+    }
+}

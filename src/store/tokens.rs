@@ -1,0 +1,50 @@
+//! Raw storage for the token vault: opaque (already encrypted) values keyed by tenant, plus the
+//! INSTALL events still waiting for a company token. Encryption lives in `oauth::vault`.
+
+use super::StoreError;
+
+/// A sled tree of `key → bytes`, flushed on every change (tokens rotate: losing a new refresh
+/// token to a crash would lose the install).
+#[derive(Clone)]
+pub struct KeyedTree {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl KeyedTree {
+    pub(super) fn open(db: &sled::Db, name: &str) -> Result<KeyedTree, StoreError> {
+        Ok(KeyedTree {
+            db: db.clone(),
+            tree: db.open_tree(name)?,
+        })
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(key.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Stores and flushes before returning.
+    pub fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.tree.insert(key.as_bytes(), value)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Removes and flushes; true when something was there.
+    pub fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let existed = self.tree.remove(key.as_bytes())?.is_some();
+        self.db.flush()?;
+        Ok(existed)
+    }
+
+    /// Every entry, in key order.
+    pub fn list(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.tree
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            })
+            .collect()
+    }
+}

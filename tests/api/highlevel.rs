@@ -1,0 +1,277 @@
+//! A local stand-in for HighLevel's OAuth endpoints that behaves like the real ones:
+//! form-encoded `/oauth/token` with single-use rotating refresh tokens and HighLevel's real 400
+//! messages, `/oauth/locationToken` wanting the `Version` header and an agency token, and
+//! `/oauth/reconnect`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde_json::json;
+
+pub const CLIENT_ID: &str = "68a32958b5154ca8bbdc4d40-meh5chaj";
+pub const CLIENT_SECRET: &str = "stand-in-client-s3cret";
+
+#[derive(Clone, Debug)]
+struct Grant {
+    tenant: String,
+    user_type: String,
+    company_id: Option<String>,
+}
+
+#[derive(Default)]
+pub struct State {
+    codes: HashMap<String, Grant>,
+    refresh_tokens: HashMap<String, (Grant, bool)>,
+    access_tokens: HashMap<String, Grant>,
+    inactive: HashSet<String>,
+    pub expires_in: i64,
+    pub camel_case: bool,
+    pub reconnect_fails: bool,
+    pub refresh_calls: usize,
+    pub code_calls: usize,
+    pub location_token_calls: Vec<Option<String>>,
+    pub reconnect_calls: usize,
+    /// Every refresh token presented, in order (accepted or not).
+    pub refresh_tokens_seen: Vec<String>,
+    /// Every token ever issued, to look for them where they must not be.
+    pub issued: Vec<String>,
+    counter: usize,
+}
+
+#[derive(Clone)]
+pub struct StandIn {
+    pub url: String,
+    pub state: Arc<Mutex<State>>,
+}
+
+fn error(status: u16, message: &str) -> HttpResponse {
+    let code = actix_web::http::StatusCode::from_u16(status).unwrap();
+    HttpResponse::build(code).json(json!({"statusCode": status, "message": message}))
+}
+
+impl State {
+    fn issue(&mut self, grant: &Grant) -> serde_json::Value {
+        self.counter += 1;
+        let n = self.counter;
+        let access = format!("eyJ.at-{n}-{}", grant.tenant);
+        let refresh = format!("eyJ.rt-{n}-{}", grant.tenant);
+        self.issued.push(access.clone());
+        self.issued.push(refresh.clone());
+        self.access_tokens.insert(access.clone(), grant.clone());
+        self.refresh_tokens
+            .insert(refresh.clone(), (grant.clone(), false));
+        let (location, company) = if grant.user_type == "Company" {
+            (None, Some(grant.tenant.clone()))
+        } else {
+            (Some(grant.tenant.clone()), grant.company_id.clone())
+        };
+        if self.camel_case {
+            json!({"accessToken": access, "tokenType": "Bearer", "expiresIn": self.expires_in,
+                   "refreshToken": refresh, "scope": "contacts.readonly", "userType": grant.user_type,
+                   "locationId": location, "companyId": company, "userId": "u1"})
+        } else {
+            json!({"access_token": access, "token_type": "Bearer", "expires_in": self.expires_in,
+                   "refresh_token": refresh, "scope": "contacts.readonly", "userType": grant.user_type,
+                   "locationId": location, "companyId": company, "userId": "u1"})
+        }
+    }
+}
+
+async fn token(
+    form: web::Form<HashMap<String, String>>,
+    state: web::Data<Arc<Mutex<State>>>,
+) -> HttpResponse {
+    let mut s = state.lock().unwrap();
+    let f = form.into_inner();
+    let Some(client_id) = f.get("client_id") else {
+        return error(400, "Missing parameter: clientId");
+    };
+    if client_id != CLIENT_ID || f.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET) {
+        return error(401, "Invalid client: client credentials are invalid");
+    }
+    match f.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => {
+            s.code_calls += 1;
+            let code = f.get("code").cloned().unwrap_or_default();
+            match s.codes.remove(&code) {
+                Some(grant) => HttpResponse::Ok().json(s.issue(&grant)),
+                None => error(400, "Invalid grant: authorization code is invalid"),
+            }
+        }
+        Some("refresh_token") => {
+            s.refresh_calls += 1;
+            let presented = f.get("refresh_token").cloned().unwrap_or_default();
+            s.refresh_tokens_seen.push(presented.clone());
+            let Some((grant, used)) = s.refresh_tokens.get(&presented).cloned() else {
+                return error(400, "Invalid grant: refresh token is invalid");
+            };
+            if used {
+                return error(400, "Invalid grant: refresh token is invalid");
+            }
+            if s.inactive.contains(&grant.tenant) {
+                // The same refresh token keeps working once the location is active again.
+                return error(400, "Location is not active");
+            }
+            s.refresh_tokens.insert(presented, (grant.clone(), true));
+            HttpResponse::Ok().json(s.issue(&grant))
+        }
+        _ => error(400, "Invalid parameter: grantType"),
+    }
+}
+
+async fn location_token(
+    req: HttpRequest,
+    form: web::Form<HashMap<String, String>>,
+    state: web::Data<Arc<Mutex<State>>>,
+) -> HttpResponse {
+    let mut s = state.lock().unwrap();
+    let version = req
+        .headers()
+        .get("version")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    s.location_token_calls.push(version.clone());
+    if version.is_none() {
+        return error(401, "version header was not found.");
+    }
+    let bearer = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let Some(company) = s.access_tokens.get(bearer).cloned() else {
+        return error(401, "Invalid JWT");
+    };
+    let f = form.into_inner();
+    let (Some(company_id), Some(location_id)) = (f.get("companyId"), f.get("locationId")) else {
+        return error(422, "Unprocessable Entity");
+    };
+    if company.user_type != "Company" || &company.tenant != company_id {
+        return error(401, "Invalid token: access token is invalid");
+    }
+    let grant = Grant {
+        tenant: location_id.clone(),
+        user_type: "Location".into(),
+        company_id: Some(company_id.clone()),
+    };
+    HttpResponse::Ok().json(s.issue(&grant))
+}
+
+async fn reconnect(
+    body: web::Json<serde_json::Value>,
+    state: web::Data<Arc<Mutex<State>>>,
+) -> HttpResponse {
+    let mut s = state.lock().unwrap();
+    s.reconnect_calls += 1;
+    if body["clientKey"] != CLIENT_ID || body["clientSecret"] != CLIENT_SECRET {
+        return error(401, "Invalid client: client credentials are invalid");
+    }
+    if s.reconnect_fails {
+        return error(400, "App is not installed for this location");
+    }
+    let (tenant, user_type) = match (body["locationId"].as_str(), body["companyId"].as_str()) {
+        (Some(l), _) => (l.to_string(), "Location"),
+        (None, Some(c)) => (c.to_string(), "Company"),
+        _ => return error(422, "Unprocessable Entity"),
+    };
+    s.counter += 1;
+    let code = format!("reconnect-code-{}", s.counter);
+    s.codes.insert(
+        code.clone(),
+        Grant {
+            tenant,
+            user_type: user_type.into(),
+            company_id: None,
+        },
+    );
+    HttpResponse::Ok().json(json!({"authorizationCode": code, "expiresAt": "2030-01-01T00:00:00.000Z", "traceId": "t-1"}))
+}
+
+impl StandIn {
+    pub async fn start() -> StandIn {
+        let state = Arc::new(Mutex::new(State {
+            expires_in: 86_399,
+            ..State::default()
+        }));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let data = web::Data::new(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/oauth/token", web::post().to(token))
+                .route("/oauth/locationToken", web::post().to(location_token))
+                .route("/oauth/reconnect", web::post().to(reconnect))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        tokio::spawn(server);
+        StandIn { url, state }
+    }
+
+    /// An authorization code as HighLevel's chooselocation page would hand out.
+    pub fn code_for(&self, tenant: &str, user_type: &str) -> String {
+        let mut s = self.state.lock().unwrap();
+        s.counter += 1;
+        let code = format!("code-{}-{tenant}", s.counter);
+        s.codes.insert(
+            code.clone(),
+            Grant {
+                tenant: tenant.into(),
+                user_type: user_type.into(),
+                company_id: None,
+            },
+        );
+        code
+    }
+
+    /// The refresh tokens of `tenant` stop working (spent elsewhere, revoked).
+    pub fn lose_refresh_tokens(&self, tenant: &str) {
+        let mut s = self.state.lock().unwrap();
+        for (grant, used) in s.refresh_tokens.values_mut() {
+            if grant.tenant == tenant {
+                *used = true;
+            }
+        }
+    }
+
+    pub fn set_inactive(&self, tenant: &str, inactive: bool) {
+        let mut s = self.state.lock().unwrap();
+        if inactive {
+            s.inactive.insert(tenant.into());
+        } else {
+            s.inactive.remove(tenant);
+        }
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        f(&mut self.state.lock().unwrap())
+    }
+
+    /// The app settings that point hlgate at this stand-in.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("HLGATE_CLIENT_ID", CLIENT_ID.to_string()),
+            ("HLGATE_CLIENT_SECRET", CLIENT_SECRET.to_string()),
+            ("HLGATE_OAUTH_BASE_URL", self.url.clone()),
+            (
+                "HLGATE_REDIRECT_URI",
+                "https://gw.example.com/oauth/callback".to_string(),
+            ),
+            (
+                "HLGATE_SCOPES",
+                "contacts.readonly locations.readonly".to_string(),
+            ),
+            (
+                "HLGATE_MARKETPLACE_URL",
+                "https://marketplace.example.com".to_string(),
+            ),
+        ]
+    }
+}
