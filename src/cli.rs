@@ -1,4 +1,5 @@
-//! The command line: `serve` (default), `check-config`, `sign`, `keygen`, `outbox`, `tenants`.
+//! The command line: `serve` (default), `check-config`, `sign`, `keygen`, `outbox`, `tenants`,
+//! `healthcheck`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,8 @@ pub enum Command {
     Outbox,
     /// List installs and their token state (never the tokens).
     Tenants,
+    /// Exit 0 when the running gateway's admin `/healthz` answers 200 (for container health checks).
+    Healthcheck,
 }
 
 /// Loads settings from `--config` and the process environment.
@@ -240,5 +243,26 @@ pub async fn tenants(settings: &Settings) -> Result<(), String> {
             "hlgate is not running on {}; start it to list tenants",
             settings.admin_listen
         )),
+    }
+}
+
+/// `hlgate healthcheck`.
+pub async fn healthcheck(settings: &Settings) -> Result<(), String> {
+    let mut host = settings.admin_listen;
+    if host.ip().is_unspecified() {
+        host.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{host}/healthz");
+    let response = reqwest::Client::new()
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(3))
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {}", e.without_url()))?;
+    if response.status().is_success() {
+        println!("ok");
+        Ok(())
+    } else {
+        Err(format!("GET {url} answered {}", response.status()))
     }
 }

@@ -25,6 +25,7 @@ async fn main() -> ExitCode {
         Command::Keygen { prefix } => cli::keygen(&prefix),
         Command::Outbox => cli::outbox(&settings).await,
         Command::Tenants => cli::tenants(&settings).await,
+        Command::Healthcheck => cli::healthcheck(&settings).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

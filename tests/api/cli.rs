@@ -183,9 +183,22 @@ async fn outbox_reports_the_running_gateway_or_the_store() {
     assert!(out.contains("outbox_depth=1"), "{out}");
     assert!(out.contains("broker=disconnected"), "{out}");
 
+    let refs: Vec<(&str, &str)> = cli_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let (code, out, _) = hlgate(&["healthcheck"], &refs);
+    assert_eq!((code, out.trim()), (0, "ok"));
+
     process.signal("TERM");
     assert!(process.child.wait().unwrap().success());
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let refs: Vec<(&str, &str)> = cli_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let (code, _, err) = hlgate(&["healthcheck"], &refs);
+    assert_eq!(code, 1, "nothing listens any more: {err}");
     let (code, out, _) = run(cli_env);
     assert_eq!(code, 0);
     assert!(out.contains("outbox_depth=1"), "{out}");
