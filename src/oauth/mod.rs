@@ -467,6 +467,8 @@ impl TokenService {
     pub async fn on_install(&self, location_id: &str, company_id: &str) {
         if let Ok(Some(existing)) = self.vault.get(location_id) {
             if existing.state != TenantState::NeedsReauth {
+                // Already connected (or minted just before a crash): nothing is waiting.
+                let _ = self.installs.delete(location_id);
                 return;
             }
         }

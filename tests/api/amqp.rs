@@ -122,11 +122,7 @@ async fn consumers_bind_by_type_or_by_tenant() {
         assert_eq!(app.post_signed(body.as_bytes()).await.status(), 200);
     }
     all.take(3).await;
-    let keys = |v: Vec<lapin::message::Delivery>| {
-        v.iter()
-            .map(|d| d.routing_key.as_str().to_string())
-            .collect::<Vec<_>>()
-    };
+    let keys = |v: Vec<lapin::message::Delivery>| routing_keys(&v);
     assert_eq!(
         keys(by_type.take(2).await),
         ["OpportunityCreate.locA", "OpportunityCreate.locB"]
@@ -220,12 +216,7 @@ async fn every_documented_example_is_accepted_and_routed() {
         assert_eq!(r.status(), 200, "{}", path.display());
         expected.extend(keys);
     }
-    let got: Vec<String> = tap
-        .take(expected.len())
-        .await
-        .iter()
-        .map(|d| d.routing_key.as_str().to_string())
-        .collect();
+    let got = routing_keys(&tap.take(expected.len()).await);
     assert_eq!(got, expected);
     // The documented quirks: invoices have no `type` and name their tenant in altId.
     assert!(got.contains(&"unknown.6578278e879ad2646715ba9c".to_string()));
@@ -238,12 +229,7 @@ async fn every_documented_example_is_accepted_and_routed() {
     second["companyId"] = "otherCompany".into();
     let body = serde_json::to_vec(&serde_json::json!([plan, second])).unwrap();
     assert_eq!(app.post_signed(&body).await.status(), 200);
-    let keys: Vec<String> = tap
-        .take(2)
-        .await
-        .iter()
-        .map(|d| d.routing_key.as_str().to_string())
-        .collect();
+    let keys: Vec<String> = routing_keys(&tap.take(2).await);
     assert_eq!(
         keys,
         [

@@ -158,16 +158,7 @@ async fn outbox_reports_the_running_gateway_or_the_store() {
     let mut process = spawn_process(&env, Stdio::null());
     process.wait_ready().await;
     let (_, body) = contact_event("L");
-    let (h, sig) = ed.sign(&body);
-    let http = reqwest::Client::new();
-    let r = http
-        .post(format!("http://{}/webhooks/highlevel", process.public))
-        .header(h, sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(process.post_signed(&ed, body).await.status(), 200);
 
     let mut cli_env: Vec<(String, String)> = env.clone().into_iter().collect();
     cli_env.push(("HLGATE_ADMIN_LISTEN".into(), process.admin.to_string()));
@@ -220,7 +211,7 @@ async fn logs_are_json_one_line_per_request_and_hold_no_secret() {
     let mut process = spawn_process(&env, Stdio::piped());
     process.wait_ready().await;
     let http = reqwest::Client::new();
-    let url = format!("http://{}/webhooks/highlevel", process.public);
+    let url = process.webhook_url();
     let (id, body) = contact_event("logtenant");
     let (h, sig) = ed.sign(&body);
     assert_eq!(

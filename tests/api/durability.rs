@@ -151,6 +151,22 @@ impl Process {
         panic!("hlgate did not start");
     }
 
+    pub fn webhook_url(&self) -> String {
+        format!("http://{}/webhooks/highlevel", self.public)
+    }
+
+    /// POSTs `body` signed with `signer`.
+    pub async fn post_signed(&self, signer: &Signer, body: Vec<u8>) -> reqwest::Response {
+        let (header, sig) = signer.sign(&body);
+        reqwest::Client::new()
+            .post(self.webhook_url())
+            .header(header, sig)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .arg(format!("-{name}"))
@@ -197,7 +213,7 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
     let mut process = spawn_process(&env, Stdio::null());
     process.wait_ready().await;
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
-    let url = format!("http://{}/webhooks/highlevel", process.public);
+    let url = process.webhook_url();
     let deadline = Instant::now() + Duration::from_secs(10);
     let clients: Vec<_> = (0..8)
         .map(|_| {
@@ -271,18 +287,9 @@ async fn sigterm_drains_and_exits_zero() {
     let mut tap = Tap::bind(&exchange, "#").await;
     let mut process = spawn_process(&env, Stdio::null());
     process.wait_ready().await;
-    let http = reqwest::Client::new();
     for _ in 0..20 {
         let (_, body) = contact_event("term");
-        let (h, sig) = ed.sign(&body);
-        let r = http
-            .post(format!("http://{}/webhooks/highlevel", process.public))
-            .header(h, sig)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(process.post_signed(&ed, body).await.status(), 200);
     }
     process.signal("TERM");
     let started = Instant::now();

@@ -365,6 +365,13 @@ pub fn header(d: &Delivery, name: &str) -> Option<String> {
     }
 }
 
+pub fn routing_keys(deliveries: &[Delivery]) -> Vec<String> {
+    deliveries
+        .iter()
+        .map(|d| d.routing_key.as_str().to_string())
+        .collect()
+}
+
 pub fn message_id(d: &Delivery) -> String {
     d.properties
         .message_id()
