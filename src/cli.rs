@@ -73,12 +73,20 @@ pub fn load_settings(config: Option<&Path>) -> Result<Settings, String> {
     Settings::load(text.as_deref(), &env).map_err(|e| e.to_string())
 }
 
-/// `hlgate check-config`.
-pub fn check_config(settings: &Settings) {
+/// `hlgate check-config`: the effective settings, and the schemas they load.
+pub fn check_config(settings: &Settings) -> Result<(), String> {
     for (name, value) in settings.describe() {
         println!("{name}={value}");
     }
+    let schemas = crate::schema::Schemas::embedded(settings.schema_mode)
+        .map_err(|e| format!("cannot load the event schemas: {e}"))?;
+    println!(
+        "schemas: mode {}, {} loaded",
+        settings.schema_mode.as_str(),
+        schemas.len()
+    );
     println!("configuration ok");
+    Ok(())
 }
 
 /// A private key that can sign webhook bodies.

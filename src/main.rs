@@ -17,10 +17,7 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => return serve(settings).await,
-        Command::CheckConfig => {
-            cli::check_config(&settings);
-            Ok(())
-        }
+        Command::CheckConfig => cli::check_config(&settings),
         Command::Sign { key, post, file } => cli::sign(&key, post.as_deref(), &file).await,
         Command::Keygen { prefix } => cli::keygen(&prefix),
         Command::Outbox => cli::outbox(&settings).await,

@@ -31,6 +31,8 @@ use crate::verify::Verifier;
 pub enum StartupError {
     #[error("cannot open the store in {dir}: {source}")]
     Store { dir: String, source: StoreError },
+    #[error("cannot load the event schemas: {0}")]
+    Schemas(#[from] crate::schema::SchemaError),
     #[error("token vault: {0}")]
     Vault(#[from] VaultError),
     #[error("cannot listen on {addr}: {source}")]
@@ -109,7 +111,12 @@ impl Application {
             })?;
         let metrics = Arc::new(Metrics::default());
         let tokens = Arc::new(token_service(&settings, &store, &metrics)?);
-        let schemas = Arc::new(Schemas::none());
+        let schemas = Arc::new(Schemas::embedded(settings.schema_mode)?);
+        info!(
+            schema_mode = settings.schema_mode.as_str(),
+            schemas = schemas.len(),
+            "event schemas compiled"
+        );
         let ingest = Arc::new(Ingest {
             verifier: Verifier {
                 ed25519: settings.ed25519_keys.clone(),

@@ -52,7 +52,7 @@ async fn message_carries_the_contracted_body_properties_and_headers() {
     assert_eq!(h("x-hl-signature-scheme").as_deref(), Some("ed25519"));
     assert_eq!(h("x-hl-signature").as_deref(), Some(sig.as_str()));
     assert_eq!(h("x-hl-sequence").as_deref(), Some("1"));
-    assert_eq!(h("x-hl-schema").as_deref(), Some("unknown"));
+    assert_eq!(h("x-hl-schema").as_deref(), Some("valid"));
     assert_eq!(h("x-deduplication-header").as_deref(), Some("wh-format-1"));
     assert_eq!(h("x-hl-replay"), None);
     assert_eq!(h("x-hl-access-token"), None);

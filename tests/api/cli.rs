@@ -36,6 +36,7 @@ fn check_config_prints_settings_with_secrets_redacted() {
     assert!(out.contains("HLGATE_LISTEN=127.0.0.1:8080"));
     assert!(out.contains("HLGATE_DEDUP_RETENTION=7d"));
     assert!(out.contains("HLGATE_ADMIN_TOKEN=[redacted]"));
+    assert!(out.contains("schemas: mode warn, 77 loaded"), "{out}");
     assert!(out.contains("HLGATE_AMQP_URL=amqp://app:[redacted]@broker:5672/%2f"));
     for secret in ["s3cret-admin", "s3cret-amqp", "s3cret-client"] {
         assert!(!out.contains(secret), "{secret} leaked");
@@ -64,6 +65,9 @@ fn a_bad_setting_stops_start_up_naming_the_variable() {
     let (code, out, _) = hlgate(&["--config", file.to_str().unwrap(), "check-config"], &[]);
     assert_eq!(code, 0);
     assert!(out.contains("HLGATE_EXCHANGE=from.file"));
+    let (code, out, _) = hlgate(&["check-config"], &[("HLGATE_SCHEMA_MODE", "off")]);
+    assert_eq!(code, 0);
+    assert!(out.contains("schemas: mode off, 0 loaded"), "{out}");
     std::fs::write(&file, "dedup_retention = \"forever\"\n").unwrap();
     let (code, _, err) = hlgate(&["--config", file.to_str().unwrap(), "check-config"], &[]);
     assert_eq!(code, 2);

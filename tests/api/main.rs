@@ -6,5 +6,6 @@ mod cli;
 mod durability;
 mod helpers;
 mod highlevel;
+mod schema;
 mod tokens;
 mod webhook;

@@ -1,0 +1,528 @@
+//! What can be checked about the container image without a Docker engine: the Dockerfile builds
+//! the binary cargo makes, exposes the ports hlgate listens on, keeps its data on a volume, runs
+//! as a non-root user, checks health on the admin listener, and its settings load.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use hlgate::config::Settings;
+
+/// One Dockerfile instruction: its stage (0 = first `FROM`), keyword (upper-case) and arguments.
+#[derive(Debug)]
+struct Instruction {
+    stage: usize,
+    keyword: String,
+    args: String,
+}
+
+fn dockerfile() -> Vec<Instruction> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile");
+    let text = std::fs::read_to_string(&path).expect("a Dockerfile at the top level");
+    let mut out = Vec::new();
+    let mut stage = 0;
+    let mut seen_from = false;
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        // Comment lines are dropped, also inside a continued instruction.
+        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(part) => {
+                current.push_str(part);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(trimmed);
+                let (keyword, args) = current.trim().split_once(char::is_whitespace).unwrap();
+                let keyword = keyword.to_ascii_uppercase();
+                if keyword == "FROM" {
+                    if seen_from {
+                        stage += 1;
+                    }
+                    seen_from = true;
+                }
+                out.push(Instruction {
+                    stage,
+                    keyword,
+                    args: args.trim().to_string(),
+                });
+                current.clear();
+            }
+        }
+    }
+    assert!(
+        current.is_empty(),
+        "the Dockerfile ends inside a continuation"
+    );
+    out
+}
+
+fn all<'a>(instructions: &'a [Instruction], keyword: &str) -> Vec<&'a Instruction> {
+    instructions
+        .iter()
+        .filter(|i| i.keyword == keyword)
+        .collect()
+}
+
+fn last_stage(instructions: &[Instruction]) -> usize {
+    instructions.iter().map(|i| i.stage).max().unwrap()
+}
+
+/// The runtime stage's `ENV KEY=VALUE ...` settings (later ones win).
+fn runtime_env(instructions: &[Instruction]) -> HashMap<String, String> {
+    let runtime = last_stage(instructions);
+    let mut env = HashMap::new();
+    for i in all(instructions, "ENV")
+        .into_iter()
+        .filter(|i| i.stage == runtime)
+    {
+        for pair in i.args.split_whitespace() {
+            let (key, value) = pair
+                .split_once('=')
+                .unwrap_or_else(|| panic!("ENV {pair}: use the KEY=VALUE form"));
+            env.insert(key.to_string(), value.trim_matches('"').to_string());
+        }
+    }
+    env
+}
+
+/// `["a", "b"]` (exec form) as its strings.
+fn exec_form(args: &str) -> Vec<String> {
+    serde_json::from_str(args).unwrap_or_else(|_| panic!("{args}: use the exec form [\"...\"]"))
+}
+
+fn port(addr: &str) -> u16 {
+    addr.parse::<SocketAddr>()
+        .unwrap_or_else(|_| panic!("{addr} is not an address"))
+        .port()
+}
+
+#[test]
+fn the_builder_runs_a_locked_release_build_and_the_runtime_copies_its_binary() {
+    let d = dockerfile();
+    let froms = all(&d, "FROM");
+    assert!(froms.len() >= 2, "a multi-stage build");
+    let builder_image = froms[0].args.split_whitespace().next().unwrap();
+    let runtime_image = froms
+        .last()
+        .unwrap()
+        .args
+        .split_whitespace()
+        .next()
+        .unwrap();
+    assert!(builder_image.starts_with("rust:1"), "{builder_image}");
+    // The binary links against the builder's glibc: the runtime must be the same Debian release.
+    let codename = runtime_image
+        .split([':', '-'])
+        .find(|part| ["bookworm", "trixie", "bullseye"].contains(part))
+        .unwrap_or_else(|| panic!("{runtime_image}: name the Debian release"));
+    assert!(
+        builder_image.contains(codename),
+        "{builder_image} vs {runtime_image}"
+    );
+
+    let build = all(&d, "RUN")
+        .into_iter()
+        .find(|i| i.args.contains("cargo build"))
+        .expect("a RUN cargo build");
+    assert!(build.args.contains("--release"), "{}", build.args);
+    assert!(build.args.contains("--locked"), "{}", build.args);
+
+    // The file cargo makes for the package's binary: target/release/<bin name>.
+    let bin = Path::new(env!("CARGO_BIN_EXE_hlgate"));
+    let bin_name = bin.file_name().unwrap().to_str().unwrap();
+    assert_eq!(bin_name, env!("CARGO_PKG_NAME"));
+    let built = format!("target/release/{bin_name}");
+    let copy = all(&d, "COPY")
+        .into_iter()
+        .find(|i| i.args.starts_with("--from="))
+        .expect("COPY --from=builder");
+    let mut parts = copy.args.split_whitespace().skip(1);
+    let source = parts.next().unwrap();
+    let destination = parts.next().unwrap();
+    assert!(
+        source.ends_with(&built),
+        "copies {source}, cargo makes {built}"
+    );
+    assert_eq!(copy.stage, last_stage(&d));
+
+    // ENTRYPOINT runs that binary; CMD is a real subcommand.
+    let entrypoint = exec_form(&all(&d, "ENTRYPOINT").last().unwrap().args);
+    assert!(
+        entrypoint[0] == destination
+            || (Path::new(destination).parent() == Some(Path::new("/usr/local/bin"))
+                && entrypoint[0] == bin_name),
+        "ENTRYPOINT {entrypoint:?} is not the copied {destination}"
+    );
+    let cmd = exec_form(&all(&d, "CMD").last().unwrap().args);
+    assert_eq!(cmd, ["serve"]);
+    let help = Command::new(bin)
+        .args([&cmd[0], "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success(), "hlgate {} --help", cmd[0]);
+}
+
+#[test]
+fn exposed_ports_match_the_listeners() {
+    let d = dockerfile();
+    let env = runtime_env(&d);
+    let defaults = Settings::load(None, &HashMap::new()).unwrap();
+    assert_eq!(defaults.listen.port(), 8080);
+    assert_eq!(defaults.admin_listen.port(), 9090);
+
+    let mut exposed: Vec<u16> = all(&d, "EXPOSE")
+        .iter()
+        .flat_map(|i| i.args.split_whitespace())
+        .map(|p| p.trim_end_matches("/tcp").parse().unwrap())
+        .collect();
+    exposed.sort();
+    assert_eq!(exposed, [8080, 9090]);
+
+    let public = env.get("HLGATE_LISTEN").expect("ENV HLGATE_LISTEN");
+    assert_eq!(port(public), defaults.listen.port());
+    assert!(
+        public.starts_with("0.0.0.0:"),
+        "the public listener must be reachable from outside the container"
+    );
+    // The admin listener keeps the code's default port; loopback unless a token is set.
+    let admin = env
+        .get("HLGATE_ADMIN_LISTEN")
+        .map(|a| a.parse::<SocketAddr>().unwrap())
+        .unwrap_or(defaults.admin_listen);
+    assert_eq!(admin.port(), defaults.admin_listen.port());
+    assert!(admin.ip().is_loopback() || env.contains_key("HLGATE_ADMIN_TOKEN"));
+    assert!(
+        !env.contains_key("HLGATE_ADMIN_TOKEN"),
+        "no secret is baked into the image"
+    );
+}
+
+#[test]
+fn data_lives_on_a_volume_owned_by_a_non_root_user() {
+    let d = dockerfile();
+    let env = runtime_env(&d);
+    assert_eq!(
+        env.get("HLGATE_DATA_DIR").map(String::as_str),
+        Some("/data")
+    );
+    let volumes: Vec<String> = all(&d, "VOLUME")
+        .iter()
+        .flat_map(|i| {
+            if i.args.starts_with('[') {
+                exec_form(&i.args)
+            } else {
+                i.args.split_whitespace().map(str::to_string).collect()
+            }
+        })
+        .collect();
+    assert!(volumes.iter().any(|v| v == "/data"), "VOLUME /data");
+
+    let runtime = last_stage(&d);
+    let user = all(&d, "USER")
+        .into_iter()
+        .rfind(|i| i.stage == runtime)
+        .expect("USER in the runtime stage");
+    let name = user.args.split(':').next().unwrap();
+    assert!(name != "root" && name != "0", "USER {}", user.args);
+    let setup = all(&d, "RUN")
+        .into_iter()
+        .filter(|i| i.stage == runtime)
+        .map(|i| i.args.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        setup.contains("--uid 10001"),
+        "the user {name} has uid 10001"
+    );
+    assert!(
+        setup.contains(&format!("chown {name}:")) && setup.contains("/data"),
+        "{name} owns /data"
+    );
+}
+
+#[test]
+fn the_healthcheck_asks_the_admin_listener() {
+    let d = dockerfile();
+    let health = all(&d, "HEALTHCHECK")
+        .into_iter()
+        .next_back()
+        .expect("a HEALTHCHECK");
+    let (_, command) = health
+        .args
+        .split_once("CMD")
+        .expect("HEALTHCHECK ... CMD [...]");
+    let command = exec_form(command.trim());
+    let env = runtime_env(&d);
+    let admin = env
+        .get("HLGATE_ADMIN_LISTEN")
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1:9090".into());
+    match command.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        // hlgate's own probe reads HLGATE_ADMIN_LISTEN and GETs /healthz there.
+        ["hlgate", "healthcheck"] => {
+            let bin = env!("CARGO_BIN_EXE_hlgate");
+            let help = Command::new(bin)
+                .args(["healthcheck", "--help"])
+                .output()
+                .unwrap();
+            assert!(help.status.success(), "hlgate healthcheck --help");
+            // Nothing listens on the image's admin address here: the probe must fail.
+            let mut probe = Command::new(bin);
+            for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("HLGATE_")) {
+                probe.env_remove(key);
+            }
+            let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let closed_addr = closed.local_addr().unwrap();
+            drop(closed);
+            let status = probe
+                .arg("healthcheck")
+                .envs(&env)
+                .env("HLGATE_ADMIN_LISTEN", closed_addr.to_string())
+                .output()
+                .unwrap()
+                .status;
+            assert!(
+                !status.success(),
+                "healthcheck succeeded with no admin listener"
+            );
+        }
+        _ => {
+            let joined = command.join(" ");
+            assert!(
+                joined.contains(&format!(":{}/healthz", port(&admin))),
+                "{joined} does not ask the admin listener's /healthz"
+            );
+        }
+    }
+}
+
+#[test]
+fn check_config_accepts_the_image_settings() {
+    let env = runtime_env(&dockerfile());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hlgate"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("HLGATE_")) {
+        cmd.env_remove(key);
+    }
+    let out = cmd.arg("check-config").envs(&env).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "check-config failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (key, value) in &env {
+        assert!(
+            stdout.lines().any(|l| l == format!("{key}={value}")),
+            "{key}={value} not in:\n{stdout}"
+        );
+    }
+    // And the library agrees.
+    let settings = Settings::load(None, &env).unwrap();
+    assert_eq!(settings.data_dir, Path::new("/data"));
+}
+
+#[test]
+fn dockerignore_keeps_build_output_and_data_out_of_the_context() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".dockerignore");
+    let text = std::fs::read_to_string(path).expect(".dockerignore");
+    let entries: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.trim_start_matches('/').trim_end_matches('/'))
+        .collect();
+    for needed in ["target", "data", ".git"] {
+        assert!(entries.contains(&needed), ".dockerignore lacks {needed}");
+    }
+    // What `cargo build --locked` needs must stay in the context.
+    for kept in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "src",
+        "schemas",
+        "build.rs",
+        "benches",
+    ] {
+        assert!(!entries.contains(&kept), ".dockerignore drops {kept}");
+    }
+}
+
+// ---- examples/consumer.rs ------------------------------------------------------------------
+
+/// Builds `examples/consumer.rs` with the profile of this test binary and returns its path.
+fn consumer_example() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => "dev",
+    };
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--locked", "--example", "consumer"])
+        .args(["--profile", profile])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "cargo build --example consumer");
+    profile_dir.join("examples").join("consumer")
+}
+
+#[tokio::test]
+async fn the_example_consumer_acks_verified_events_and_rejects_the_rest() {
+    use lapin::options::{
+        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    };
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+    let consumer = tokio::task::spawn_blocking(consumer_example);
+
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("signer");
+    hlgate::cli::keygen(&prefix).unwrap();
+    let key = std::fs::read_to_string(prefix.with_extension("key")).unwrap();
+    let signer = hlgate::cli::SigningKey::from_pem(&key).unwrap();
+
+    let unique = format!(
+        "hlgate.test.consumer.{}.{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ on 127.0.0.1:5672");
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+
+    let consumer = consumer.await.unwrap();
+    let command = |max: &str| {
+        let mut cmd = Command::new(&consumer);
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("HLGATE_")) {
+            cmd.env_remove(key);
+        }
+        cmd.args([
+            "--queue",
+            &unique,
+            "--bind",
+            "ContactCreate.*",
+            "--max",
+            max,
+        ])
+        .env("HLGATE_AMQP_URL", url)
+        .env("HLGATE_EXCHANGE", &unique)
+        .env(
+            "HLGATE_ED25519_PUBLIC_KEYS",
+            format!("@{}", prefix.with_extension("pub").display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    // A first run with --max 0 only declares the exchange, the queue and the binding, so that
+    // nothing published below goes to the unrouted queue.
+    let declared = command("0").output().unwrap();
+    assert!(
+        declared.status.success(),
+        "{}",
+        String::from_utf8_lossy(&declared.stderr)
+    );
+
+    let body = br#"{"type":"ContactCreate","locationId":"loc1","id":"c1"}"#;
+    let (_, good) = signer.sign(body);
+    let (_, forged) = signer.sign(b"something else");
+    let element = br#"{"type":"ContactCreate","locationId":"loc1","id":"c2"}"#;
+    let sha = format!("sha256:{}", "ab".repeat(32));
+    for (message_id, payload, signature) in [
+        ("m-good", &body[..], good.as_str()),
+        ("m-forged", &body[..], forged.as_str()),
+        (&format!("{sha}/0")[..], &element[..], good.as_str()),
+    ] {
+        let mut headers = FieldTable::default();
+        let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+        headers.insert("x-hl-signature".into(), text(signature));
+        headers.insert("x-hl-signature-scheme".into(), text("ed25519"));
+        headers.insert("x-hl-schema".into(), text("valid"));
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(message_id.into())
+            .with_headers(headers);
+        channel
+            .basic_publish(
+                unique.as_str().into(),
+                "ContactCreate.loc1".into(),
+                BasicPublishOptions::default(),
+                payload,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    let mut child = command("3").spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the consumer did not stop after --max 3");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "ack ContactCreate.loc1 message_id=m-good schema=valid signature=verified",
+            "reject ContactCreate.loc1 message_id=m-forged schema=valid signature=invalid",
+            &format!(
+                "reject ContactCreate.loc1 message_id={sha}/0 schema=valid signature=unverifiable"
+            )[..],
+        ]
+    );
+
+    // Acked or rejected without requeue: nothing is left.
+    let queue = channel
+        .queue_declare(
+            unique.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(queue.message_count(), 0);
+    channel
+        .queue_delete(unique.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    channel
+        .exchange_delete(unique.as_str().into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
+    let _ = connection.close(200, "bye".into()).await;
+}
