@@ -1,0 +1,362 @@
+//! The per-request hot path of hlgate, piece by piece: signature check, event extraction
+//! (type, tenant, dedup key, routing key) and the durable store accept (group commit + fsync).
+//!
+//! Run with `cargo bench --bench hot_path`. Figures and the machine they came from are in
+//! `BENCHMARKS.md`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+
+use hlgate::cli::{ed25519_public_pem, SigningKey};
+use hlgate::event::parse_delivery;
+use hlgate::schema::Outcome;
+use hlgate::store::{AcceptOutcome, Entry, Store};
+use hlgate::verify::{Keyring, Scheme, SignatureHeaders, Verifier};
+
+/// Target size of the synthetic event body, in bytes.
+const BODY_SIZE: usize = 1500;
+
+/// The 1, 5 and 15 minute load averages, printed with each group: the machine may be shared.
+fn loadavg(group: &str, when: &str) {
+    let avg = std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "n/a".into());
+    eprintln!("loadavg {when} {group}: {avg}");
+}
+
+fn repo_path(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A compact ContactCreate-like body of about `size` bytes (the `notes` custom field pads it).
+fn contact_create(webhook_id: &str, size: usize) -> Vec<u8> {
+    let head = format!(
+        concat!(
+            r#"{{"type":"ContactCreate","locationId":"ve9EPM428h8vShlRW1KT","#,
+            r#""webhookId":"{}","id":"nmFmQEsNgz6AVpgLVUJ0","address1":"3535 1st St N","#,
+            r#""city":"ruDolomitebika","state":"AL","companyName":"Loram ipsum","country":"DE","#,
+            r#""source":"xyz form","dateAdded":"2021-11-26T12:41:02.193Z","#,
+            r#""dateOfBirth":"2000-01-05T00:00:00.000Z","dnd":true,"email":"JohnDeo@gmail.comm","#,
+            r#""name":"John Deo","firstName":"John","lastName":"Deo","phone":"+919509597501","#,
+            r#""postalCode":"452001","tags":["id magna sed Lorem","Duis dolor commodo aliqua"],"#,
+            r#""website":"https://www.google.com/","attachments":[],"#,
+            r#""assignedTo":"nmFmQEsNgz6AVpgLVUJ0","customFields":[{{"id":"BcdmQEsNgz6AVpgLVUJ0","#,
+            r#""value":"XYZ Corp"}},{{"id":"notes","value":""#
+        ),
+        webhook_id
+    );
+    let tail = r#""}]}"#;
+    let pad = size.saturating_sub(head.len() + tail.len());
+    let filler = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ";
+    let mut body = head;
+    body.extend(filler.chars().cycle().take(pad));
+    body.push_str(tail);
+    body.into_bytes()
+}
+
+/// Compact JSON re-printed with spaces and newlines, as a pretty-printing sender would.
+fn pretty(body: &[u8]) -> Vec<u8> {
+    let value: serde_json::Value = serde_json::from_slice(body).expect("JSON");
+    serde_json::to_vec_pretty(&value).expect("JSON")
+}
+
+fn ghl(sig: &str) -> SignatureHeaders<'_> {
+    SignatureHeaders {
+        ghl: Some(sig),
+        wh: None,
+    }
+}
+
+fn wh(sig: &str) -> SignatureHeaders<'_> {
+    SignatureHeaders {
+        ghl: None,
+        wh: Some(sig),
+    }
+}
+
+fn verify(c: &mut Criterion) {
+    let rng = SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).expect("ed25519 key");
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("ed25519 key");
+    let ed_public = ed25519_public_pem(pair.public_key().as_ref());
+    let ed_signer = SigningKey::Ed25519(pair);
+
+    let rsa_private = std::fs::read_to_string(repo_path("tests/keys/rsa-test.key"))
+        .expect("tests/keys/rsa-test.key (PKCS#8 RSA-4096)");
+    let rsa_public = std::fs::read_to_string(repo_path("tests/keys/rsa-test.pub"))
+        .expect("tests/keys/rsa-test.pub (SPKI RSA-4096)");
+    let rsa_signer = SigningKey::from_pem(&rsa_private).expect("RSA private key");
+
+    let verifier = Verifier {
+        ed25519: Keyring::ed25519_from_pem(&ed_public).expect("ed25519 keyring"),
+        rsa: Keyring::rsa_from_pem(&rsa_public).expect("rsa keyring"),
+        accept_legacy_rsa: true,
+    };
+
+    let body = contact_create("bench-verify-0001", BODY_SIZE);
+    let other = contact_create("bench-verify-0002", BODY_SIZE);
+    let body_pretty = pretty(&body);
+    let (_, ed_good) = ed_signer.sign(&body);
+    let (_, ed_bad) = ed_signer.sign(&other);
+    let (_, rsa_good) = rsa_signer.sign(&body);
+    let (_, rsa_bad) = rsa_signer.sign(&other);
+
+    // Sanity: the cases are what their names say.
+    assert!(verifier.verify(&body, ghl(&ed_good)).is_ok());
+    assert!(verifier.verify(&body, ghl(&ed_bad)).is_err());
+    assert!(verifier.verify(&body, wh(&rsa_good)).is_ok());
+    assert!(verifier.verify(&body, wh(&rsa_bad)).is_err());
+    assert!(verifier.verify(&body_pretty, ghl(&ed_bad)).is_err());
+
+    loadavg("verify", "before");
+    let mut g = c.benchmark_group("verify");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(50)
+        .throughput(Throughput::Elements(1));
+    g.bench_function("ed25519_good", |b| {
+        b.iter(|| verifier.verify(black_box(&body), ghl(&ed_good)).is_ok())
+    });
+    g.bench_function("ed25519_bad", |b| {
+        b.iter(|| verifier.verify(black_box(&body), ghl(&ed_bad)).is_err())
+    });
+    // A wrong signature over a non-compact body pays a second verify over the compact
+    // re-serialisation (the contract's fallback): the worst case per rejected request.
+    g.bench_function("ed25519_bad_pretty_body", |b| {
+        b.iter(|| {
+            verifier
+                .verify(black_box(&body_pretty), ghl(&ed_bad))
+                .is_err()
+        })
+    });
+    g.bench_function("rsa4096_good", |b| {
+        b.iter(|| verifier.verify(black_box(&body), wh(&rsa_good)).is_ok())
+    });
+    g.bench_function("rsa4096_bad", |b| {
+        b.iter(|| verifier.verify(black_box(&body), wh(&rsa_bad)).is_err())
+    });
+    g.finish();
+    loadavg("verify", "after");
+}
+
+fn fixtures() -> Vec<(String, Vec<u8>)> {
+    let dir = repo_path("tests/fixtures/highlevel");
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy().into();
+            (name, std::fs::read(&p).expect("fixture"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn extract(c: &mut Criterion) {
+    let all = fixtures();
+    assert!(!all.is_empty(), "no fixtures in tests/fixtures/highlevel");
+    let total_bytes: usize = all.iter().map(|(_, b)| b.len()).sum();
+    let body = contact_create("bench-extract-0001", BODY_SIZE);
+
+    loadavg("extract", "before");
+    let mut g = c.benchmark_group("extract");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(50);
+    g.throughput(Throughput::Elements(all.len() as u64));
+    g.bench_function(BenchmarkId::new("all_fixtures", all.len()), |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for (_, bytes) in &all {
+                let d = parse_delivery(black_box(bytes));
+                for e in &d.events {
+                    n += e.routing_key().len();
+                }
+                n += d.dedup_key.len();
+            }
+            n
+        })
+    });
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("contact_create_1500b", |b| {
+        b.iter(|| {
+            let d = parse_delivery(black_box(&body));
+            (d.dedup_key, d.events[0].routing_key())
+        })
+    });
+    g.finish();
+    loadavg("extract", "after");
+    eprintln!(
+        "extract: {} fixtures, {} bytes in all (mean {} B)",
+        all.len(),
+        total_bytes,
+        total_bytes / all.len()
+    );
+}
+
+fn entry(key: &str, body: &[u8]) -> Entry {
+    Entry {
+        seq: 0,
+        accepted_ms: 0,
+        replay: false,
+        dedup_owner: false,
+        scheme: Scheme::Ed25519,
+        schema: Outcome::Unknown,
+        dedup_key: key.to_string(),
+        index: None,
+        event_type: "ContactCreate".into(),
+        tenant: "ve9EPM428h8vShlRW1KT".into(),
+        location_id: Some("ve9EPM428h8vShlRW1KT".into()),
+        company_id: None,
+        webhook_id: Some(key.to_string()),
+        signature: "x".repeat(88),
+        body: body.to_vec(),
+    }
+}
+
+/// Unique dedup keys across every iteration of a run (a duplicate skips the write).
+static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
+
+fn next_key() -> String {
+    format!("bench-{:012}", NEXT_KEY.fetch_add(1, Ordering::Relaxed))
+}
+
+fn store_accept(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let body = contact_create("bench-store", BODY_SIZE);
+    const IN_FLIGHT: usize = 50;
+
+    loadavg("store_accept", "before");
+    let mut g = c.benchmark_group("store_accept");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(20);
+
+    for flush in [true, false] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), Duration::from_secs(7 * 24 * 3600)).expect("store");
+        store.set_flush_on_commit(flush);
+        let label = if flush { "fsync" } else { "no_fsync" };
+
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(BenchmarkId::new("one", label), |b| {
+            b.iter_custom(|iters| {
+                let entries: Vec<(String, Vec<Entry>)> = (0..iters)
+                    .map(|_| {
+                        let k = next_key();
+                        let e = vec![entry(&k, &body)];
+                        (k, e)
+                    })
+                    .collect();
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for (k, e) in entries {
+                        let out = store.accept(k, e).await.expect("accept");
+                        debug_assert!(matches!(out, AcceptOutcome::Accepted { .. }));
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+
+        // 50 accepts in flight at once: the writer commits them in few batches with one
+        // fsync each (group commit). Throughput is per event.
+        g.throughput(Throughput::Elements(IN_FLIGHT as u64));
+        g.bench_function(BenchmarkId::new("concurrent_50", label), |b| {
+            b.iter_custom(|iters| {
+                let rounds: Vec<Vec<(String, Vec<Entry>)>> = (0..iters)
+                    .map(|_| {
+                        (0..IN_FLIGHT)
+                            .map(|_| {
+                                let k = next_key();
+                                let e = vec![entry(&k, &body)];
+                                (k, e)
+                            })
+                            .collect()
+                    })
+                    .collect();
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for round in rounds {
+                        let all = round.into_iter().map(|(k, e)| store.accept(k, e));
+                        for out in futures_util::future::join_all(all).await {
+                            out.expect("accept");
+                        }
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        rt.block_on(store.flush()).expect("flush");
+        drop(store);
+        // Let the writer thread see the closed channel and stop before the dir goes away.
+        std::thread::sleep(Duration::from_millis(100));
+        drop(dir);
+    }
+    g.finish();
+    loadavg("store_accept", "after");
+}
+
+/// What the relay does around each window of 1000 publishes: read the oldest 1000 outbox
+/// entries (`pending_after`) and, once confirmed, remove them (`mark_published`).
+fn outbox(c: &mut Criterion) {
+    const WINDOW: usize = 1000;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let body = contact_create("bench-outbox", BODY_SIZE);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path(), Duration::from_secs(7 * 24 * 3600)).expect("store");
+    store.set_flush_on_commit(false);
+    let fill = |n: usize| {
+        let entries = (0..n).map(|_| entry(&next_key(), &body)).collect();
+        rt.block_on(store.append(entries)).expect("append");
+    };
+    // A backlog behind the window, as while the relay catches up.
+    fill(20 * WINDOW);
+
+    loadavg("outbox", "before");
+    let mut g = c.benchmark_group("outbox");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(20)
+        .throughput(Throughput::Elements(WINDOW as u64));
+    g.bench_function("pending_after_1000", |b| {
+        b.iter(|| store.pending_after(0, WINDOW).expect("read").len())
+    });
+    g.bench_function("pending_after_and_mark_published_1000", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                fill(WINDOW);
+                let start = Instant::now();
+                let batch = store.pending_after(0, WINDOW).expect("read");
+                let seqs: Vec<u64> = batch.iter().map(|e| e.seq).collect();
+                store.mark_published(&seqs).expect("mark");
+                spent += start.elapsed();
+            }
+            spent
+        })
+    });
+    g.finish();
+    loadavg("outbox", "after");
+    rt.block_on(store.flush()).expect("flush");
+    drop(store);
+    std::thread::sleep(Duration::from_millis(100));
+    drop(dir);
+}
+
+criterion_group!(benches, verify, extract, store_accept, outbox);
+criterion_main!(benches);

@@ -1,0 +1,710 @@
+//! Load generator for a local hlgate: posts pre-signed, unique ContactCreate-like events to
+//! `POST /webhooks/highlevel` from N concurrent keep-alive connections, then watches the admin
+//! metrics until the relay has drained the outbox to RabbitMQ.
+//!
+//! ```text
+//! cargo run --release -- keygen "$DIR/load"            # writes load.key / load.pub
+//! HLGATE_ED25519_PUBLIC_KEYS=@"$DIR/load.pub" ... cargo run --release -- serve &
+//! cargo run --release --example load -- --key "$DIR/load.key" --concurrency 50 --duration 20
+//! ```
+//!
+//! Every event is signed before the clock starts, so signing costs nothing during the run.
+//! Only loopback targets are accepted: this tool is for local measurements.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hlgate::cli::SigningKey;
+
+const USAGE: &str = "\
+usage: cargo run --release --example load -- --key PATH [options]
+
+  --url URL            webhook endpoint (default http://127.0.0.1:8080/webhooks/highlevel)
+  --admin URL          admin listener (default http://127.0.0.1:9090)
+  --admin-token TOKEN  bearer token for the admin API (default: $HLGATE_ADMIN_TOKEN, if set)
+  --key PATH           Ed25519 (or RSA) private key PEM whose public key hlgate trusts (required)
+  --concurrency N      concurrent connections (default 50)
+  --duration SECS      how long to post (default 20)
+  --events N           pre-signed unique events (default: enough for the run, see below)
+  --size BYTES         body size of each event (default 1500)
+  --locations N        distinct locationIds, i.e. routing keys (default 100)
+  --drain-timeout SECS how long to wait for the outbox to empty afterwards (default 60)
+  --bind EXCHANGE      before the run, declare a durable classic queue hlgate.load.<pid> bound
+                       with '#' to EXCHANGE (so events do not pile up in highlevel.unrouted);
+                       after the drain, print its message count and delete it
+  --amqp URL           RabbitMQ for --bind / --delete-exchange
+                       (default amqp://guest:guest@127.0.0.1:5672/%2f)
+  --delete-exchange EXCHANGE
+                       only delete EXCHANGE (after stopping hlgate) and exit; needs no --key
+
+Default --events: duration x min(concurrency x 2000, 20000) events/s, at least 20000.
+";
+
+struct Args {
+    url: String,
+    admin: String,
+    admin_token: Option<String>,
+    key: String,
+    concurrency: usize,
+    duration: Duration,
+    events: Option<usize>,
+    size: usize,
+    locations: usize,
+    drain_timeout: Duration,
+    bind: Option<String>,
+    amqp: String,
+    delete_exchange: Option<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        url: "http://127.0.0.1:8080/webhooks/highlevel".into(),
+        admin: "http://127.0.0.1:9090".into(),
+        admin_token: std::env::var("HLGATE_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+        key: String::new(),
+        concurrency: 50,
+        duration: Duration::from_secs(20),
+        events: None,
+        size: 1500,
+        locations: 100,
+        drain_timeout: Duration::from_secs(60),
+        bind: None,
+        amqp: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+        delete_exchange: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            print!("{USAGE}");
+            std::process::exit(0);
+        }
+        // Both `--flag value` and `--flag=value`.
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (flag.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        let number = |v: String| -> Result<u64, String> {
+            v.parse::<u64>()
+                .map_err(|_| format!("{name}: {v:?} is not a whole number"))
+        };
+        match name.as_str() {
+            "--url" => args.url = value()?,
+            "--admin" => args.admin = value()?.trim_end_matches('/').to_string(),
+            "--admin-token" => args.admin_token = Some(value()?),
+            "--key" => args.key = value()?,
+            "--concurrency" => args.concurrency = number(value()?)?.max(1) as usize,
+            "--duration" => args.duration = Duration::from_secs(number(value()?)?.max(1)),
+            "--events" => args.events = Some(number(value()?)?.max(1) as usize),
+            "--size" => args.size = number(value()?)? as usize,
+            "--locations" => args.locations = number(value()?)?.max(1) as usize,
+            "--drain-timeout" => args.drain_timeout = Duration::from_secs(number(value()?)?),
+            "--bind" => args.bind = Some(value()?),
+            "--amqp" => args.amqp = value()?,
+            "--delete-exchange" => args.delete_exchange = Some(value()?),
+            other => return Err(format!("unknown flag {other}\n\n{USAGE}")),
+        }
+    }
+    loopback_only(&args.amqp)?;
+    if args.delete_exchange.is_some() {
+        return Ok(args);
+    }
+    if args.key.is_empty() {
+        return Err(format!("--key is required\n\n{USAGE}"));
+    }
+    loopback_only(&args.url)?;
+    loopback_only(&args.admin)?;
+    Ok(args)
+}
+
+/// This tool only ever loads the local machine.
+fn loopback_only(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    let host = parsed.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ok = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{url}: only loopback targets (127.0.0.1, ::1, localhost) are allowed"
+        ))
+    }
+}
+
+/// A compact ContactCreate-like event of about `size` bytes with a unique `webhookId`.
+fn event(run: &str, i: usize, locations: usize, timestamp: &str, size: usize) -> Vec<u8> {
+    let head = format!(
+        concat!(
+            r#"{{"type":"ContactCreate","timestamp":"{ts}","webhookId":"load-{run}-{i:09}","#,
+            r#""locationId":"loadLoc{loc:05}","id":"c{run}{i:09}","address1":"3535 1st St N","#,
+            r#""city":"ruDolomitebika","state":"AL","companyName":"Loram ipsum","country":"DE","#,
+            r#""source":"xyz form","dateAdded":"{ts}","dateOfBirth":"2000-01-05T00:00:00.000Z","#,
+            r#""dnd":true,"email":"john.deo.{i}@example.com","name":"John Deo","#,
+            r#""firstName":"John","lastName":"Deo","phone":"+919509597501","#,
+            r#""postalCode":"452001","tags":["id magna sed Lorem","Duis dolor commodo aliqua"],"#,
+            r#""website":"https://www.example.com/","attachments":[],"#,
+            r#""assignedTo":"nmFmQEsNgz6AVpgLVUJ0","customFields":[{{"id":"BcdmQEsNgz6AVpgLVUJ0","#,
+            r#""value":"XYZ Corp"}},{{"id":"notes","value":""#
+        ),
+        ts = timestamp,
+        run = run,
+        i = i,
+        loc = i % locations,
+    );
+    let tail = r#""}]}"#;
+    let pad = size.saturating_sub(head.len() + tail.len());
+    let filler = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ";
+    let mut body = head;
+    body.extend(filler.chars().cycle().take(pad));
+    body.push_str(tail);
+    body.into_bytes()
+}
+
+struct Signed {
+    header: &'static str,
+    events: Vec<(Vec<u8>, String)>,
+}
+
+/// Builds and signs `n` events on all cores.
+fn presign(key: &SigningKey, n: usize, size: usize, locations: usize) -> Signed {
+    let run = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+    let timestamp = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = n.div_ceil(threads).max(1);
+    let header = key.sign(b"{}").0;
+    let mut events = Vec::with_capacity(n);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .step_by(chunk)
+            .map(|from| {
+                let (run, timestamp) = (&run, &timestamp);
+                s.spawn(move || {
+                    (from..(from + chunk).min(n))
+                        .map(|i| {
+                            let body = event(run, i, locations, timestamp, size);
+                            let (_, sig) = key.sign(&body);
+                            (body, sig)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            events.extend(h.join().expect("signing thread"));
+        }
+    });
+    Signed { header, events }
+}
+
+#[derive(Default)]
+struct WorkerReport {
+    latencies_us: Vec<u32>,
+    statuses: BTreeMap<u16, u64>,
+    accepted: u64,
+    duplicates: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+async fn worker(
+    client: reqwest::Client,
+    url: Arc<str>,
+    signed: Arc<Signed>,
+    next: Arc<AtomicUsize>,
+    ran_out: Arc<AtomicBool>,
+    deadline: Instant,
+) -> WorkerReport {
+    let mut r = WorkerReport {
+        latencies_us: Vec::with_capacity(64 * 1024),
+        ..WorkerReport::default()
+    };
+    while Instant::now() < deadline {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some((body, sig)) = signed.events.get(i) else {
+            ran_out.store(true, Ordering::Relaxed);
+            break;
+        };
+        let started = Instant::now();
+        let sent = client
+            .post(&*url)
+            .header(signed.header, sig.as_str())
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        let outcome = match sent {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                // Read the whole answer so the connection goes back to the pool.
+                response.bytes().await.map(|b| (status, b))
+            }
+            Err(e) => Err(e),
+        };
+        let elapsed = started.elapsed();
+        match outcome {
+            Ok((status, answer)) => {
+                r.latencies_us
+                    .push(elapsed.as_micros().min(u32::MAX as u128) as u32);
+                *r.statuses.entry(status).or_default() += 1;
+                if status == 200 {
+                    let text = String::from_utf8_lossy(&answer);
+                    if text.contains("\"accepted\"") {
+                        r.accepted += 1;
+                    } else if text.contains("\"duplicate\"") {
+                        r.duplicates += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                r.errors += 1;
+                r.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    r
+}
+
+/// Reads one sample from Prometheus text: `name` is the metric with its labels, as printed.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        rest.starts_with(' ')
+            .then(|| rest.trim().parse::<f64>().ok())
+            .flatten()
+    })
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Snapshot {
+    depth: f64,
+    acked: f64,
+    accepted: f64,
+}
+
+async fn snapshot(client: &reqwest::Client, args: &Args) -> Result<Snapshot, String> {
+    let url = format!("{}/metrics", args.admin);
+    let mut request = client.get(&url);
+    if let Some(t) = &args.admin_token {
+        request = request.bearer_auth(t);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("GET {url}: {}", response.status()));
+    }
+    let text = response
+        .text()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    Ok(Snapshot {
+        depth: metric(&text, "hlgate_outbox_depth").unwrap_or(f64::NAN),
+        acked: metric(&text, r#"hlgate_publish_total{result="ack"}"#).unwrap_or(0.0),
+        accepted: metric(&text, r#"hlgate_webhooks_total{outcome="accepted"}"#).unwrap_or(0.0),
+    })
+}
+
+/// The queue `--bind` makes: durable and classic, like the AMQP baseline's.
+struct BoundQueue {
+    connection: lapin::Connection,
+    channel: lapin::Channel,
+    name: String,
+}
+
+async fn amqp_channel(url: &str) -> Result<(lapin::Connection, lapin::Channel), String> {
+    let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .map_err(|e| format!("RabbitMQ {url}: {e}"))?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| format!("RabbitMQ channel: {e}"))?;
+    Ok((connection, channel))
+}
+
+async fn bind_queue(url: &str, exchange: &str) -> Result<BoundQueue, String> {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let (connection, channel) = amqp_channel(url).await?;
+    // The exchange must exist already (hlgate declares it at start-up).
+    channel
+        .exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("exchange {exchange} (is hlgate running?): {e}"))?;
+    let name = format!("hlgate.load.{}", std::process::id());
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
+    channel
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .map_err(|e| format!("queue {name}: {e}"))?;
+    channel
+        .queue_bind(
+            name.as_str().into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("binding {name} to {exchange}: {e}"))?;
+    Ok(BoundQueue {
+        connection,
+        channel,
+        name,
+    })
+}
+
+impl BoundQueue {
+    async fn message_count(&self) -> Result<u32, String> {
+        use lapin::options::QueueDeclareOptions;
+        self.channel
+            .queue_declare(
+                self.name.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .map(|q| q.message_count())
+            .map_err(|e| format!("queue {}: {e}", self.name))
+    }
+
+    async fn delete(self) -> Result<(), String> {
+        let deleted = self
+            .channel
+            .queue_delete(self.name.as_str().into(), Default::default())
+            .await
+            .map_err(|e| format!("deleting queue {}: {e}", self.name));
+        let _ = self.connection.close(200, "done".into()).await;
+        deleted.map(|_| ())
+    }
+}
+
+async fn delete_exchange(url: &str, exchange: &str) -> Result<(), String> {
+    if exchange.starts_with("amq.") || exchange == "highlevel.unrouted" || exchange.is_empty() {
+        return Err(format!("refusing to delete {exchange:?}"));
+    }
+    let (connection, channel) = amqp_channel(url).await?;
+    let deleted = channel
+        .exchange_delete(exchange.into(), Default::default())
+        .await
+        .map_err(|e| format!("deleting exchange {exchange}: {e}"));
+    let _ = connection.close(200, "done".into()).await;
+    deleted?;
+    println!("deleted exchange {exchange}");
+    Ok(())
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "n/a".into())
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let key_text =
+        std::fs::read_to_string(&args.key).map_err(|e| format!("cannot read {}: {e}", args.key))?;
+    let key = SigningKey::from_pem(&key_text)?;
+    if matches!(key, SigningKey::Rsa(_)) {
+        eprintln!("note: an RSA key signs slowly; pre-signing may take a while");
+    }
+    let n = args.events.unwrap_or_else(|| {
+        let per_second = (args.concurrency * 2000).min(20_000);
+        (args.duration.as_secs() as usize * per_second).max(20_000)
+    });
+
+    let t = Instant::now();
+    let signed = tokio::task::block_in_place(|| presign(&key, n, args.size, args.locations));
+    let body_len = signed.events.first().map_or(0, |(b, _)| b.len());
+    println!(
+        "pre-signed {n} events of {body_len} B ({}) in {:.1}s",
+        signed.header,
+        t.elapsed().as_secs_f64()
+    );
+    let signed = Arc::new(signed);
+
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(args.concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| format!("http client: {e}"))?;
+    let admin = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| format!("http client: {e}"))?;
+
+    let bound = match &args.bind {
+        Some(exchange) => {
+            let q = bind_queue(&args.amqp, exchange).await?;
+            println!("bound durable queue {} to {exchange} with '#'", q.name);
+            Some(q)
+        }
+        None => None,
+    };
+
+    let before = match snapshot(&admin, &args).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("warning: no admin metrics ({e}); publish figures are skipped");
+            None
+        }
+    };
+    if let Some(b) = before {
+        println!(
+            "before: outbox_depth={} acked={} accepted={}",
+            b.depth, b.acked, b.accepted
+        );
+    }
+
+    println!(
+        "posting to {} with {} connections for {}s (loadavg {})",
+        args.url,
+        args.concurrency,
+        args.duration.as_secs(),
+        loadavg()
+    );
+    let url: Arc<str> = args.url.as_str().into();
+    let next = Arc::new(AtomicUsize::new(0));
+    let ran_out = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let deadline = start + args.duration;
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|_| {
+            tokio::spawn(worker(
+                client.clone(),
+                url.clone(),
+                signed.clone(),
+                next.clone(),
+                ran_out.clone(),
+                deadline,
+            ))
+        })
+        .collect();
+    let mut total = WorkerReport::default();
+    for w in workers {
+        let r = w.await.map_err(|e| format!("worker: {e}"))?;
+        total.latencies_us.extend(r.latencies_us);
+        for (s, c) in r.statuses {
+            *total.statuses.entry(s).or_default() += c;
+        }
+        total.accepted += r.accepted;
+        total.duplicates += r.duplicates;
+        total.errors += r.errors;
+        if total.first_error.is_none() {
+            total.first_error = r.first_error;
+        }
+    }
+    let elapsed = start.elapsed();
+    let ended = Instant::now();
+    let load_at_end = loadavg();
+
+    let mut lat = std::mem::take(&mut total.latencies_us);
+    lat.sort_unstable();
+    let answered: u64 = total.statuses.values().sum();
+    let non_2xx: u64 = total
+        .statuses
+        .iter()
+        .filter(|(s, _)| !(200..300).contains(*s))
+        .map(|(_, c)| c)
+        .sum();
+    let secs = elapsed.as_secs_f64();
+    let rate = total.accepted as f64 / secs;
+    let (p50, p90, p99) = (
+        percentile(&lat, 50.0),
+        percentile(&lat, 90.0),
+        percentile(&lat, 99.0),
+    );
+    let max = lat.last().map_or(f64::NAN, |m| *m as f64 / 1000.0);
+
+    if ran_out.load(Ordering::Relaxed) {
+        println!("note: all {n} pre-signed events were used before the duration ended; pass a larger --events");
+    }
+    println!(
+        "run: {secs:.2}s, {answered} answered, {} accepted ({rate:.0}/s), {} duplicate, \
+         {non_2xx} non-2xx, {} transport errors",
+        total.accepted, total.duplicates, total.errors
+    );
+    let statuses: Vec<String> = total
+        .statuses
+        .iter()
+        .map(|(s, c)| format!("{s}={c}"))
+        .collect();
+    println!("status counts: {}", statuses.join(" "));
+    if let Some(e) = &total.first_error {
+        println!("first transport error: {e}");
+    }
+    println!("latency ms: p50={p50:.2} p90={p90:.2} p99={p99:.2} max={max:.2}");
+    println!("loadavg at end of run: {load_at_end}");
+
+    // Drain: how long until the relay has confirmed everything this run put in the outbox.
+    let at_end = match before {
+        Some(_) => snapshot(&admin, &args).await.ok(),
+        None => None,
+    };
+    if let (Some(b), Some(m)) = (before, at_end) {
+        println!(
+            "at end of run: outbox_depth={} published during the run={:.0} ({:.0}/s)",
+            m.depth,
+            m.acked - b.acked,
+            (m.acked - b.acked) / secs
+        );
+    }
+    let mut drain = String::from("n/a");
+    let mut published = String::from("n/a");
+    let mut e2e = String::from("n/a");
+    if let Some(b) = before {
+        let mut last = None;
+        let mut drained = None;
+        while ended.elapsed() < args.drain_timeout {
+            match snapshot(&admin, &args).await {
+                Ok(s) => {
+                    last = Some(s);
+                    if s.depth == 0.0 {
+                        drained = Some(ended.elapsed());
+                        break;
+                    }
+                }
+                Err(e) => eprintln!("warning: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Some(a) = last {
+            let acked = a.acked - b.acked;
+            published = format!("{acked:.0}");
+            println!(
+                "after: outbox_depth={} published (ack delta)={acked:.0} accepted (metrics delta)={:.0}",
+                a.depth,
+                a.accepted - b.accepted
+            );
+            match drained {
+                Some(d) => {
+                    drain = format!("{:.2}s", d.as_secs_f64());
+                    if let Some(m) = at_end {
+                        if d.as_secs_f64() > 0.2 {
+                            println!(
+                                "relay rate while draining: {:.0}/s ({:.0} in {:.2}s)",
+                                (a.acked - m.acked) / d.as_secs_f64(),
+                                a.acked - m.acked,
+                                d.as_secs_f64()
+                            );
+                        }
+                    }
+                    e2e = format!("{:.0}/s", acked / (secs + d.as_secs_f64()));
+                    println!(
+                        "outbox empty {:.2}s after the run ended; end-to-end {} published/s \
+                         (run + drain)",
+                        d.as_secs_f64(),
+                        e2e
+                    );
+                }
+                None => {
+                    drain = format!(">{}s", args.drain_timeout.as_secs());
+                    println!(
+                        "outbox still at {} after {}s; gave up waiting",
+                        a.depth,
+                        args.drain_timeout.as_secs()
+                    );
+                }
+            }
+        }
+    }
+
+    let mut queued = String::from("n/a");
+    if let Some(q) = bound {
+        match q.message_count().await {
+            Ok(count) => {
+                queued = count.to_string();
+                println!("queue {} holds {count} messages", q.name);
+            }
+            Err(e) => eprintln!("warning: {e}"),
+        }
+        match q.delete().await {
+            Ok(()) => println!("deleted the queue"),
+            Err(e) => eprintln!("warning: {e}"),
+        }
+    }
+
+    println!(
+        "SUMMARY c={} dur={secs:.1}s size={body_len}B accepted={} rate={rate:.0}/s \
+         p50={p50:.2}ms p90={p90:.2}ms p99={p99:.2}ms max={max:.2}ms non2xx={non_2xx} \
+         errors={} published={published} queued={queued} drain={drain} e2e={e2e} loadavg=[{load_at_end}]",
+        args.concurrency, total.accepted, total.errors
+    );
+    Ok(())
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = match args.delete_exchange.clone() {
+        Some(exchange) => rt.block_on(delete_exchange(&args.amqp, &exchange)),
+        None => rt.block_on(run(args)),
+    };
+    if let Err(e) = result {
+        eprintln!("load: {e}");
+        std::process::exit(1);
+    }
+}
