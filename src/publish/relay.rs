@@ -117,7 +117,9 @@ impl Relay {
                     self.metrics
                         .broker_connected
                         .store(false, Ordering::Relaxed);
-                    let _ = link.connection.close(200, "hlgate closing".into()).await;
+                    // A dead connection may never answer the close; do not wait on it long.
+                    let close = link.connection.close(200, "hlgate closing".into());
+                    let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
                     match stop {
                         Stop::Shutdown => break,
                         Stop::Broken(why) => warn!(error = %why, "lost RabbitMQ; reconnecting"),
