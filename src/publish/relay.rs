@@ -17,7 +17,7 @@ use crate::metrics::{Metrics, PublishResult};
 use crate::schema::Outcome;
 use crate::store::{now_ms, Entry, Store};
 
-/// How many entries are published before their confirms are awaited.
+/// How many entries one read takes from the outbox; up to two such windows are unconfirmed.
 const WINDOW: usize = 1000;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -89,6 +89,13 @@ impl Default for Backoff {
     }
 }
 
+/// A batch handed to the broker, its confirms not yet awaited.
+struct InFlight {
+    confirms: Vec<(Entry, lapin::PublisherConfirm)>,
+    /// Set when the batch could not be handed over whole.
+    failure: Option<String>,
+}
+
 enum Stop {
     /// The connection or channel failed; reconnect.
     Broken(String),
@@ -151,61 +158,103 @@ impl Relay {
         Ok(link)
     }
 
+    async fn read_after(&self, after: u64) -> Result<Vec<Entry>, String> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.pending_after(after, WINDOW)).await {
+            Ok(Ok(batch)) => Ok(batch),
+            Ok(Err(e)) => Err(format!("reading the outbox: {e}")),
+            Err(e) => Err(format!("reading the outbox: {e}")),
+        }
+    }
+
+    /// Publishes the outbox in order, keeping up to two windows unconfirmed: the next window
+    /// goes out while the broker confirms the previous one.
     async fn drain(
         &self,
         link: &Link,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Stop {
+        // The last seq handed to the broker; 0 re-reads the outbox from its oldest entry.
+        let mut last_seq = 0;
+        let mut in_flight: Option<InFlight> = None;
         loop {
-            if shutdown.is_cancelled() {
+            if shutdown.is_cancelled() && in_flight.is_none() {
                 return Stop::Shutdown;
             }
-            let store = self.store.clone();
-            let batch =
-                match tokio::task::spawn_blocking(move || store.pending_after(0, WINDOW)).await {
-                    Ok(Ok(batch)) => batch,
-                    Ok(Err(e)) => return Stop::Broken(format!("reading the outbox: {e}")),
-                    Err(e) => return Stop::Broken(format!("reading the outbox: {e}")),
-                };
-            if batch.is_empty() {
-                tokio::select! {
-                    () = self.store.appended() => {}
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {
-                        if !link.connection.status().connected() {
-                            return Stop::Broken("connection closed".into());
+            let batch = if shutdown.is_cancelled() {
+                Vec::new()
+            } else {
+                match self.read_after(last_seq).await {
+                    Ok(batch) => batch,
+                    Err(why) => return Stop::Broken(why),
+                }
+            };
+            let sent = if batch.is_empty() {
+                None
+            } else {
+                last_seq = batch.last().map_or(last_seq, |e| e.seq);
+                Some(self.publish(link, batch).await)
+            };
+            if let Some(previous) = in_flight.take() {
+                match self.settle(previous).await {
+                    Ok(true) => backoff.reset(),
+                    Ok(false) => {
+                        // Nacked entries stay in the outbox; after a pause, start over from the
+                        // oldest (what is in flight now may then go twice: at least once).
+                        if let Some(current) = sent {
+                            let _ = self.settle(current).await;
                         }
+                        last_seq = 0;
+                        let delay = backoff.next_delay();
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = shutdown.cancelled() => return Stop::Shutdown,
+                        }
+                        continue;
                     }
-                    () = shutdown.cancelled() => return Stop::Shutdown,
+                    Err(why) => return Stop::Broken(why),
                 }
-                continue;
             }
-            match self.publish_batch(link, batch).await {
-                Ok(true) => backoff.reset(),
-                Ok(false) => {
-                    // Nacked: those entries stay in the outbox and go again after a pause.
-                    let delay = backoff.next_delay();
+            match sent {
+                Some(current) => {
+                    if let Some(why) = &current.failure {
+                        let why = why.clone();
+                        let _ = self.settle(current).await;
+                        return Stop::Broken(why);
+                    }
+                    in_flight = Some(current);
+                }
+                None => {
+                    if shutdown.is_cancelled() {
+                        return Stop::Shutdown;
+                    }
                     tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = shutdown.cancelled() => return Stop::Shutdown,
+                        () = self.store.appended() => {}
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {
+                            if !link.connection.status().connected() {
+                                return Stop::Broken("connection closed".into());
+                            }
+                            // Catch entries a nack or a reconnect left behind.
+                            last_seq = 0;
+                        }
+                        () = shutdown.cancelled() => {}
                     }
                 }
-                Err(why) => return Stop::Broken(why),
             }
         }
     }
 
-    /// Publishes a batch, then awaits its confirms in order. `Ok(false)` when something was
-    /// nacked.
-    async fn publish_batch(&self, link: &Link, batch: Vec<Entry>) -> Result<bool, String> {
+    /// Hands a batch to the broker without waiting for its confirms.
+    async fn publish(&self, link: &Link, batch: Vec<Entry>) -> InFlight {
         let mut confirms = Vec::with_capacity(batch.len());
         let mut failure = None;
-        for entry in &batch {
+        for entry in batch {
             let attached = match &self.hooks {
-                Some(h) => h.attach(entry).await,
+                Some(h) => h.attach(&entry).await,
                 None => Attached::Off,
             };
-            let (exchange, routing_key) = self.destination(entry);
+            let (exchange, routing_key) = self.destination(&entry);
             let published = link
                 .channel
                 .basic_publish(
@@ -213,7 +262,7 @@ impl Relay {
                     amqp::short(&routing_key),
                     BasicPublishOptions::default(),
                     &entry.body,
-                    amqp::properties(entry, &attached),
+                    amqp::properties(&entry, &attached),
                 )
                 .await;
             match published {
@@ -224,14 +273,18 @@ impl Relay {
                 }
             }
         }
+        InFlight { confirms, failure }
+    }
 
-        let mut acked = Vec::with_capacity(confirms.len());
+    /// Awaits a batch's confirms in order and removes the acked entries from the outbox.
+    /// `Ok(false)` when something was nacked.
+    async fn settle(&self, in_flight: InFlight) -> Result<bool, String> {
+        let mut failure = in_flight.failure;
+        let mut acked = Vec::with_capacity(in_flight.confirms.len());
         let mut all_acked = true;
-        for (entry, confirm) in confirms {
+        for (entry, confirm) in in_flight.confirms {
             match confirm.await {
-                Ok(c) if c.is_ack() => {
-                    acked.push(entry);
-                }
+                Ok(c) if c.is_ack() => acked.push(entry),
                 Ok(_) => {
                     all_acked = false;
                     self.metrics.publish(PublishResult::Nack, 1);
