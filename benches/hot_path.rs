@@ -13,8 +13,9 @@ use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
 use hlgate::cli::{ed25519_public_pem, SigningKey};
+use hlgate::config::SchemaMode;
 use hlgate::event::parse_delivery;
-use hlgate::schema::Outcome;
+use hlgate::schema::{Outcome, Schemas};
 use hlgate::store::{AcceptOutcome, Entry, Store};
 use hlgate::verify::{Keyring, Scheme, SignatureHeaders, Verifier};
 
@@ -202,6 +203,54 @@ fn extract(c: &mut Criterion) {
     );
 }
 
+/// JSON Schema validation of each event (`HLGATE_SCHEMA_MODE=warn`, the default), which
+/// ingest runs after extraction: it parses the body again into a `serde_json::Value`.
+fn schema(c: &mut Criterion) {
+    let schemas = Schemas::embedded(SchemaMode::Warn).expect("embedded schemas");
+    let all: Vec<(String, Vec<u8>)> = fixtures();
+    let typed: Vec<(String, Vec<u8>)> = all
+        .iter()
+        .flat_map(|(_, bytes)| {
+            parse_delivery(bytes)
+                .events
+                .into_iter()
+                .map(|e| (e.event_type, e.body))
+        })
+        .collect();
+    let covered = typed.iter().filter(|(t, _)| schemas.covers(t)).count();
+    let body = contact_create("bench-schema-0001", BODY_SIZE);
+    eprintln!(
+        "schema: {} schemas; {covered} of {} fixture events have one; ContactCreate body: {:?}",
+        schemas.len(),
+        typed.len(),
+        schemas.validate("ContactCreate", &body)
+    );
+
+    loadavg("schema", "before");
+    let mut g = c.benchmark_group("schema");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(50);
+    g.throughput(Throughput::Elements(typed.len() as u64));
+    g.bench_function(
+        BenchmarkId::new("validate_all_fixtures", typed.len()),
+        |b| {
+            b.iter(|| {
+                typed
+                    .iter()
+                    .filter(|(t, body)| schemas.validate(t, black_box(body)) == Outcome::Valid)
+                    .count()
+            })
+        },
+    );
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("validate_contact_create_1500b", |b| {
+        b.iter(|| schemas.validate("ContactCreate", black_box(&body)))
+    });
+    g.finish();
+    loadavg("schema", "after");
+}
+
 fn entry(key: &str, body: &[u8]) -> Entry {
     Entry {
         seq: 0,
@@ -358,5 +407,5 @@ fn outbox(c: &mut Criterion) {
     drop(dir);
 }
 
-criterion_group!(benches, verify, extract, store_accept, outbox);
+criterion_group!(benches, verify, extract, schema, store_accept, outbox);
 criterion_main!(benches);

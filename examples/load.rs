@@ -34,10 +34,13 @@ usage: cargo run --release --example load -- --key PATH [options]
   --bind EXCHANGE      before the run, declare a durable classic queue hlgate.load.<pid> bound
                        with '#' to EXCHANGE (so events do not pile up in highlevel.unrouted);
                        after the drain, print its message count and delete it
+  --keep-queue         with --bind: keep the queue at the end (delete it later with
+                       --delete-queue); for measuring a drain across hlgate restarts
   --amqp URL           RabbitMQ for --bind / --delete-exchange
                        (default amqp://guest:guest@127.0.0.1:5672/%2f)
   --delete-exchange EXCHANGE
                        only delete EXCHANGE (after stopping hlgate) and exit; needs no --key
+  --delete-queue QUEUE only delete QUEUE and exit; needs no --key
 
 Default --events: duration x min(concurrency x 2000, 20000) events/s, at least 20000.
 ";
@@ -56,6 +59,8 @@ struct Args {
     bind: Option<String>,
     amqp: String,
     delete_exchange: Option<String>,
+    keep_queue: bool,
+    delete_queue: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -75,6 +80,8 @@ fn parse_args() -> Result<Args, String> {
         bind: None,
         amqp: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
         delete_exchange: None,
+        keep_queue: false,
+        delete_queue: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -111,11 +118,13 @@ fn parse_args() -> Result<Args, String> {
             "--bind" => args.bind = Some(value()?),
             "--amqp" => args.amqp = value()?,
             "--delete-exchange" => args.delete_exchange = Some(value()?),
+            "--keep-queue" => args.keep_queue = true,
+            "--delete-queue" => args.delete_queue = Some(value()?),
             other => return Err(format!("unknown flag {other}\n\n{USAGE}")),
         }
     }
     loopback_only(&args.amqp)?;
-    if args.delete_exchange.is_some() {
+    if args.delete_exchange.is_some() || args.delete_queue.is_some() {
         return Ok(args);
     }
     if args.key.is_empty() {
@@ -423,6 +432,23 @@ impl BoundQueue {
     }
 }
 
+async fn delete_queue(url: &str, queue: &str) -> Result<(), String> {
+    if !queue.starts_with("hlgate.load.") {
+        return Err(format!(
+            "refusing to delete {queue:?}: only this tool's hlgate.load.* queues"
+        ));
+    }
+    let (connection, channel) = amqp_channel(url).await?;
+    let deleted = channel
+        .queue_delete(queue.into(), Default::default())
+        .await
+        .map_err(|e| format!("deleting queue {queue}: {e}"));
+    let _ = connection.close(200, "done".into()).await;
+    let count = deleted?;
+    println!("deleted queue {queue} ({count} messages)");
+    Ok(())
+}
+
 async fn delete_exchange(url: &str, exchange: &str) -> Result<(), String> {
     if exchange.starts_with("amq.") || exchange == "highlevel.unrouted" || exchange.is_empty() {
         return Err(format!("refusing to delete {exchange:?}"));
@@ -672,9 +698,14 @@ async fn run(args: Args) -> Result<(), String> {
             }
             Err(e) => eprintln!("warning: {e}"),
         }
-        match q.delete().await {
-            Ok(()) => println!("deleted the queue"),
-            Err(e) => eprintln!("warning: {e}"),
+        if args.keep_queue {
+            println!("kept queue {} (delete it with --delete-queue)", q.name);
+            let _ = q.connection.close(200, "done".into()).await;
+        } else {
+            match q.delete().await {
+                Ok(()) => println!("deleted the queue"),
+                Err(e) => eprintln!("warning: {e}"),
+            }
         }
     }
 
@@ -699,9 +730,17 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let result = match args.delete_exchange.clone() {
-        Some(exchange) => rt.block_on(delete_exchange(&args.amqp, &exchange)),
-        None => rt.block_on(run(args)),
+    let result = match (args.delete_queue.clone(), args.delete_exchange.clone()) {
+        (None, None) => rt.block_on(run(args)),
+        (queue, exchange) => rt.block_on(async {
+            if let Some(q) = queue {
+                delete_queue(&args.amqp, &q).await?;
+            }
+            if let Some(x) = exchange {
+                delete_exchange(&args.amqp, &x).await?;
+            }
+            Ok(())
+        }),
     };
     if let Err(e) = result {
         eprintln!("load: {e}");
