@@ -276,15 +276,22 @@ impl Relay {
         InFlight { confirms, failure }
     }
 
-    /// Awaits a batch's confirms in order and removes the acked entries from the outbox.
-    /// `Ok(false)` when something was nacked.
+    /// Awaits a batch's confirms in order and moves the outbox watermark over the confirmed
+    /// prefix. `Ok(false)` when something was nacked.
     async fn settle(&self, in_flight: InFlight) -> Result<bool, String> {
         let mut failure = in_flight.failure;
+        let first = in_flight.confirms.first().map(|(e, _)| e.seq);
         let mut acked = Vec::with_capacity(in_flight.confirms.len());
+        let mut prefix_end = None;
         let mut all_acked = true;
         for (entry, confirm) in in_flight.confirms {
             match confirm.await {
-                Ok(c) if c.is_ack() => acked.push(entry),
+                Ok(c) if c.is_ack() => {
+                    if all_acked && failure.is_none() {
+                        prefix_end = Some(entry.seq);
+                    }
+                    acked.push(entry);
+                }
                 Ok(_) => {
                     all_acked = false;
                     self.metrics.publish(PublishResult::Nack, 1);
@@ -308,11 +315,13 @@ impl Relay {
             self.metrics.schema(entry.schema);
         }
         self.metrics.publish(PublishResult::Ack, acked.len() as u64);
-        let seqs: Vec<u64> = acked.iter().map(|e| e.seq).collect();
-        let store = self.store.clone();
-        let removed = tokio::task::spawn_blocking(move || store.mark_published(&seqs)).await;
-        if !matches!(removed, Ok(Ok(()))) {
-            return Err("cannot remove confirmed entries from the outbox".into());
+        if let (Some(first), Some(through)) = (first, prefix_end) {
+            let store = self.store.clone();
+            let moved =
+                tokio::task::spawn_blocking(move || store.mark_published(first, through)).await;
+            if !matches!(moved, Ok(Ok(_))) {
+                return Err("cannot record confirmed entries in the outbox".into());
+            }
         }
         debug!(count = acked.len(), "published");
         if let Some(hooks) = &self.hooks {

@@ -1,11 +1,14 @@
 //! The only sled user: dedup keys, the outbox, the archive, and (for the token module) the
 //! vault's tree.
 //!
-//! One tree holds three key families, so that a delivery's dedup key and its outbox entries are
-//! written by one atomic batch:
+//! One tree holds the dedup keys and the events, so that a delivery's dedup key and its entries
+//! are written by one atomic batch:
 //! - `d<dedup key>`  → first seq (u64 BE) + acceptance time (u64 BE, unix ms)
-//! - `e<seq>`        → the encoded [`Entry`]: the archive, kept for the retention window
-//! - `p<seq>`        → empty: the outbox, removed once RabbitMQ confirmed the publish
+//! - `e<seq>`        → the encoded [`Entry`], kept for the retention window (archive, replay)
+//! - `w`             → the published watermark (u64 BE): every seq up to it is confirmed
+//!
+//! The outbox is every entry above the watermark. The relay publishes in seq order and moves the
+//! watermark over the confirmed prefix, so confirming a window is one small write.
 //!
 //! All inserts go through one writer thread that batches concurrent requests and flushes once
 //! per batch (group commit). Sequence numbers are assigned there, so outbox order is commit order.
@@ -27,7 +30,7 @@ use tokio::sync::{oneshot, Notify};
 
 const DEDUP: u8 = b'd';
 const EVENT: u8 = b'e';
-const PENDING: u8 = b'p';
+const WATERMARK: &[u8] = b"w";
 
 /// How many requests the writer takes into one batch at most.
 const MAX_BATCH: usize = 1024;
@@ -98,7 +101,10 @@ struct Shared {
     db: sled::Db,
     tree: sled::Tree,
     retention_ms: u64,
-    depth: AtomicU64,
+    /// The highest seq written (0 when none).
+    last_seq: AtomicU64,
+    /// Every seq up to this one is confirmed by the broker.
+    published: AtomicU64,
     /// The outbox gained entries.
     appended: Notify,
     /// Set by the disk check; refuses new events while true.
@@ -160,19 +166,26 @@ impl Store {
             .cache_capacity(64 * 1024 * 1024)
             .open()?;
         let tree = db.open_tree("outbox")?;
-        let next_seq = tree
+        let last_event = tree
             .scan_prefix([EVENT])
             .keys()
             .next_back()
             .transpose()?
-            .map(|k| seq_of(&k) + 1)
-            .unwrap_or(1);
-        let depth = tree.scan_prefix([PENDING]).keys().count() as u64;
+            .map(|k| seq_of(&k))
+            .unwrap_or(0);
+        let published = tree
+            .get(WATERMARK)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        // Never hand out a seq at or below the watermark, even when the archive was swept empty.
+        let last_seq = last_event.max(published);
+        let next_seq = last_seq + 1;
         let shared = Arc::new(Shared {
             db,
             tree,
             retention_ms: retention.as_millis() as u64,
-            depth: AtomicU64::new(depth),
+            last_seq: AtomicU64::new(last_seq),
+            published: AtomicU64::new(published),
             appended: Notify::new(),
             disk_low: AtomicBool::new(false),
             write_failed: AtomicBool::new(false),
@@ -203,7 +216,13 @@ impl Store {
 
     /// Unpublished events.
     pub fn depth(&self) -> u64 {
-        self.shared.depth.load(Ordering::Relaxed)
+        let last = self.shared.last_seq.load(Ordering::Acquire);
+        last.saturating_sub(self.shared.published.load(Ordering::Acquire))
+    }
+
+    /// Every seq up to this one is confirmed.
+    pub fn published_through(&self) -> u64 {
+        self.shared.published.load(Ordering::Acquire)
     }
 
     /// True while new events can be stored (disk has room, last write worked).
@@ -262,61 +281,45 @@ impl Store {
         self.send(|reply| Command::Sweep { reply }).await
     }
 
-    /// Up to `limit` outbox entries after `after`, in order.
+    /// Up to `limit` outbox entries (above the watermark) after `after`, in seq order.
     pub fn pending_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
-        let tree = &self.shared.tree;
+        let from = after.max(self.published_through()) + 1;
         let mut out = Vec::with_capacity(limit.min(1024));
-        for k in tree
-            .range(key(PENDING, after + 1)..=key(PENDING, u64::MAX))
-            .keys()
+        for item in self
+            .shared
+            .tree
+            .range(key(EVENT, from)..=key(EVENT, u64::MAX))
+            .take(limit)
         {
-            let seq = seq_of(&k?);
-            match tree.get(key(EVENT, seq))? {
-                Some(bytes) => {
-                    out.push(Entry::decode(seq, &bytes).ok_or(StoreError::Corrupt(seq))?)
-                }
-                // An outbox key without its event cannot be published; drop the key.
-                None => {
-                    tree.remove(key(PENDING, seq))?;
-                    self.shared.depth.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
-            if out.len() == limit {
-                break;
-            }
+            let (k, v) = item?;
+            let seq = seq_of(&k);
+            out.push(Entry::decode(seq, &v).ok_or(StoreError::Corrupt(seq))?);
         }
         Ok(out)
     }
 
-    /// Removes confirmed entries from the outbox (they stay in the archive).
-    pub fn mark_published(&self, seqs: &[u64]) -> Result<(), StoreError> {
-        if seqs.is_empty() {
-            return Ok(());
+    /// Moves the watermark to `through` once every seq from `first` to `through` is confirmed.
+    /// Only a prefix that continues the watermark moves it (after a nack the relay starts over
+    /// from the oldest unconfirmed entry); returns whether it moved.
+    pub fn mark_published(&self, first: u64, through: u64) -> Result<bool, StoreError> {
+        let current = self.published_through();
+        if first > current + 1 || through <= current {
+            return Ok(false);
         }
-        let mut batch = sled::Batch::default();
-        for seq in seqs {
-            batch.remove(&key(PENDING, *seq));
-        }
-        self.shared.tree.apply_batch(batch)?;
-        self.shared
-            .depth
-            .fetch_sub(seqs.len() as u64, Ordering::Relaxed);
-        Ok(())
+        self.shared.tree.insert(WATERMARK, &through.to_be_bytes())?;
+        self.shared.published.store(through, Ordering::Release);
+        Ok(true)
     }
 
     /// The oldest unpublished entry's seq and acceptance time.
     pub fn oldest_pending(&self) -> Result<Option<(u64, u64)>, StoreError> {
-        let tree = &self.shared.tree;
-        let Some(k) = tree.scan_prefix([PENDING]).keys().next().transpose()? else {
-            return Ok(None);
-        };
-        let seq = seq_of(&k);
-        let accepted = tree
+        let seq = self.published_through() + 1;
+        Ok(self
+            .shared
+            .tree
             .get(key(EVENT, seq))?
             .and_then(|b| Entry::decode(seq, &b))
-            .map(|e| e.accepted_ms)
-            .unwrap_or_else(now_ms);
-        Ok(Some((seq, accepted)))
+            .map(|e| (seq, e.accepted_ms)))
     }
 
     /// Archived original events (not replays) accepted in `[since_ms, until_ms]`, filtered.
@@ -389,7 +392,6 @@ impl Writer {
         entry.seq = seq;
         entry.accepted_ms = now;
         batch.insert(&key(EVENT, seq), entry.encode());
-        batch.insert(&key(PENDING, seq), &[][..]);
         seq
     }
 
@@ -474,7 +476,9 @@ impl Writer {
         } else {
             self.shared.write_failed.store(false, Ordering::Relaxed);
             if added > 0 {
-                self.shared.depth.fetch_add(added, Ordering::Relaxed);
+                self.shared
+                    .last_seq
+                    .store(self.next_seq - 1, Ordering::Release);
                 self.shared.appended.notify_one();
             }
         }
@@ -525,8 +529,9 @@ impl Writer {
                 report.more = true;
                 break;
             }
-            if tree.contains_key(key(PENDING, seq))? {
-                continue;
+            if seq > self.shared.published.load(Ordering::Acquire) {
+                // Unpublished events are never swept, however old; nor is anything after them.
+                break;
             }
             batch.remove(k);
             report.events += 1;
@@ -603,7 +608,9 @@ mod tests {
                 vec![1, 2, 3]
             );
             assert!(pending[1].dedup_owner && !pending[2].dedup_owner);
-            store.mark_published(&[1]).unwrap();
+            assert!(store.mark_published(1, 1).unwrap());
+            // A prefix that skips an unconfirmed seq does not move the watermark.
+            assert!(!store.mark_published(3, 3).unwrap());
             assert_eq!(store.depth(), 2);
         }
         // Give the old writer thread a moment to drop the database lock.
@@ -636,7 +643,7 @@ mod tests {
             .accept("b".into(), vec![entry("b", "2")])
             .await
             .unwrap();
-        store.mark_published(&[1]).unwrap();
+        assert!(store.mark_published(1, 1).unwrap());
         tokio::time::sleep(Duration::from_millis(80)).await;
         let report = store.sweep().await.unwrap();
         // "b" is still unpublished, so it stays.
@@ -651,5 +658,39 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(again, AcceptOutcome::Accepted { .. }));
+    }
+
+    #[tokio::test]
+    async fn seqs_never_go_back_below_the_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), Duration::from_millis(10)).unwrap();
+            store
+                .accept("a".into(), vec![entry("a", "1")])
+                .await
+                .unwrap();
+            assert!(store.mark_published(1, 1).unwrap());
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            assert_eq!(store.sweep().await.unwrap().events, 1);
+            assert_eq!(store.archived_count(), 0);
+            store.flush().await.unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        // The archive is empty, but seq 1 was published: a new event must not reuse it.
+        let store = Store::open(dir.path(), Duration::from_millis(10)).unwrap();
+        assert_eq!(store.depth(), 0);
+        let b = store
+            .accept("b".into(), vec![entry("b", "2")])
+            .await
+            .unwrap();
+        assert_eq!(
+            b,
+            AcceptOutcome::Accepted {
+                first_seq: 2,
+                count: 1
+            }
+        );
+        assert_eq!(store.depth(), 1);
+        assert_eq!(store.pending_after(0, 10).unwrap()[0].seq, 2);
     }
 }
