@@ -163,7 +163,7 @@ impl Store {
     pub fn open(dir: &Path, retention: Duration) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(dir.join("sled"))
-            .cache_capacity(64 * 1024 * 1024)
+            .cache_capacity(16 * 1024 * 1024)
             .open()?;
         let tree = db.open_tree("outbox")?;
         let last_event = tree
