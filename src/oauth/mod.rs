@@ -719,6 +719,44 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_never_shows_a_token_or_secret() {
+        let record = TokenRecord {
+            tenant: "loc".into(),
+            user_type: "Location".into(),
+            access_token: "access-s3cret".into(),
+            refresh_token: Some("refresh-s3cret".into()),
+            expires_at: Some(1),
+            scope: None,
+            location_id: None,
+            company_id: None,
+            state: TenantState::Active,
+            last_error: None,
+            attempts: 0,
+            retry_at: 0,
+            updated_at: 0,
+        };
+        let served = ServedToken {
+            tenant: "loc".into(),
+            access_token: "access-s3cret".into(),
+            expires_at: None,
+            user_type: "Location".into(),
+            scope: None,
+            expires_at_unix: None,
+        };
+        let client = HighLevelClient::new(
+            "http://127.0.0.1:1",
+            "client-id",
+            crate::config::Secret::new("client-s3cret"),
+            None,
+        );
+        let text = format!("{record:?} {served:?} {client:?}");
+        for secret in ["access-s3cret", "refresh-s3cret", "client-s3cret"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("[redacted]"));
+    }
+
+    #[test]
     fn query_values_are_encoded() {
         assert_eq!(
             encode("contacts.readonly locations.write"),

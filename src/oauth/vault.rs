@@ -203,3 +203,49 @@ impl Vault {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn record(tenant: &str) -> TokenRecord {
+        TokenRecord {
+            tenant: tenant.into(),
+            user_type: "Location".into(),
+            access_token: "access-plain".into(),
+            refresh_token: Some("refresh-plain".into()),
+            expires_at: Some(1),
+            scope: None,
+            location_id: None,
+            company_id: None,
+            state: TenantState::Active,
+            last_error: None,
+            attempts: 0,
+            retry_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_are_sealed_bound_to_their_tenant_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), std::time::Duration::from_secs(60)).unwrap();
+        let tree = store.keyed_tree("tokens").unwrap();
+        let key = load_or_create_key(None, dir.path()).unwrap();
+        // The generated key is kept: a second load gives the same one.
+        assert_eq!(load_or_create_key(None, dir.path()).unwrap(), key);
+        let vault = Vault::new(tree.clone(), &key);
+        vault.put(&record("locA")).unwrap();
+        let raw = tree.get("locA").unwrap().unwrap();
+        assert!(!raw.windows(12).any(|w| w == b"access-plain"));
+        assert_eq!(vault.get("locA").unwrap(), Some(record("locA")));
+
+        // Moved under another tenant's name, it does not open.
+        tree.put("locB", &raw).unwrap();
+        assert!(matches!(vault.get("locB"), Err(VaultError::Decrypt)));
+        // Under another key, nothing opens.
+        let other = Vault::new(tree, &TokenKey([7; 32]));
+        assert!(matches!(other.get("locA"), Err(VaultError::Decrypt)));
+    }
+}

@@ -29,6 +29,8 @@ pub struct State {
     pub expires_in: i64,
     pub camel_case: bool,
     pub reconnect_fails: bool,
+    /// Answer every `/oauth/token` call with this status (a HighLevel outage).
+    pub outage: Option<u16>,
     pub refresh_calls: usize,
     pub code_calls: usize,
     pub location_token_calls: Vec<Option<String>>,
@@ -84,6 +86,11 @@ async fn token(
     state: web::Data<Arc<Mutex<State>>>,
 ) -> HttpResponse {
     let mut s = state.lock().unwrap();
+    if let Some(status) = s.outage {
+        s.refresh_calls += 1;
+        return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+            .body("upstream unavailable");
+    }
     let f = form.into_inner();
     let Some(client_id) = f.get("client_id") else {
         return error(400, "Missing parameter: clientId");

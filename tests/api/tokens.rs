@@ -244,6 +244,47 @@ async fn unrecoverable_tenants_are_reported_needs_reauth() {
 }
 
 #[tokio::test]
+async fn highlevel_outages_are_retried_with_backoff_and_nothing_is_lost() {
+    let standin = StandIn::start().await;
+    standin.with(|s| s.expires_in = 600);
+    let app = app_with(&standin, &[("HLGATE_TOKEN_REFRESH_BEFORE", "1m")]).await;
+    install(&app, &standin, "locOutage", "Location").await;
+    let before = latest_access(&standin);
+    standin.with(|s| s.outage = Some(502));
+    let (status, v) = get_token(&app, "locOutage").await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (503, Some("token_unavailable"))
+    );
+    // Still active, with the failure on record; the refresh token was not spent.
+    let listing = tenants(&app).await;
+    assert_eq!(listing["tenants"][0]["state"], "active");
+    assert!(listing["tenants"][0]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("502"));
+    // Inside the backoff no new call is made.
+    let calls = standin.with(|s| s.refresh_calls);
+    let (status, _) = get_token(&app, "locOutage").await;
+    assert_eq!(status, 503);
+    assert_eq!(standin.with(|s| s.refresh_calls), calls);
+    // HighLevel is back: after the backoff the same refresh token works.
+    standin.with(|s| {
+        s.outage = None;
+        s.expires_in = 86_399;
+    });
+    eventually("a successful refresh after the outage", || async {
+        get_token(&app, "locOutage").await.0 == 200
+    })
+    .await;
+    let (_, token) = get_token(&app, "locOutage").await;
+    assert_ne!(token["access_token"], before.as_str());
+    assert_eq!(standin.with(|s| s.reconnect_calls), 0);
+    let m = app.metrics_text().await;
+    assert!(metric(&m, "hlgate_token_refresh_total{result=\"error\"}") >= 1.0);
+}
+
+#[tokio::test]
 async fn inactive_locations_keep_their_refresh_token_and_come_back() {
     let standin = StandIn::start().await;
     standin.with(|s| s.expires_in = 600);
