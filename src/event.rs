@@ -161,6 +161,57 @@ pub fn parse_delivery(body: &[u8]) -> Delivery {
     }
 }
 
+impl Fields {
+    /// The same fields, read from an already parsed object.
+    fn from_value(v: &Value) -> Fields {
+        let get = |k: &str| v.get(k).cloned();
+        Fields {
+            kind: get("type"),
+            location_id: get("locationId"),
+            alt_id: get("altId"),
+            alt_type: get("altType"),
+            company_id: get("companyId"),
+            webhook_id: get("webhookId"),
+            timestamp: get("timestamp"),
+        }
+    }
+}
+
+/// Like [`parse_delivery`], and also hands back each event's parsed JSON (for schema
+/// validation), so the body is parsed once. `values` is empty for a body that is not JSON.
+pub fn parse_delivery_with_values(body: &[u8]) -> (Delivery, Vec<Value>) {
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return (parse_delivery(body), Vec::new());
+    };
+    match value {
+        Value::Array(items) => {
+            let events: Vec<Event> = items
+                .iter()
+                .map(|item| {
+                    let compact = serde_json::to_vec(item).expect("a Value serialises");
+                    Event::from_fields(Fields::from_value(item), compact)
+                })
+                .collect();
+            let webhook_id = events.iter().find_map(|e| e.webhook_id.clone());
+            let delivery = Delivery {
+                dedup_key: dedup_key(webhook_id.as_deref(), body),
+                is_array: true,
+                events,
+            };
+            (delivery, items)
+        }
+        value => {
+            let event = Event::from_fields(Fields::from_value(&value), body.to_vec());
+            let delivery = Delivery {
+                dedup_key: dedup_key(event.webhook_id.as_deref(), body),
+                is_array: false,
+                events: vec![event],
+            };
+            (delivery, vec![value])
+        }
+    }
+}
+
 fn element_event(raw: &RawValue) -> Event {
     let compact = serde_json::from_str::<Value>(raw.get())
         .and_then(|v| serde_json::to_vec(&v))
@@ -340,6 +391,19 @@ mod properties {
             prop_assert_eq!(delivery.events.len(), 1);
             let key = delivery.events[0].routing_key();
             prop_assert!(valid_topic_key(&key), "{key}");
+        }
+
+        #[test]
+        fn both_parsers_agree(
+            kind in field(), location in field(), alt in field(), company in field(), array in any::<bool>()
+        ) {
+            let one = serde_json::json!({"type": kind, "locationId": location, "altId": alt,
+                                         "altType": "location", "companyId": company});
+            let body = if array { serde_json::json!([one, one]) } else { one };
+            let bytes = serde_json::to_vec_pretty(&body).unwrap();
+            let (with_values, values) = parse_delivery_with_values(&bytes);
+            prop_assert_eq!(&with_values, &parse_delivery(&bytes));
+            prop_assert_eq!(values.len(), with_values.events.len());
         }
 
         #[test]

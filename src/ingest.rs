@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::event::{parse_delivery, Delivery};
+use crate::event::{parse_delivery, parse_delivery_with_values, Delivery};
 use crate::metrics::Metrics;
 use crate::schema::{Outcome, Schemas};
 use crate::store::{AcceptOutcome, Entry, Store, StoreError};
@@ -63,7 +63,13 @@ impl Ingest {
                 .signature_fallback
                 .fetch_add(1, Ordering::Relaxed);
         }
-        let delivery = parse_delivery(verified.body());
+        // With schemas to check, parse into JSON values once and read the fields from them;
+        // without, read only the fields.
+        let (delivery, values) = if self.schemas.is_empty() {
+            (parse_delivery(verified.body()), Vec::new())
+        } else {
+            parse_delivery_with_values(verified.body())
+        };
         self.check_timestamps(&delivery, OffsetDateTime::now_utc())?;
 
         let depth = self.store.depth();
@@ -81,7 +87,7 @@ impl Ingest {
             tenant: first.tenant.clone(),
             webhook_id: first.webhook_id.clone(),
         };
-        let entries = self.entries(&verified, delivery);
+        let entries = self.entries(&verified, delivery, &values);
         match self
             .store
             .accept(receipt.dedup_key.clone(), entries)
@@ -105,17 +111,21 @@ impl Ingest {
         Ok(())
     }
 
-    fn entries(&self, verified: &Verified<'_>, delivery: Delivery) -> Vec<Entry> {
+    fn entries(
+        &self,
+        verified: &Verified<'_>,
+        delivery: Delivery,
+        values: &[serde_json::Value],
+    ) -> Vec<Entry> {
         let is_array = delivery.is_array;
         delivery
             .events
             .into_iter()
             .enumerate()
             .map(|(i, event)| {
-                let schema = if event.event_type == crate::event::MALFORMED {
-                    Outcome::Unknown
-                } else {
-                    self.schemas.validate(&event.event_type, &event.body)
+                let schema = match values.get(i) {
+                    Some(value) => self.schemas.validate_value(&event.event_type, value),
+                    None => Outcome::Unknown,
                 };
                 Entry {
                     seq: 0,
