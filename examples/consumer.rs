@@ -28,11 +28,11 @@ use hlgate::config::Settings;
 use hlgate::verify::{SignatureHeaders, Verifier};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Connection, ConnectionProperties};
 
 const USAGE: &str = "\
 usage: cargo run --example consumer -- [options]
@@ -48,9 +48,6 @@ usage: cargo run --example consumer -- [options]
 Connection, exchange and keys: HLGATE_AMQP_URL, HLGATE_EXCHANGE, HLGATE_ED25519_PUBLIC_KEYS,
 HLGATE_RSA_PUBLIC_KEYS, HLGATE_ACCEPT_LEGACY_RSA, as for hlgate itself.
 ";
-
-/// hlgate's alternate exchange for events nobody has bound (CONTRACT.md section 5).
-const UNROUTED: &str = "highlevel.unrouted";
 
 struct Args {
     patterns: Vec<String>,
@@ -218,32 +215,9 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let amqp = |e: lapin::Error| e.to_string();
 
-    // Declared exactly as hlgate declares them, so that either may start first.
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    channel
-        .exchange_declare(
-            UNROUTED.into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp)?;
-    let mut exchange_args = FieldTable::default();
-    exchange_args.insert(
-        "alternate-exchange".into(),
-        AMQPValue::LongString(UNROUTED.into()),
-    );
-    channel
-        .exchange_declare(
-            settings.exchange.as_str().into(),
-            ExchangeKind::Topic,
-            durable,
-            exchange_args,
-        )
+    // Declared exactly as hlgate declares them (hlgate's own function), so either may start
+    // first.
+    hlgate::publish::amqp::declare_topology(&channel, &settings.exchange, false)
         .await
         .map_err(amqp)?;
 

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use crate::helpers::*;
-use lapin::options::{BasicAckOptions, BasicGetOptions};
 
 #[tokio::test]
 async fn message_carries_the_contracted_body_properties_and_headers() {
@@ -147,28 +146,11 @@ async fn events_nobody_bound_are_kept_in_the_unrouted_queue() {
     app.wait_drained().await;
     other.assert_quiet(Duration::from_millis(300)).await;
 
-    let (conn, channel) = amqp().await;
-    let mut found = None;
-    for _ in 0..100 {
-        match channel
-            .basic_get("highlevel.unrouted".into(), BasicGetOptions::default())
-            .await
-            .unwrap()
-        {
-            Some(m) => {
-                m.delivery.ack(BasicAckOptions::default()).await.unwrap();
-                if message_id(&m.delivery) == marker {
-                    found = Some(m.delivery);
-                    break;
-                }
-            }
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    let d = found.expect("the event is in highlevel.unrouted");
+    let d = find_in_queue("highlevel.unrouted", &marker)
+        .await
+        .expect("the event is in highlevel.unrouted");
     assert_eq!(d.data, body.into_bytes());
     assert_eq!(d.routing_key.as_str(), "ContactDelete.L");
-    let _ = conn.close(200, "bye".into()).await;
     other.cleanup(&app.exchange).await;
 }
 

@@ -12,11 +12,11 @@ use hlgate::config::Settings;
 use hlgate::startup::Application;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use tokio_util::sync::CancellationToken;
@@ -228,30 +228,33 @@ pub async fn amqp() -> (Connection, Channel) {
 
 /// Declares the exchange exactly as hlgate does (so the order of declaration does not matter).
 pub async fn declare_exchange(channel: &Channel, exchange: &str) {
-    channel
-        .exchange_declare(
-            "highlevel.unrouted".into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    hlgate::publish::amqp::declare_topology(channel, exchange, false)
         .await
         .unwrap();
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            hlgate::publish::amqp::exchange_arguments(),
-        )
-        .await
-        .unwrap();
+}
+
+/// Takes messages off a durable queue (acking them) until the one with `id` turns up.
+pub async fn find_in_queue(queue: &str, id: &str) -> Option<Delivery> {
+    let (connection, channel) = amqp().await;
+    let mut found = None;
+    for _ in 0..100 {
+        match channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            Some(m) => {
+                m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+                if message_id(&m.delivery) == id {
+                    found = Some(m.delivery);
+                    break;
+                }
+            }
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let _ = connection.close(200, "bye".into()).await;
+    found
 }
 
 impl Tap {

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicAckOptions, BasicGetOptions};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -89,31 +88,14 @@ async fn enforce_mode_quarantines_invalid_events_and_drops_none() {
     tap.assert_quiet(Duration::from_millis(500)).await;
     app.wait_drained().await;
 
-    let (conn, channel) = amqp().await;
-    let mut found = None;
-    for _ in 0..100 {
-        match channel
-            .basic_get("highlevel.quarantine".into(), BasicGetOptions::default())
-            .await
-            .unwrap()
-        {
-            Some(m) => {
-                m.delivery.ack(BasicAckOptions::default()).await.unwrap();
-                if message_id(&m.delivery) == bad_id {
-                    found = Some(m.delivery);
-                    break;
-                }
-            }
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    let q = found.expect("the invalid event is in highlevel.quarantine");
+    let q = find_in_queue("highlevel.quarantine", &bad_id)
+        .await
+        .expect("the invalid event is in highlevel.quarantine");
     assert_eq!(q.data, contact(&bad_id, json!(42)));
     assert_eq!(header(&q, "x-hl-schema").as_deref(), Some("invalid"));
     assert_eq!(
         header(&q, "x-hl-event-type").as_deref(),
         Some("ContactCreate")
     );
-    let _ = conn.close(200, "bye".into()).await;
     tap.cleanup(&app.exchange).await;
 }
