@@ -1,6 +1,6 @@
 //! The schemas and the consumer contract: every documented HighLevel example satisfies its type's
 //! JSON Schema, the embedded schemas classify events, and `schemas/asyncapi.yaml` is a consistent
-//! AsyncAPI 3 document that names every header of CONTRACT.md section 5.
+//! AsyncAPI 3 document that names every header the README lists for consumers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -310,7 +310,7 @@ fn asyncapi_has_a_message_for_every_schema() {
 #[test]
 fn asyncapi_names_every_contract_header() {
     let text = std::fs::read_to_string(schemas_dir().join("asyncapi.yaml")).unwrap();
-    // CONTRACT.md section 5, "Headers".
+    // The README's consumer section, "Headers".
     for header in [
         "x-hl-event-type",
         "x-hl-tenant-id",

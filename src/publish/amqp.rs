@@ -122,7 +122,7 @@ pub enum Attached {
     Error(String),
 }
 
-/// The properties and headers of section 5 of the contract.
+/// The message properties and headers consumers rely on (README: "For consumers").
 pub fn properties(entry: &Entry, attached: &Attached) -> BasicProperties {
     let mut h = FieldTable::default();
     h.insert("x-hl-event-type".into(), text(&entry.event_type));
