@@ -10,6 +10,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair, RsaKeyPair, RSA_PKCS1_SHA256};
 
 use crate::config::Settings;
+pub use crate::verify::ed25519_public_pem;
 use crate::verify::pem;
 
 #[derive(Parser, Debug)]
@@ -158,15 +159,6 @@ pub async fn sign(key: &Path, post: Option<&str>, file: &Path) -> Result<(), Str
     } else {
         Err(format!("{url} answered {status}"))
     }
-}
-
-/// The SubjectPublicKeyInfo PEM of an Ed25519 public key.
-pub fn ed25519_public_pem(public: &[u8]) -> String {
-    let mut spki = vec![
-        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-    ];
-    spki.extend_from_slice(public);
-    pem::encode("PUBLIC KEY", &spki)
 }
 
 /// `hlgate keygen`: a fresh Ed25519 pair; the private file is made readable by its owner only.

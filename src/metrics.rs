@@ -118,14 +118,6 @@ impl Metrics {
         self.webhooks[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn webhooks(&self, outcome: WebhookOutcome) -> u64 {
-        let i = WebhookOutcome::ALL
-            .iter()
-            .position(|o| *o == outcome)
-            .expect("listed");
-        self.webhooks[i].load(Ordering::Relaxed)
-    }
-
     pub fn publish(&self, result: PublishResult, n: u64) {
         self.publish[result as usize].fetch_add(n, Ordering::Relaxed);
     }

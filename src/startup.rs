@@ -49,7 +49,6 @@ pub struct Application {
     public: Server,
     admin: Server,
     store: Store,
-    metrics: Arc<Metrics>,
     relay: Relay,
     tokens: Arc<TokenService>,
     settings: Settings,
@@ -203,7 +202,6 @@ impl Application {
             public,
             admin,
             store,
-            metrics,
             relay,
             tokens,
             settings,
@@ -217,10 +215,6 @@ impl Application {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
-    }
-
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.metrics.clone()
     }
 
     /// Cancel it to shut down gracefully.

@@ -720,21 +720,7 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_a_token_or_secret() {
-        let record = TokenRecord {
-            tenant: "loc".into(),
-            user_type: "Location".into(),
-            access_token: "access-s3cret".into(),
-            refresh_token: Some("refresh-s3cret".into()),
-            expires_at: Some(1),
-            scope: None,
-            location_id: None,
-            company_id: None,
-            state: TenantState::Active,
-            last_error: None,
-            attempts: 0,
-            retry_at: 0,
-            updated_at: 0,
-        };
+        let record = vault::tests::record("loc");
         let served = ServedToken {
             tenant: "loc".into(),
             access_token: "access-s3cret".into(),
@@ -750,7 +736,12 @@ mod tests {
             None,
         );
         let text = format!("{record:?} {served:?} {client:?}");
-        for secret in ["access-s3cret", "refresh-s3cret", "client-s3cret"] {
+        for secret in [
+            "access-plain",
+            "refresh-plain",
+            "access-s3cret",
+            "client-s3cret",
+        ] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
         assert!(text.contains("[redacted]"));

@@ -205,11 +205,12 @@ impl Vault {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::Store;
 
-    fn record(tenant: &str) -> TokenRecord {
+    /// An active record with recognisable tokens (`access-plain`, `refresh-plain`).
+    pub(crate) fn record(tenant: &str) -> TokenRecord {
         TokenRecord {
             tenant: tenant.into(),
             user_type: "Location".into(),

@@ -411,13 +411,15 @@ impl Writer {
                     entries,
                     reply,
                 } => {
-                    let duplicate = match self.is_recent_duplicate(&dedup_key, now) {
-                        Ok(d) => d || seen.contains(&dedup_key),
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                            continue;
-                        }
-                    };
+                    // A key taken earlier in this batch needs no lookup.
+                    let duplicate = seen.contains(&dedup_key)
+                        || match self.is_recent_duplicate(&dedup_key, now) {
+                            Ok(d) => d,
+                            Err(e) => {
+                                let _ = reply.send(Err(e));
+                                continue;
+                            }
+                        };
                     if duplicate {
                         // Its first copy is on disk already, or in this very batch.
                         waiting.push(Waiting::Accept(reply, AcceptOutcome::Duplicate));

@@ -8,8 +8,6 @@ pub mod pem;
 use base64::Engine;
 use ring::signature::{self, UnparsedPublicKey};
 
-pub use pem::{pem_blocks, PemBlock};
-
 /// Which scheme vouched for a body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scheme {
@@ -130,8 +128,15 @@ impl Keyring {
     }
 }
 
+/// The SubjectPublicKeyInfo PEM of a raw 32-byte Ed25519 public key.
+pub fn ed25519_public_pem(public: &[u8]) -> String {
+    let mut spki = ED25519_SPKI_PREFIX.to_vec();
+    spki.extend_from_slice(public);
+    pem::encode("PUBLIC KEY", &spki)
+}
+
 fn public_blocks(text: &str) -> Result<Vec<Vec<u8>>, KeyringError> {
-    let blocks: Vec<PemBlock> = pem_blocks(text)
+    let blocks: Vec<pem::PemBlock> = pem::pem_blocks(text)
         .into_iter()
         .filter(|b| b.label.ends_with("PUBLIC KEY"))
         .collect();
@@ -297,9 +302,7 @@ mod tests {
     fn ed25519_pair() -> (Ed25519KeyPair, Keyring) {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-        let mut spki = ED25519_SPKI_PREFIX.to_vec();
-        spki.extend_from_slice(pair.public_key().as_ref());
-        let pem = pem::encode("PUBLIC KEY", &spki);
+        let pem = ed25519_public_pem(pair.public_key().as_ref());
         (pair, Keyring::ed25519_from_pem(&pem).unwrap())
     }
 
@@ -409,10 +412,9 @@ mod properties {
     fn setup() -> (Ed25519KeyPair, Verifier) {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-        let mut spki = ED25519_SPKI_PREFIX.to_vec();
-        spki.extend_from_slice(pair.public_key().as_ref());
         let verifier = Verifier {
-            ed25519: Keyring::ed25519_from_pem(&pem::encode("PUBLIC KEY", &spki)).unwrap(),
+            ed25519: Keyring::ed25519_from_pem(&ed25519_public_pem(pair.public_key().as_ref()))
+                .unwrap(),
             rsa: Keyring::rsa_from_pem(include_str!("highlevel-rsa.pem")).unwrap(),
             accept_legacy_rsa: true,
         };
