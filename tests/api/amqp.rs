@@ -154,6 +154,37 @@ async fn events_nobody_bound_are_kept_in_the_unrouted_queue() {
     other.cleanup(&app.exchange).await;
 }
 
+#[tokio::test]
+async fn without_declare_topology_hlgate_publishes_to_the_exchange_it_finds() {
+    // An exchange the operator declared differently (no alternate exchange): had hlgate
+    // declared its own, RabbitMQ would refuse the mismatch and nothing would be published.
+    let exchange = unique("test.operator");
+    let (connection, channel) = amqp().await;
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut tap = Tap::attach(connection, channel, &exchange, "#").await;
+    let app = spawn_app_with(&[
+        ("HLGATE_EXCHANGE", &exchange),
+        ("HLGATE_DECLARE_TOPOLOGY", "false"),
+    ])
+    .await;
+    let (id, body) = contact_event("L");
+    assert_eq!(app.post_signed(&body).await.status(), 200);
+    let d = tap.take(1).await;
+    assert_eq!(message_id(&d[0]), id);
+    tap.cleanup(&exchange).await;
+}
+
 /// HighLevel's documented examples: each is accepted and routed by the tenant rule.
 #[tokio::test]
 async fn every_documented_example_is_accepted_and_routed() {

@@ -317,5 +317,11 @@ async fn sigterm_drains_and_exits_zero() {
         process.child.wait().unwrap();
     }
     assert_eq!(got.len(), 20);
+
+    // SIGINT (Ctrl-C) stops it the same way.
+    let mut process = spawn_process(&env, Stdio::null());
+    process.wait_ready().await;
+    process.signal("INT");
+    assert_eq!(process.child.wait().unwrap().code(), Some(0));
     tap.cleanup(&exchange).await;
 }

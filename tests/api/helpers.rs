@@ -262,6 +262,16 @@ impl Tap {
     pub async fn bind(exchange: &str, pattern: &str) -> Tap {
         let (connection, channel) = amqp().await;
         declare_exchange(&channel, exchange).await;
+        Tap::attach(connection, channel, exchange, pattern).await
+    }
+
+    /// Binds `pattern` on an exchange that already exists, declaring nothing else.
+    pub async fn attach(
+        connection: Connection,
+        channel: Channel,
+        exchange: &str,
+        pattern: &str,
+    ) -> Tap {
         let queue = channel
             .queue_declare(
                 "".into(),

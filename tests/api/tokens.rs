@@ -435,8 +435,17 @@ async fn published_events_carry_a_fresh_token_or_say_why_not() {
 
 #[tokio::test]
 async fn private_integration_tokens_are_served_and_never_refreshed() {
-    // No app credentials at all: private tokens work without the OAuth flow.
-    let app = spawn_app_with(&[("HLGATE_ATTACH_TOKENS", "true")]).await;
+    // No app credentials at all: private tokens work without the OAuth flow. The vault key is
+    // the configured one, so none is generated into the data dir.
+    let app = spawn_app_with(&[
+        ("HLGATE_ATTACH_TOKENS", "true"),
+        (
+            "HLGATE_TOKEN_KEY",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        ),
+    ])
+    .await;
+    assert!(!app._dir.path().join("token.key").exists());
     let mut tap = Tap::bind(&app.exchange, "#").await;
     let put = |body: Value| {
         app.http

@@ -385,6 +385,16 @@ async fn overload_answers_429_with_retry_after_and_keeps_what_it_took() {
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["outbox_depth"], 2);
     assert_eq!(ready["broker"], "disconnected");
+    // The oldest unpublished event's age grows while it waits (a lower bound: a slow machine
+    // only makes it older).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert!(
+        app.readyz().await["oldest_pending_seconds"]
+            .as_f64()
+            .unwrap()
+            >= 1.0
+    );
+    assert!(metric(&app.metrics_text().await, "hlgate_outbox_oldest_seconds") >= 1.0);
     let m = app.metrics_text().await;
     assert_eq!(
         metric(&m, "hlgate_webhooks_total{outcome=\"overloaded\"}"),
