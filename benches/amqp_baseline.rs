@@ -63,7 +63,6 @@ fn entry(seq: u64, body: &[u8]) -> Entry {
         seq,
         accepted_ms: now_ms(),
         replay: false,
-        dedup_owner: true,
         scheme: Scheme::Ed25519,
         schema: Outcome::Unknown,
         dedup_key: key.clone(),

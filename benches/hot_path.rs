@@ -256,7 +256,6 @@ fn entry(key: &str, body: &[u8]) -> Entry {
         seq: 0,
         accepted_ms: 0,
         replay: false,
-        dedup_owner: false,
         scheme: Scheme::Ed25519,
         schema: Outcome::Unknown,
         dedup_key: key.to_string(),

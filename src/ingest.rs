@@ -131,7 +131,6 @@ impl Ingest {
                     seq: 0,
                     accepted_ms: 0,
                     replay: false,
-                    dedup_owner: false,
                     scheme: verified.scheme(),
                     schema,
                     dedup_key: delivery.dedup_key.clone(),

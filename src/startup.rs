@@ -310,7 +310,7 @@ async fn drain(
     }
 }
 
-/// Sweeps expired archive entries and dedup keys, and watches the data disk.
+/// Removes expired events and dedup keys a bucket at a time, and watches the data disk.
 async fn sweep(store: Store, settings: Settings, shutdown: CancellationToken) {
     let every =
         (settings.dedup_retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
@@ -325,25 +325,14 @@ async fn sweep(store: Store, settings: Settings, shutdown: CancellationToken) {
             continue;
         }
         next_sweep = tokio::time::Instant::now() + every;
-        loop {
-            match store.sweep().await {
-                Ok(report) => {
-                    if report.events > 0 {
-                        info!(
-                            events = report.events,
-                            dedup_keys = report.dedup_keys,
-                            "swept expired events"
-                        );
-                    }
-                    if !report.more {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    warn!(error = %e, "sweep failed");
-                    break;
-                }
-            }
+        match store.sweep().await {
+            Ok(report) if report.buckets > 0 => info!(
+                buckets = report.buckets,
+                events = report.events,
+                "removed expired events"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "sweep failed"),
         }
     }
 }

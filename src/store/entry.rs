@@ -5,7 +5,6 @@ use crate::verify::Scheme;
 
 const VERSION: u8 = 1;
 const FLAG_REPLAY: u8 = 1;
-const FLAG_DEDUP_OWNER: u8 = 2;
 const NO_INDEX: u32 = u32::MAX;
 const NONE: u32 = u32::MAX;
 
@@ -19,8 +18,6 @@ pub struct Entry {
     pub accepted_ms: u64,
     /// A republished copy made by `/v1/replay`.
     pub replay: bool,
-    /// This entry's sweep also removes the dedup key (the first event of a delivery).
-    pub dedup_owner: bool,
     pub scheme: Scheme,
     pub schema: Outcome,
     pub dedup_key: String,
@@ -65,9 +62,6 @@ impl Entry {
         if self.replay {
             flags |= FLAG_REPLAY;
         }
-        if self.dedup_owner {
-            flags |= FLAG_DEDUP_OWNER;
-        }
         out.extend_from_slice(&[VERSION, flags, self.scheme.to_u8(), self.schema.to_u8()]);
         out.extend_from_slice(&self.accepted_ms.to_be_bytes());
         out.extend_from_slice(&self.index.unwrap_or(NO_INDEX).to_be_bytes());
@@ -104,7 +98,6 @@ impl Entry {
             seq,
             accepted_ms,
             replay: flags & FLAG_REPLAY != 0,
-            dedup_owner: flags & FLAG_DEDUP_OWNER != 0,
             scheme: Scheme::from_u8(scheme),
             schema: Outcome::from_u8(schema),
             dedup_key,
@@ -153,7 +146,6 @@ mod tests {
             seq: 9,
             accepted_ms: 1_700_000_000_123,
             replay: true,
-            dedup_owner: false,
             scheme: Scheme::RsaSha256,
             schema: Outcome::Invalid,
             dedup_key: "k".into(),

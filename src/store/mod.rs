@@ -1,18 +1,25 @@
 //! The only sled user: dedup keys, the outbox, the archive, and (for the token module) the
-//! vault's tree.
+//! vault's trees.
 //!
-//! One tree holds the dedup keys and the events, so that a delivery's dedup key and its entries
-//! are written by one atomic batch:
+//! Events live in buckets (see [`bucket`]): each one a sled database of its own covering a span
+//! of acceptance time (a quarter of the retention). A bucket holds
 //! - `d<dedup key>`  → first seq (u64 BE) + acceptance time (u64 BE, unix ms)
 //! - `e<seq>`        → the encoded [`Entry`], kept for the retention window (archive, replay)
-//! - `w`             → the published watermark (u64 BE): every seq up to it is confirmed
 //!
-//! The outbox is every entry above the watermark. The relay publishes in seq order and moves the
-//! watermark over the confirmed prefix, so confirming a window is one small write.
+//! so a delivery's dedup key and its entries are written by one atomic batch. Seqs rise across
+//! buckets: each bucket holds the seqs from its own first one up to the next bucket's first.
+//!
+//! The `meta` tree of the main database (`sled/`) holds `w`, the published watermark (u64 BE):
+//! every seq up to it is confirmed. The outbox is every entry above it. The relay publishes in
+//! seq order and moves the watermark over the confirmed prefix, so confirming a window is one
+//! small write. The main database also holds the token vault's trees.
 //!
 //! All inserts go through one writer thread that batches concurrent requests and flushes once
 //! per batch (group commit). Sequence numbers are assigned there, so outbox order is commit order.
+//! The same thread starts new buckets and removes expired ones: a bucket goes once its newest
+//! event is past the retention and every event in it is confirmed.
 
+mod bucket;
 mod entry;
 mod tokens;
 
@@ -20,13 +27,15 @@ pub use entry::Entry;
 pub use tokens::KeyedTree;
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{oneshot, Notify};
+
+use bucket::Bucket;
 
 const DEDUP: u8 = b'd';
 const EVENT: u8 = b'e';
@@ -36,10 +45,11 @@ const WATERMARK: &[u8] = b"w";
 const MAX_BATCH: usize = 1024;
 /// How many requests may wait for the writer before new ones are refused (429).
 const QUEUE_DEPTH: usize = 16 * 1024;
-/// How many archived entries one sweep step looks at.
-const SWEEP_STEP: usize = 4096;
 /// Below this much free disk space, new events are refused (429).
 const DISK_RESERVE_BYTES: u64 = 64 * 1024 * 1024;
+/// How many buckets the retention window is cut into: expired events stay on disk at most
+/// this fraction of the retention longer than it asks.
+const BUCKETS_PER_RETENTION: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -88,19 +98,24 @@ enum Command {
     },
 }
 
-/// What one sweep step removed.
+/// What one sweep removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {
-    pub events: usize,
-    pub dedup_keys: usize,
-    /// More expired entries remain.
-    pub more: bool,
+    /// Buckets removed from disk.
+    pub buckets: usize,
+    /// The events they held (with their dedup keys).
+    pub events: u64,
 }
 
 struct Shared {
-    db: sled::Db,
-    tree: sled::Tree,
+    meta_db: sled::Db,
+    meta: sled::Tree,
+    events_dir: PathBuf,
+    /// Oldest first; the last one takes new events.
+    buckets: RwLock<Vec<Arc<Bucket>>>,
     retention_ms: u64,
+    /// A bucket takes events for this long, then the writer starts the next.
+    span_ms: u64,
     /// The highest seq written (0 when none).
     last_seq: AtomicU64,
     /// Every seq up to this one is confirmed by the broker.
@@ -113,6 +128,19 @@ struct Shared {
     write_failed: AtomicBool,
     /// fsync each group commit; only benchmarks turn it off.
     flush_on_commit: AtomicBool,
+}
+
+impl Shared {
+    fn buckets(&self) -> Vec<Arc<Bucket>> {
+        self.buckets.read().expect("bucket list").clone()
+    }
+
+    /// The buckets that may hold seqs from `from` on, oldest first.
+    fn buckets_from(&self, from: u64) -> Vec<Arc<Bucket>> {
+        let all = self.buckets.read().expect("bucket list");
+        let start = all.iter().rposition(|b| b.first_seq <= from).unwrap_or(0);
+        all[start..].to_vec()
+    }
 }
 
 /// Handle to the store; cheap to clone.
@@ -159,31 +187,33 @@ fn seq_of(k: &[u8]) -> u64 {
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir` and starts the writer thread.
+    /// Opens (or creates) the store in `dir` and starts the writer thread.
     pub fn open(dir: &Path, retention: Duration) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
+        let meta_db = sled::Config::new()
             .path(dir.join("sled"))
-            .cache_capacity(16 * 1024 * 1024)
+            .cache_capacity(4 * 1024 * 1024)
             .open()?;
-        let tree = db.open_tree("outbox")?;
-        let last_event = tree
-            .scan_prefix([EVENT])
-            .keys()
-            .next_back()
-            .transpose()?
-            .map(|k| seq_of(&k))
-            .unwrap_or(0);
-        let published = tree
+        let meta = meta_db.open_tree("meta")?;
+        let published = meta
             .get(WATERMARK)?
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0);
-        // Never hand out a seq at or below the watermark, even when the archive was swept empty.
-        let last_seq = last_event.max(published);
-        let next_seq = last_seq + 1;
+        let now = now_ms();
+        let events_dir = dir.join("events");
+        let mut buckets = Bucket::open_all(&events_dir, now)?;
+        // Never hand out a seq at or below the watermark, even when every bucket was removed.
+        let last_seq = buckets.last().map_or(0, |b| b.last_seq()).max(published);
+        if buckets.last().is_none_or(|b| b.last_seq() < last_seq) {
+            buckets.push(Bucket::create(&events_dir, last_seq + 1, now)?);
+        }
+        let buckets: Vec<Arc<Bucket>> = buckets.into_iter().map(Arc::new).collect();
         let shared = Arc::new(Shared {
-            db,
-            tree,
+            meta_db,
+            meta,
+            events_dir,
+            buckets: RwLock::new(buckets),
             retention_ms: retention.as_millis() as u64,
+            span_ms: (retention / BUCKETS_PER_RETENTION).as_millis().max(1) as u64,
             last_seq: AtomicU64::new(last_seq),
             published: AtomicU64::new(published),
             appended: Notify::new(),
@@ -192,10 +222,10 @@ impl Store {
             flush_on_commit: AtomicBool::new(true),
         });
         let (sender, receiver) = mpsc::sync_channel(QUEUE_DEPTH);
-        let writer_shared = shared.clone();
+        let writer = Writer::new(shared.clone(), last_seq + 1);
         std::thread::Builder::new()
             .name("hlgate-store-writer".into())
-            .spawn(move || Writer::new(writer_shared, next_seq).run(receiver))
+            .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let store = Store { shared, sender };
         store.check_disk(dir);
@@ -205,7 +235,7 @@ impl Store {
     /// A tree of opaque values by key, for the token vault (`tokens`) and the INSTALLs waiting
     /// for a company token (`installs`).
     pub fn keyed_tree(&self, name: &str) -> Result<KeyedTree, StoreError> {
-        KeyedTree::open(&self.shared.db, name)
+        KeyedTree::open(&self.shared.meta_db, name)
     }
 
     /// Turns the fsync of each group commit off or on. Without it a 2xx no longer means
@@ -276,7 +306,7 @@ impl Store {
         self.send(|reply| Command::Append { entries, reply }).await
     }
 
-    /// Removes one step of expired archive entries and dedup keys.
+    /// Removes the buckets whose events are all past the retention and confirmed.
     pub async fn sweep(&self) -> Result<SweepReport, StoreError> {
         self.send(|reply| Command::Sweep { reply }).await
     }
@@ -285,15 +315,13 @@ impl Store {
     pub fn pending_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let from = after.max(self.published_through()) + 1;
         let mut out = Vec::with_capacity(limit.min(1024));
-        for item in self
-            .shared
-            .tree
-            .range(key(EVENT, from)..=key(EVENT, u64::MAX))
-            .take(limit)
-        {
-            let (k, v) = item?;
-            let seq = seq_of(&k);
-            out.push(Entry::decode(seq, &v).ok_or(StoreError::Corrupt(seq))?);
+        for bucket in self.shared.buckets_from(from) {
+            for entry in bucket.entries_from(from).take(limit - out.len()) {
+                out.push(entry?);
+            }
+            if out.len() == limit {
+                break;
+            }
         }
         Ok(out)
     }
@@ -306,7 +334,7 @@ impl Store {
         if first > current + 1 || through <= current {
             return Ok(false);
         }
-        self.shared.tree.insert(WATERMARK, &through.to_be_bytes())?;
+        self.shared.meta.insert(WATERMARK, &through.to_be_bytes())?;
         self.shared.published.store(through, Ordering::Release);
         Ok(true)
     }
@@ -314,12 +342,13 @@ impl Store {
     /// The oldest unpublished entry's seq and acceptance time.
     pub fn oldest_pending(&self) -> Result<Option<(u64, u64)>, StoreError> {
         let seq = self.published_through() + 1;
-        Ok(self
-            .shared
-            .tree
-            .get(key(EVENT, seq))?
-            .and_then(|b| Entry::decode(seq, &b))
-            .map(|e| (seq, e.accepted_ms)))
+        for bucket in self.shared.buckets_from(seq) {
+            if let Some(entry) = bucket.entries_from(seq).next() {
+                let entry = entry?;
+                return Ok((entry.seq == seq).then_some((seq, entry.accepted_ms)));
+            }
+        }
+        Ok(None)
     }
 
     /// Archived original events (not replays) accepted in `[since_ms, until_ms]`, filtered.
@@ -330,33 +359,51 @@ impl Store {
         mut keep: impl FnMut(&Entry) -> bool,
     ) -> Result<Vec<Entry>, StoreError> {
         let mut out = Vec::new();
-        for item in self.shared.tree.scan_prefix([EVENT]) {
-            let (k, v) = item?;
-            let seq = seq_of(&k);
-            let entry = Entry::decode(seq, &v).ok_or(StoreError::Corrupt(seq))?;
-            if entry.accepted_ms > until_ms {
-                break;
+        for bucket in self.shared.buckets() {
+            if bucket.newest_ms() < since_ms || bucket.is_empty() {
+                continue;
             }
-            if entry.accepted_ms >= since_ms && !entry.replay && keep(&entry) {
-                out.push(entry);
+            for entry in bucket.entries_from(bucket.first_seq) {
+                let entry = entry?;
+                if entry.accepted_ms > until_ms {
+                    return Ok(out);
+                }
+                if entry.accepted_ms >= since_ms && !entry.replay && keep(&entry) {
+                    out.push(entry);
+                }
             }
         }
         Ok(out)
     }
 
     /// Number of archived entries (events within retention).
-    pub fn archived_count(&self) -> usize {
-        self.shared.tree.scan_prefix([EVENT]).keys().count()
+    pub fn archived_count(&self) -> u64 {
+        self.shared.buckets().iter().map(|b| b.len()).sum()
+    }
+
+    /// How many buckets hold the archive.
+    pub fn bucket_count(&self) -> usize {
+        self.shared.buckets.read().expect("bucket list").len()
     }
 
     /// True when a dedup key is on record (whether or not it has expired).
     pub fn has_dedup_key(&self, dedup_key: &str) -> Result<bool, StoreError> {
-        Ok(self.shared.tree.contains_key(dedup_db_key(dedup_key))?)
+        let k = dedup_db_key(dedup_key);
+        for bucket in self.shared.buckets() {
+            if bucket.db.contains_key(&k)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Flushes everything to disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.shared.db.flush_async().await?;
+        self.shared.meta_db.flush_async().await?;
+        let current = self.shared.buckets().pop();
+        if let Some(bucket) = current {
+            bucket.db.flush_async().await?;
+        }
         Ok(())
     }
 }
@@ -364,11 +411,17 @@ impl Store {
 struct Writer {
     shared: Arc<Shared>,
     next_seq: u64,
+    /// Removed from the list, waiting for the last reader to let go before leaving the disk.
+    graveyard: Vec<Arc<Bucket>>,
 }
 
 impl Writer {
     fn new(shared: Arc<Shared>, next_seq: u64) -> Self {
-        Self { shared, next_seq }
+        Self {
+            shared,
+            next_seq,
+            graveyard: Vec::new(),
+        }
     }
 
     fn run(mut self, receiver: Receiver<Command>) {
@@ -383,7 +436,45 @@ impl Writer {
             }
             self.commit(std::mem::take(&mut batch));
         }
-        let _ = self.shared.db.flush();
+        let _ = self.shared.meta_db.flush();
+        if let Some(bucket) = self.shared.buckets().pop() {
+            let _ = bucket.db.flush();
+        }
+    }
+
+    fn current(&self) -> Arc<Bucket> {
+        self.shared
+            .buckets()
+            .pop()
+            .expect("the store always has a bucket")
+    }
+
+    /// Starts a new bucket for the seqs from `first_seq` on.
+    fn rotate(&mut self, first_seq: u64, now: u64) -> Result<Arc<Bucket>, StoreError> {
+        let bucket = Arc::new(Bucket::create(&self.shared.events_dir, first_seq, now)?);
+        self.shared
+            .buckets
+            .write()
+            .expect("bucket list")
+            .push(bucket.clone());
+        Ok(bucket)
+    }
+
+    /// The bucket a commit of the seqs from `first_seq` on writes to: a new one once the
+    /// current one's span is over.
+    fn bucket_for_commit(&mut self, first_seq: u64, now: u64) -> Arc<Bucket> {
+        let current = self.current();
+        if current.is_empty() || now.saturating_sub(current.opened_ms()) < self.shared.span_ms {
+            return current;
+        }
+        match self.rotate(first_seq, now) {
+            Ok(next) => next,
+            Err(e) => {
+                // Events are as safe in the old bucket; it only leaves the disk later.
+                tracing::warn!(error = %e, "could not start a new bucket");
+                current
+            }
+        }
     }
 
     fn entry_into(&mut self, batch: &mut sled::Batch, mut entry: Entry, now: u64) -> u64 {
@@ -403,6 +494,7 @@ impl Writer {
         let mut seen = HashSet::new();
         let mut added = 0u64;
         let mut waiting = Vec::new();
+        let mut sweeps = Vec::new();
 
         for command in commands {
             match command {
@@ -427,8 +519,7 @@ impl Writer {
                     }
                     let count = entries.len();
                     let mut first_seq = 0;
-                    for (i, mut entry) in entries.into_iter().enumerate() {
-                        entry.dedup_owner = i == 0;
+                    for (i, entry) in entries.into_iter().enumerate() {
                         let seq = self.entry_into(&mut batch, entry, now);
                         if i == 0 {
                             first_seq = seq;
@@ -449,24 +540,41 @@ impl Writer {
                     let count = entries.len();
                     for mut entry in entries {
                         entry.replay = true;
-                        entry.dedup_owner = false;
                         self.entry_into(&mut batch, entry, now);
                     }
                     added += count as u64;
                     waiting.push(Waiting::Append(reply, count));
                 }
-                Command::Sweep { reply } => {
-                    let _ = reply.send(self.sweep(now));
-                }
+                Command::Sweep { reply } => sweeps.push(reply),
             }
         }
 
-        if waiting.is_empty() {
-            return;
+        if !waiting.is_empty() {
+            self.write(batch, start_seq, added, now, waiting);
         }
-        let result = self.shared.tree.apply_batch(batch).and_then(|()| {
+        // After the write, so that a bucket started by the sweep begins at the next free seq.
+        for reply in sweeps {
+            let _ = reply.send(self.sweep(now));
+        }
+    }
+
+    /// Applies and flushes one commit's batch, then answers its requests.
+    fn write(
+        &mut self,
+        batch: sled::Batch,
+        start_seq: u64,
+        added: u64,
+        now: u64,
+        waiting: Vec<Waiting>,
+    ) {
+        let bucket = if added > 0 {
+            self.bucket_for_commit(start_seq, now)
+        } else {
+            self.current()
+        };
+        let result = bucket.db.apply_batch(batch).and_then(|()| {
             if self.shared.flush_on_commit.load(Ordering::Relaxed) {
-                self.shared.db.flush()?;
+                bucket.db.flush()?;
             }
             Ok(())
         });
@@ -478,6 +586,7 @@ impl Writer {
         } else {
             self.shared.write_failed.store(false, Ordering::Relaxed);
             if added > 0 {
+                bucket.written(self.next_seq - 1, now);
                 self.shared
                     .last_seq
                     .store(self.next_seq - 1, Ordering::Release);
@@ -497,58 +606,67 @@ impl Writer {
         }
     }
 
+    /// The newest record of a key decides: accepted within the retention means duplicate.
     fn is_recent_duplicate(&self, dedup_key: &str, now: u64) -> Result<bool, StoreError> {
-        Ok(match self.shared.tree.get(dedup_db_key(dedup_key))? {
-            Some(v) if v.len() == 16 => {
-                let accepted = u64::from_be_bytes(v[8..16].try_into().expect("8 bytes"));
-                now.saturating_sub(accepted) < self.shared.retention_ms
-            }
-            Some(_) => true,
-            None => false,
-        })
-    }
-
-    /// Removes archived entries older than the retention (unless still unpublished) and the
-    /// dedup keys they own.
-    fn sweep(&mut self, now: u64) -> Result<SweepReport, StoreError> {
-        let tree = &self.shared.tree;
-        let cutoff = now.saturating_sub(self.shared.retention_ms);
-        let mut report = SweepReport::default();
-        let mut batch = sled::Batch::default();
-        let mut looked = 0;
-        for item in tree.scan_prefix([EVENT]) {
-            let (k, v) = item?;
-            let seq = seq_of(&k);
-            let Some(entry) = Entry::decode(seq, &v) else {
-                batch.remove(k);
-                continue;
-            };
-            if entry.accepted_ms >= cutoff {
-                break;
-            }
-            looked += 1;
-            if looked > SWEEP_STEP {
-                report.more = true;
-                break;
-            }
-            if seq > self.shared.published.load(Ordering::Acquire) {
-                // Unpublished events are never swept, however old; nor is anything after them.
-                break;
-            }
-            batch.remove(k);
-            report.events += 1;
-            if entry.dedup_owner {
-                let dk = dedup_db_key(&entry.dedup_key);
-                if let Some(v) = tree.get(&dk)? {
-                    if v.len() == 16 && u64::from_be_bytes(v[..8].try_into().expect("8")) == seq {
-                        batch.remove(dk);
-                        report.dedup_keys += 1;
-                    }
-                }
+        let k = dedup_db_key(dedup_key);
+        let buckets = self.shared.buckets.read().expect("bucket list");
+        for bucket in buckets.iter().rev() {
+            if let Some(v) = bucket.db.get(&k)? {
+                let accepted = v
+                    .get(8..16)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes);
+                return Ok(accepted.is_none_or(|accepted| {
+                    now.saturating_sub(accepted) < self.shared.retention_ms
+                }));
             }
         }
-        tree.apply_batch(batch)?;
+        Ok(false)
+    }
+
+    /// Removes, oldest first, the buckets whose newest event is past the retention and whose
+    /// events are all confirmed. An unpublished event is never removed, however old: neither
+    /// is anything after it.
+    fn sweep(&mut self, now: u64) -> Result<SweepReport, StoreError> {
+        let cutoff = now.saturating_sub(self.shared.retention_ms);
+        let published = self.shared.published.load(Ordering::Acquire);
+        let mut report = SweepReport::default();
+        loop {
+            let oldest = self.shared.buckets()[0].clone();
+            let is_current = Arc::ptr_eq(&oldest, &self.current());
+            if oldest.is_empty() {
+                if is_current {
+                    break;
+                }
+            } else if oldest.newest_ms() >= cutoff || oldest.last_seq() > published {
+                break;
+            } else if is_current {
+                // Idle since it expired: the next events go to a new bucket.
+                self.rotate(self.next_seq, now)?;
+            }
+            self.shared.buckets.write().expect("bucket list").remove(0);
+            report.buckets += 1;
+            report.events += oldest.len();
+            self.graveyard.push(oldest);
+        }
+        self.bury();
         Ok(report)
+    }
+
+    /// Deletes the removed buckets nothing reads any more.
+    fn bury(&mut self) {
+        let mut keep = Vec::new();
+        for bucket in self.graveyard.drain(..) {
+            match Arc::try_unwrap(bucket) {
+                Ok(bucket) => {
+                    if let Err(e) = bucket.remove() {
+                        tracing::warn!(error = %e, "could not delete an expired bucket");
+                    }
+                }
+                Err(still_read) => keep.push(still_read),
+            }
+        }
+        self.graveyard = keep;
     }
 }
 
@@ -563,7 +681,6 @@ mod tests {
             seq: 0,
             accepted_ms: 0,
             replay: false,
-            dedup_owner: false,
             scheme: Scheme::Ed25519,
             schema: Outcome::Unknown,
             dedup_key: key.into(),
@@ -609,7 +726,6 @@ mod tests {
                 pending.iter().map(|e| e.seq).collect::<Vec<_>>(),
                 vec![1, 2, 3]
             );
-            assert!(pending[1].dedup_owner && !pending[2].dedup_owner);
             assert!(store.mark_published(1, 1).unwrap());
             // A prefix that skips an unconfirmed seq does not move the watermark.
             assert!(!store.mark_published(3, 3).unwrap());
@@ -633,33 +749,156 @@ mod tests {
         );
     }
 
+    fn files_under(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    files_under(&e.path())
+                } else {
+                    e.metadata().unwrap().len()
+                }
+            })
+            .sum()
+    }
+
+    fn bucket_dirs(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("events"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[tokio::test]
-    async fn sweep_removes_expired_published_entries_and_their_keys() {
+    async fn sweep_removes_expired_confirmed_buckets_with_their_keys() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Duration::from_millis(50)).unwrap();
-        store
-            .accept("a".into(), vec![entry("a", "1")])
-            .await
-            .unwrap();
+        // Buckets of 100 ms.
+        let store = Store::open(dir.path(), Duration::from_millis(400)).unwrap();
+        let body = "x".repeat(40_000);
+        for i in 0..50 {
+            let k = format!("a{i}");
+            store
+                .accept(k.clone(), vec![entry(&k, &body)])
+                .await
+                .unwrap();
+        }
+        let full = files_under(&dir.path().join("events"));
+        tokio::time::sleep(Duration::from_millis(150)).await;
         store
             .accept("b".into(), vec![entry("b", "2")])
             .await
             .unwrap();
-        assert!(store.mark_published(1, 1).unwrap());
-        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(store.bucket_count(), 2);
+        assert!(store.mark_published(1, 50).unwrap());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The first bucket is past the retention and confirmed; "b"'s is neither.
         let report = store.sweep().await.unwrap();
-        // "b" is still unpublished, so it stays.
-        assert_eq!(report.events, 1);
-        assert_eq!(report.dedup_keys, 1);
-        assert!(!store.has_dedup_key("a").unwrap());
+        assert_eq!(
+            report,
+            SweepReport {
+                buckets: 1,
+                events: 50
+            }
+        );
+        assert!(!store.has_dedup_key("a0").unwrap());
         assert!(store.has_dedup_key("b").unwrap());
         assert_eq!(store.archived_count(), 1);
-        // An expired key is accepted again.
+        // Its directory is gone from the disk.
+        assert_eq!(bucket_dirs(dir.path()), vec![format!("{:020}", 51)]);
+        assert!(files_under(&dir.path().join("events")) < full);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // "b" is past the retention too, but unpublished: it stays, however old.
+        assert_eq!(store.sweep().await.unwrap(), SweepReport::default());
+        assert_eq!(store.pending_after(0, 10).unwrap()[0].seq, 51);
+        // Once confirmed, its bucket goes although it still takes events; a new one takes over.
+        assert!(store.mark_published(51, 51).unwrap());
+        assert_eq!(store.sweep().await.unwrap().events, 1);
+        assert_eq!(store.archived_count(), 0);
+        // An expired key is accepted again, with the next seq.
+        let again = store
+            .accept("a0".into(), vec![entry("a0", "1")])
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            AcceptOutcome::Accepted {
+                first_seq: 52,
+                count: 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_past_the_retention_is_new_again_before_its_bucket_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Duration::from_millis(100)).unwrap();
+        store
+            .accept("a".into(), vec![entry("a", "1")])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Unpublished, so still on disk, but its dedup key has expired.
+        assert!(store.has_dedup_key("a").unwrap());
         let again = store
             .accept("a".into(), vec![entry("a", "1")])
             .await
             .unwrap();
-        assert!(matches!(again, AcceptOutcome::Accepted { .. }));
+        assert!(matches!(
+            again,
+            AcceptOutcome::Accepted { first_seq: 2, .. }
+        ));
+        // The newest record of the key decides.
+        let dup = store
+            .accept("a".into(), vec![entry("a", "1")])
+            .await
+            .unwrap();
+        assert_eq!(dup, AcceptOutcome::Duplicate);
+    }
+
+    #[tokio::test]
+    async fn the_outbox_reads_across_buckets_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), Duration::from_millis(40)).unwrap();
+            for i in 0..3 {
+                let k = format!("k{i}");
+                store.accept(k.clone(), vec![entry(&k, "1")]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            assert_eq!(store.bucket_count(), 3);
+            let seqs: Vec<u64> = store
+                .pending_after(0, 10)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect();
+            assert_eq!(seqs, vec![1, 2, 3]);
+            assert_eq!(store.pending_after(1, 1).unwrap()[0].seq, 2);
+            assert!(store.mark_published(1, 1).unwrap());
+            assert_eq!(store.oldest_pending().unwrap().map(|p| p.0), Some(2));
+            store.flush().await.unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        // A crash while a bucket was made or removed leaves a directory that is not one.
+        let half_made = dir.path().join(format!("events/{:020}", 9));
+        let half_gone = dir.path().join(format!("events/{:020}.gone", 1));
+        std::fs::create_dir_all(half_made.join("blobs")).unwrap();
+        std::fs::create_dir_all(&half_gone).unwrap();
+        let store = Store::open(dir.path(), Duration::from_millis(40)).unwrap();
+        assert!(!half_made.exists() && !half_gone.exists());
+        assert_eq!(store.depth(), 2);
+        let seqs: Vec<u64> = store
+            .pending_after(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, vec![2, 3]);
+        assert_eq!(store.archived(0, u64::MAX, |_| true).unwrap().len(), 3);
+        assert!(store.has_dedup_key("k0").unwrap());
     }
 
     #[tokio::test]

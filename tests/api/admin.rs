@@ -170,5 +170,8 @@ async fn dedup_keys_expire_with_the_retention_and_are_swept() {
     let v: Value = app.post_signed(body.as_bytes()).await.json().await.unwrap();
     assert_eq!(v["status"], "accepted");
     tap.take(1).await;
+    // The first event's bucket is past the retention and confirmed: it has left the disk.
+    let first_bucket = app._dir.path().join(format!("events/{:020}", 1));
+    assert!(!first_bucket.exists(), "{first_bucket:?} is still there");
     tap.cleanup(&app.exchange).await;
 }
