@@ -809,25 +809,27 @@ mod tests {
     #[tokio::test]
     async fn sweep_removes_expired_confirmed_buckets_with_their_keys() {
         let dir = tempfile::tempdir().unwrap();
-        // Buckets of 100 ms.
-        let store = Store::open(dir.path(), Duration::from_millis(400)).unwrap();
+        // Buckets of 300 ms; the margins below are at least 150 ms.
+        let store = Store::open(dir.path(), Duration::from_millis(1200)).unwrap();
         let body = "x".repeat(40_000);
-        for i in 0..50 {
+        // All at once, so that they share a commit or a few, well within one bucket's span.
+        let accepts = (0..50).map(|i| {
             let k = format!("a{i}");
-            store
-                .accept(k.clone(), vec![entry(&k, &body)])
-                .await
-                .unwrap();
+            store.accept(k.clone(), vec![entry(&k, &body)])
+        });
+        for outcome in futures_util::future::join_all(accepts).await {
+            assert!(matches!(outcome.unwrap(), AcceptOutcome::Accepted { .. }));
         }
         let full = files_under(&dir.path().join("events"));
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(store.bucket_count(), 1);
+        tokio::time::sleep(Duration::from_millis(350)).await;
         store
             .accept("b".into(), vec![entry("b", "2")])
             .await
             .unwrap();
         assert_eq!(store.bucket_count(), 2);
         assert!(store.mark_published(1, 50).unwrap());
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         // The first bucket is past the retention and confirmed; "b"'s is neither.
         let report = store.sweep().await.unwrap();
         assert_eq!(
@@ -843,7 +845,7 @@ mod tests {
         // Its directory is gone from the disk.
         assert_eq!(bucket_dirs(dir.path()), vec![format!("{:020}", 51)]);
         assert!(files_under(&dir.path().join("events")) < full);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(450)).await;
         // "b" is past the retention too, but unpublished: it stays, however old.
         assert_eq!(store.sweep().await.unwrap(), SweepReport::default());
         assert_eq!(store.pending_after(0, 10).unwrap()[0].seq, 51);
@@ -868,12 +870,12 @@ mod tests {
     #[tokio::test]
     async fn a_key_past_the_retention_is_new_again_before_its_bucket_goes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Duration::from_millis(100)).unwrap();
+        let store = Store::open(dir.path(), Duration::from_millis(300)).unwrap();
         store
             .accept("a".into(), vec![entry("a", "1")])
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
         // Unpublished, so still on disk, but its dedup key has expired.
         assert!(store.has_dedup_key("a").unwrap());
         let again = store
