@@ -141,6 +141,12 @@ impl Shared {
         self.buckets.read().expect("bucket list").clone()
     }
 
+    /// The bucket that takes new events.
+    fn current(&self) -> Arc<Bucket> {
+        let all = self.buckets.read().expect("bucket list");
+        all.last().cloned().expect("the store always has a bucket")
+    }
+
     /// The buckets that may hold seqs from `from` on, oldest first.
     fn buckets_from(&self, from: u64) -> Vec<Arc<Bucket>> {
         let all = self.buckets.read().expect("bucket list");
@@ -415,10 +421,7 @@ impl Store {
     /// Flushes everything to disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.shared.meta_db.flush_async().await?;
-        let current = self.shared.buckets().pop();
-        if let Some(bucket) = current {
-            bucket.db.flush_async().await?;
-        }
+        self.shared.current().db.flush_async().await?;
         Ok(())
     }
 }
@@ -452,16 +455,11 @@ impl Writer {
             self.commit(std::mem::take(&mut batch));
         }
         let _ = self.shared.meta_db.flush();
-        if let Some(bucket) = self.shared.buckets().pop() {
-            let _ = bucket.db.flush();
-        }
+        let _ = self.shared.current().db.flush();
     }
 
     fn current(&self) -> Arc<Bucket> {
-        self.shared
-            .buckets()
-            .pop()
-            .expect("the store always has a bucket")
+        self.shared.current()
     }
 
     /// Starts a new bucket for the seqs from `first_seq` on.
