@@ -3,7 +3,7 @@
 //!
 //! Events live in buckets (see [`bucket`]): each one a sled database of its own covering a span
 //! of acceptance time (a quarter of the retention). A bucket holds
-//! - `d<dedup key>`  → first seq (u64 BE) + acceptance time (u64 BE, unix ms)
+//! - `d<dedup key>`  → acceptance time (u64 BE, unix ms)
 //! - `e<seq>`        → the encoded [`Entry`], kept for the retention window (archive, replay)
 //!
 //! so a delivery's dedup key and its entries are written by one atomic batch. Seqs rise across
@@ -545,10 +545,7 @@ impl Writer {
                             first_seq = seq;
                         }
                     }
-                    let mut value = [0u8; 16];
-                    value[..8].copy_from_slice(&first_seq.to_be_bytes());
-                    value[8..].copy_from_slice(&now.to_be_bytes());
-                    batch.insert(dedup_db_key(&dedup_key), &value[..]);
+                    batch.insert(dedup_db_key(&dedup_key), &now.to_be_bytes());
                     seen.insert(dedup_key);
                     waiting.push(Waiting::Accept(
                         reply,
@@ -645,7 +642,7 @@ impl Writer {
         for bucket in buckets.iter().rev() {
             if let Some(v) = bucket.db.get(&k)? {
                 let accepted = v
-                    .get(8..16)
+                    .get(..8)
                     .and_then(|b| b.try_into().ok())
                     .map(u64::from_be_bytes);
                 return Ok(accepted.is_none_or(|accepted| {
