@@ -106,6 +106,9 @@ pub struct Metrics {
 pub struct Gauges {
     pub outbox_depth: u64,
     pub outbox_oldest_seconds: f64,
+    /// Event buckets with their database open, and closed.
+    pub buckets_open: u64,
+    pub buckets_closed: u64,
     pub tenants: Vec<(&'static str, u64)>,
 }
 
@@ -180,6 +183,17 @@ impl Metrics {
             "hlgate_outbox_oldest_seconds {}",
             gauges.outbox_oldest_seconds
         );
+        gauge(
+            &mut out,
+            "hlgate_store_buckets",
+            "Event buckets on disk, by whether their database is open (held in memory).",
+        );
+        for (state, n) in [
+            ("open", gauges.buckets_open),
+            ("closed", gauges.buckets_closed),
+        ] {
+            let _ = writeln!(out, "hlgate_store_buckets{{state=\"{state}\"}} {n}");
+        }
         counter(
             &mut out,
             "hlgate_publish_total",

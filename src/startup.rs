@@ -9,7 +9,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Settings;
 use crate::http::{admin, error, public};
@@ -310,7 +310,8 @@ async fn drain(
     }
 }
 
-/// Removes expired events and dedup keys a bucket at a time, and watches the data disk.
+/// Removes expired events and dedup keys a bucket at a time, closes the buckets that are
+/// done with (see `Store::close_confirmed`), and watches the data disk.
 async fn sweep(store: Store, settings: Settings, shutdown: CancellationToken) {
     let every =
         (settings.dedup_retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
@@ -321,6 +322,12 @@ async fn sweep(store: Store, settings: Settings, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
         }
         store.check_disk(&settings.data_dir);
+        let closing = store.clone();
+        match tokio::task::spawn_blocking(move || closing.close_confirmed()).await {
+            Ok(0) => {}
+            Ok(closed) => debug!(buckets = closed, "closed confirmed buckets"),
+            Err(e) => warn!(error = %e, "closing confirmed buckets failed"),
+        }
         if tokio::time::Instant::now() < next_sweep {
             continue;
         }

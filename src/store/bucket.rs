@@ -1,14 +1,22 @@
 //! One slice of the event log: a sled database of its own holding the events of a span of
-//! acceptance time and the dedup keys accepted with them.
+//! acceptance time (or of a bounded size) and the dedup keys accepted with them.
 //!
 //! Expired data leaves the disk a whole bucket at a time: closing a database and removing its
 //! directory gives every byte back at once, where deleting keys one by one from a big sled tree
 //! pages each node back into memory and never shrinks the file.
+//!
+//! sled keeps in memory what it writes and what its reads page in until the database is closed
+//! (sled issue 1036). So a bucket that takes no more events and whose events are all confirmed
+//! is closed: nothing of it stays in memory but the hashes of its dedup keys, which let dedup
+//! skip it for every key it never took. It opens again only to be read.
 
+use std::collections::HashSet;
+use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
-use super::{key, seq_of, Entry, StoreError, EVENT};
+use super::{key, seq_of, Entry, StoreError, DEDUP, EVENT};
 
 /// Written into a bucket's directory once its database is set up: a directory without it was
 /// being created during a crash, never took an event, and is removed on open.
@@ -19,8 +27,11 @@ const GONE: &str = "gone";
 pub(super) struct Bucket {
     /// The first seq this bucket holds (or would hold); also its directory name.
     pub first_seq: u64,
-    pub db: sled::Db,
     dir: PathBuf,
+    /// `None` while closed.
+    db: RwLock<Option<sled::Db>>,
+    /// The hashes of the dedup keys it holds.
+    keys: Mutex<Keys>,
     /// The highest seq written here; `first_seq - 1` while empty.
     last_seq: AtomicU64,
     /// Acceptance time of the newest entry; the creation time while empty.
@@ -28,6 +39,23 @@ pub(super) struct Bucket {
     /// When this bucket took its first events (its creation while empty): rotation starts a
     /// new one a span later.
     opened_ms: AtomicU64,
+    /// Encoded bytes of the entries written since it was created (0 for one opened from disk,
+    /// which never takes events again).
+    bytes: AtomicU64,
+}
+
+/// Dedup key hashes: a set while the bucket takes keys, a sorted slice (8 bytes a key) after.
+enum Keys {
+    Taking(HashSet<u64>),
+    Sealed(Box<[u64]>),
+}
+
+/// The hash the key filter keeps of a dedup key. Equal hashes only send dedup to the database,
+/// which has the last word.
+pub(super) fn key_hash(dedup_key: &[u8]) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    hasher.write(dedup_key);
+    hasher.finish()
 }
 
 fn config(dir: &Path) -> sled::Config {
@@ -54,17 +82,24 @@ impl Bucket {
         sync_dir(events_dir);
         Ok(Bucket {
             first_seq,
-            db,
             dir,
+            db: RwLock::new(Some(db)),
+            keys: Mutex::new(Keys::Taking(HashSet::new())),
             last_seq: AtomicU64::new(first_seq - 1),
             newest_ms: AtomicU64::new(now_ms),
             opened_ms: AtomicU64::new(now_ms),
+            bytes: AtomicU64::new(0),
         })
     }
 
     /// Opens every bucket under `events_dir`, oldest first, and removes what a crash left of
-    /// buckets being created or removed.
-    pub fn open_all(events_dir: &Path, now_ms: u64) -> Result<Vec<Bucket>, StoreError> {
+    /// buckets being created or removed. Buckets whose events are all confirmed (up to
+    /// `published`) are left closed.
+    pub fn open_all(
+        events_dir: &Path,
+        now_ms: u64,
+        published: u64,
+    ) -> Result<Vec<Bucket>, StoreError> {
         std::fs::create_dir_all(events_dir).map_err(sled::Error::Io)?;
         let mut buckets = Vec::new();
         for item in std::fs::read_dir(events_dir).map_err(sled::Error::Io)? {
@@ -72,7 +107,11 @@ impl Bucket {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             match name.parse::<u64>() {
                 Ok(first_seq) if first_seq > 0 && path.join(READY).exists() => {
-                    buckets.push(Bucket::open(path.clone(), first_seq, now_ms)?)
+                    let bucket = Bucket::open(path.clone(), first_seq, now_ms)?;
+                    if bucket.last_seq() <= published {
+                        bucket.close();
+                    }
+                    buckets.push(bucket);
                 }
                 Ok(_) => std::fs::remove_dir_all(&path).map_err(sled::Error::Io)?,
                 _ if name.ends_with(GONE) => {
@@ -85,6 +124,7 @@ impl Bucket {
         Ok(buckets)
     }
 
+    /// Opens a bucket from disk, reading its bounds and its keys' hashes.
     fn open(dir: PathBuf, first_seq: u64, now_ms: u64) -> Result<Bucket, StoreError> {
         let db = config(&dir).open()?;
         let entry_at = |item: Option<sled::Result<(sled::IVec, sled::IVec)>>| {
@@ -97,14 +137,80 @@ impl Bucket {
         };
         let first = entry_at(db.scan_prefix([EVENT]).next())?;
         let last = entry_at(db.scan_prefix([EVENT]).next_back())?;
+        let mut hashes = Vec::new();
+        for item in db.scan_prefix([DEDUP]).keys() {
+            hashes.push(key_hash(&item?[1..]));
+        }
+        hashes.sort_unstable();
         Ok(Bucket {
             first_seq,
-            db,
             dir,
+            db: RwLock::new(Some(db)),
+            keys: Mutex::new(Keys::Sealed(hashes.into_boxed_slice())),
             last_seq: AtomicU64::new(last.map_or(first_seq - 1, |(seq, _)| seq)),
             newest_ms: AtomicU64::new(last.map_or(now_ms, |(_, ms)| ms)),
             opened_ms: AtomicU64::new(first.map_or(now_ms, |(_, ms)| ms)),
+            bytes: AtomicU64::new(0),
         })
+    }
+
+    /// Runs `f` on the database, opening it first if it is closed.
+    pub fn with_db<T>(
+        &self,
+        f: impl FnOnce(&sled::Db) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        {
+            let db = self.db.read().expect("bucket database");
+            if let Some(db) = db.as_ref() {
+                return f(db);
+            }
+        }
+        let mut db = self.db.write().expect("bucket database");
+        if db.is_none() {
+            *db = Some(config(&self.dir).open()?);
+        }
+        f(db.as_ref().expect("opened above"))
+    }
+
+    /// Closes the database, giving back the memory it holds; returns whether it was open.
+    /// Waits for its readers; the next read opens it again.
+    pub fn close(&self) -> bool {
+        // Dropping the last handle flushes and closes; nothing else holds one.
+        self.db.write().expect("bucket database").take().is_some()
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.db.read().expect("bucket database").is_some()
+    }
+
+    /// False when it certainly holds no record of this key hash.
+    pub fn may_hold(&self, hash: u64) -> bool {
+        match &*self.keys.lock().expect("bucket keys") {
+            Keys::Taking(set) => set.contains(&hash),
+            Keys::Sealed(sorted) => sorted.binary_search(&hash).is_ok(),
+        }
+    }
+
+    /// Records the hashes of keys just written here.
+    pub fn took_keys(&self, hashes: impl IntoIterator<Item = u64>) {
+        let mut keys = self.keys.lock().expect("bucket keys");
+        if let Keys::Sealed(sorted) = &*keys {
+            // An empty bucket from disk taking events after all.
+            *keys = Keys::Taking(sorted.iter().copied().collect());
+        }
+        if let Keys::Taking(set) = &mut *keys {
+            set.extend(hashes);
+        }
+    }
+
+    /// It takes no more keys: keep their hashes in the compact form.
+    pub fn seal(&self) {
+        let mut keys = self.keys.lock().expect("bucket keys");
+        if let Keys::Taking(set) = &mut *keys {
+            let mut sorted: Vec<u64> = set.drain().collect();
+            sorted.sort_unstable();
+            *keys = Keys::Sealed(sorted.into_boxed_slice());
+        }
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -119,6 +225,11 @@ impl Bucket {
         self.newest_ms.load(Ordering::Acquire)
     }
 
+    /// Encoded bytes of the entries written since it was created.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+
     /// How many events it holds.
     pub fn len(&self) -> u64 {
         (self.last_seq() + 1).saturating_sub(self.first_seq)
@@ -128,19 +239,23 @@ impl Bucket {
         self.len() == 0
     }
 
-    /// Records that seqs up to `last_seq`, accepted at `accepted_ms`, are on disk here.
-    pub fn written(&self, last_seq: u64, accepted_ms: u64) {
+    /// Records that seqs up to `last_seq`, accepted at `accepted_ms` and `bytes` long in all,
+    /// are on disk here.
+    pub fn written(&self, last_seq: u64, accepted_ms: u64, bytes: u64) {
         if self.is_empty() {
             self.opened_ms.store(accepted_ms, Ordering::Release);
         }
         self.newest_ms.store(accepted_ms, Ordering::Release);
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
         self.last_seq.store(last_seq, Ordering::Release);
     }
 
-    /// Its entries from `from` on, in seq order.
-    pub fn entries_from(&self, from: u64) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
-        self.db
-            .range(key(EVENT, from)..=key(EVENT, u64::MAX))
+    /// A bucket's entries from `from` on, in seq order.
+    pub fn entries_from(
+        db: &sled::Db,
+        from: u64,
+    ) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
+        db.range(key(EVENT, from)..=key(EVENT, u64::MAX))
             .map(|item| {
                 let (k, v) = item?;
                 let seq = seq_of(&k);

@@ -54,6 +54,9 @@ const RECENT: usize = 2048;
 /// How many buckets the retention window is cut into: expired events stay on disk at most
 /// this fraction of the retention longer than it asks.
 const BUCKETS_PER_RETENTION: u32 = 4;
+/// A bucket takes new events until it holds this many encoded bytes (or its span is over):
+/// what sled keeps in memory of an open bucket grows with it.
+const BUCKET_BYTES: u64 = 32 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -212,10 +215,14 @@ impl Store {
             .unwrap_or(0);
         let now = now_ms();
         let events_dir = dir.join("events");
-        let mut buckets = Bucket::open_all(&events_dir, now)?;
+        let mut buckets = Bucket::open_all(&events_dir, now, published)?;
         // Never hand out a seq at or below the watermark, even when every bucket was removed.
         let last_seq = buckets.last().map_or(0, |b| b.last_seq()).max(published);
-        if buckets.last().is_none_or(|b| b.last_seq() < last_seq) {
+        // New events go to a new bucket: one opened from disk takes none.
+        if buckets
+            .last()
+            .is_none_or(|b| !b.is_empty() || b.first_seq != last_seq + 1)
+        {
             buckets.push(Bucket::create(&events_dir, last_seq + 1, now)?);
         }
         let buckets: Vec<Arc<Bucket>> = buckets.into_iter().map(Arc::new).collect();
@@ -337,9 +344,12 @@ impl Store {
         }
         let mut out = Vec::with_capacity(limit.min(1024));
         for bucket in self.shared.buckets_from(from) {
-            for entry in bucket.entries_from(from).take(limit - out.len()) {
-                out.push(entry?);
-            }
+            bucket.with_db(|db| {
+                for entry in Bucket::entries_from(db, from).take(limit - out.len()) {
+                    out.push(entry?);
+                }
+                Ok(())
+            })?;
             if out.len() == limit {
                 break;
             }
@@ -364,8 +374,8 @@ impl Store {
     pub fn oldest_pending(&self) -> Result<Option<(u64, u64)>, StoreError> {
         let seq = self.published_through() + 1;
         for bucket in self.shared.buckets_from(seq) {
-            if let Some(entry) = bucket.entries_from(seq).next() {
-                let entry = entry?;
+            let first = bucket.with_db(|db| Bucket::entries_from(db, seq).next().transpose())?;
+            if let Some(entry) = first {
                 return Ok((entry.seq == seq).then_some((seq, entry.accepted_ms)));
             }
         }
@@ -384,14 +394,20 @@ impl Store {
             if bucket.newest_ms() < since_ms || bucket.is_empty() {
                 continue;
             }
-            for entry in bucket.entries_from(bucket.first_seq) {
-                let entry = entry?;
-                if entry.accepted_ms > until_ms {
-                    return Ok(out);
+            let past_until = bucket.with_db(|db| {
+                for entry in Bucket::entries_from(db, bucket.first_seq) {
+                    let entry = entry?;
+                    if entry.accepted_ms > until_ms {
+                        return Ok(true);
+                    }
+                    if entry.accepted_ms >= since_ms && !entry.replay && keep(&entry) {
+                        out.push(entry);
+                    }
                 }
-                if entry.accepted_ms >= since_ms && !entry.replay && keep(&entry) {
-                    out.push(entry);
-                }
+                Ok(false)
+            })?;
+            if past_until {
+                break;
             }
         }
         Ok(out)
@@ -407,23 +423,60 @@ impl Store {
         self.shared.buckets.read().expect("bucket list").len()
     }
 
+    /// How many buckets have their database open.
+    pub fn open_bucket_count(&self) -> usize {
+        let all = self.shared.buckets.read().expect("bucket list");
+        all.iter().filter(|b| b.is_open()).count()
+    }
+
     /// True when a dedup key is on record (whether or not it has expired).
     pub fn has_dedup_key(&self, dedup_key: &str) -> Result<bool, StoreError> {
         let k = dedup_db_key(dedup_key);
         for bucket in self.shared.buckets() {
-            if bucket.db.contains_key(&k)? {
+            if bucket.with_db(|db| Ok(db.contains_key(&k)?))? {
                 return Ok(true);
             }
         }
         Ok(false)
     }
 
+    /// Closes every bucket that takes no more events and whose events are all confirmed,
+    /// giving back the memory sled holds for them; returns how many it closed. Blocks while
+    /// such a bucket is being read.
+    pub fn close_confirmed(&self) -> usize {
+        let published = self.published_through();
+        let all = self.shared.buckets();
+        let Some((_current, done)) = all.split_last() else {
+            return 0;
+        };
+        done.iter()
+            .filter(|b| b.last_seq() <= published && b.close())
+            .count()
+    }
+
     /// Flushes everything to disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.shared.meta_db.flush_async().await?;
-        self.shared.current().db.flush_async().await?;
+        let current = self.shared.current();
+        tokio::task::spawn_blocking(move || current.with_db(|db| Ok(db.flush()?)))
+            .await
+            .map_err(|e| StoreError::Write(e.to_string()))??;
         Ok(())
     }
+}
+
+/// One group commit being put together.
+#[derive(Default)]
+struct Commit {
+    batch: sled::Batch,
+    /// The seq of its first entry.
+    start_seq: u64,
+    written: Vec<Entry>,
+    /// Encoded bytes of `written`.
+    bytes: u64,
+    /// Hashes of the dedup keys it records.
+    key_hashes: Vec<u64>,
+    waiting: Vec<Waiting>,
 }
 
 struct Writer {
@@ -455,7 +508,7 @@ impl Writer {
             self.commit(std::mem::take(&mut batch));
         }
         let _ = self.shared.meta_db.flush();
-        let _ = self.shared.current().db.flush();
+        let _ = self.shared.current().with_db(|db| Ok(db.flush()?));
     }
 
     fn current(&self) -> Arc<Bucket> {
@@ -465,19 +518,24 @@ impl Writer {
     /// Starts a new bucket for the seqs from `first_seq` on.
     fn rotate(&mut self, first_seq: u64, now: u64) -> Result<Arc<Bucket>, StoreError> {
         let bucket = Arc::new(Bucket::create(&self.shared.events_dir, first_seq, now)?);
-        self.shared
-            .buckets
-            .write()
-            .expect("bucket list")
-            .push(bucket.clone());
+        let previous = {
+            let mut all = self.shared.buckets.write().expect("bucket list");
+            let previous = all.last().cloned();
+            all.push(bucket.clone());
+            previous
+        };
+        if let Some(previous) = previous {
+            previous.seal();
+        }
         Ok(bucket)
     }
 
     /// The bucket a commit of the seqs from `first_seq` on writes to: a new one once the
-    /// current one's span is over.
+    /// current one's span is over or it is full.
     fn bucket_for_commit(&mut self, first_seq: u64, now: u64) -> Arc<Bucket> {
         let current = self.current();
-        if current.is_empty() || now.saturating_sub(current.opened_ms()) < self.shared.span_ms {
+        let span_over = now.saturating_sub(current.opened_ms()) >= self.shared.span_ms;
+        if current.is_empty() || !(span_over || current.bytes() >= BUCKET_BYTES) {
             return current;
         }
         match self.rotate(first_seq, now) {
@@ -490,30 +548,26 @@ impl Writer {
         }
     }
 
-    fn entry_into(
-        &mut self,
-        batch: &mut sled::Batch,
-        written: &mut Vec<Entry>,
-        mut entry: Entry,
-        now: u64,
-    ) -> u64 {
+    fn entry_into(&mut self, commit: &mut Commit, mut entry: Entry, now: u64) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         entry.seq = seq;
         entry.accepted_ms = now;
-        batch.insert(&key(EVENT, seq), entry.encode());
-        written.push(entry);
+        let encoded = entry.encode();
+        commit.bytes += encoded.len() as u64;
+        commit.batch.insert(&key(EVENT, seq), encoded);
+        commit.written.push(entry);
         seq
     }
 
     /// One group commit: every accept and append in `commands`, one batch, one flush.
     fn commit(&mut self, commands: Vec<Command>) {
         let now = now_ms();
-        let start_seq = self.next_seq;
-        let mut batch = sled::Batch::default();
-        let mut written = Vec::new();
+        let mut commit = Commit {
+            start_seq: self.next_seq,
+            ..Commit::default()
+        };
         let mut seen = HashSet::new();
-        let mut waiting = Vec::new();
         let mut sweeps = Vec::new();
 
         for command in commands {
@@ -523,9 +577,10 @@ impl Writer {
                     entries,
                     reply,
                 } => {
+                    let hash = bucket::key_hash(dedup_key.as_bytes());
                     // A key taken earlier in this batch needs no lookup.
                     let duplicate = seen.contains(&dedup_key)
-                        || match self.is_recent_duplicate(&dedup_key, now) {
+                        || match self.is_recent_duplicate(&dedup_key, hash, now) {
                             Ok(d) => d,
                             Err(e) => {
                                 let _ = reply.send(Err(e));
@@ -534,20 +589,25 @@ impl Writer {
                         };
                     if duplicate {
                         // Its first copy is on disk already, or in this very batch.
-                        waiting.push(Waiting::Accept(reply, AcceptOutcome::Duplicate));
+                        commit
+                            .waiting
+                            .push(Waiting::Accept(reply, AcceptOutcome::Duplicate));
                         continue;
                     }
                     let count = entries.len();
                     let mut first_seq = 0;
                     for (i, entry) in entries.into_iter().enumerate() {
-                        let seq = self.entry_into(&mut batch, &mut written, entry, now);
+                        let seq = self.entry_into(&mut commit, entry, now);
                         if i == 0 {
                             first_seq = seq;
                         }
                     }
-                    batch.insert(dedup_db_key(&dedup_key), &now.to_be_bytes());
+                    commit
+                        .batch
+                        .insert(dedup_db_key(&dedup_key), &now.to_be_bytes());
+                    commit.key_hashes.push(hash);
                     seen.insert(dedup_key);
-                    waiting.push(Waiting::Accept(
+                    commit.waiting.push(Waiting::Accept(
                         reply,
                         AcceptOutcome::Accepted { first_seq, count },
                     ));
@@ -556,16 +616,16 @@ impl Writer {
                     let count = entries.len();
                     for mut entry in entries {
                         entry.replay = true;
-                        self.entry_into(&mut batch, &mut written, entry, now);
+                        self.entry_into(&mut commit, entry, now);
                     }
-                    waiting.push(Waiting::Append(reply, count));
+                    commit.waiting.push(Waiting::Append(reply, count));
                 }
                 Command::Sweep { reply } => sweeps.push(reply),
             }
         }
 
-        if !waiting.is_empty() {
-            self.write(batch, start_seq, written, now, waiting);
+        if !commit.waiting.is_empty() {
+            self.write(commit, now);
         }
         // After the write, so that a bucket started by the sweep begins at the next free seq.
         for reply in sweeps {
@@ -574,22 +634,25 @@ impl Writer {
     }
 
     /// Applies and flushes one commit's batch, then answers its requests.
-    fn write(
-        &mut self,
-        batch: sled::Batch,
-        start_seq: u64,
-        written: Vec<Entry>,
-        now: u64,
-        waiting: Vec<Waiting>,
-    ) {
+    fn write(&mut self, commit: Commit, now: u64) {
+        let Commit {
+            batch,
+            start_seq,
+            written,
+            bytes,
+            key_hashes,
+            waiting,
+        } = commit;
         let bucket = if !written.is_empty() {
             self.bucket_for_commit(start_seq, now)
         } else {
             self.current()
         };
-        let result = bucket.db.apply_batch(batch).and_then(|()| {
-            if self.shared.flush_on_commit.load(Ordering::Relaxed) {
-                bucket.db.flush()?;
+        let flush = self.shared.flush_on_commit.load(Ordering::Relaxed);
+        let result = bucket.with_db(|db| {
+            db.apply_batch(batch)?;
+            if flush {
+                db.flush()?;
             }
             Ok(())
         });
@@ -600,8 +663,9 @@ impl Writer {
             self.next_seq = start_seq;
         } else {
             self.shared.write_failed.store(false, Ordering::Relaxed);
+            bucket.took_keys(key_hashes);
             if !written.is_empty() {
-                bucket.written(self.next_seq - 1, now);
+                bucket.written(self.next_seq - 1, now, bytes);
                 self.remember(written);
                 self.shared
                     .last_seq
@@ -610,7 +674,7 @@ impl Writer {
             }
         }
         for w in waiting {
-            let failed = |e: &sled::Error| StoreError::Write(e.to_string());
+            let failed = |e: &StoreError| StoreError::Write(e.to_string());
             match w {
                 Waiting::Accept(reply, outcome) => {
                     let _ = reply.send(result.as_ref().map(|_| outcome).map_err(failed));
@@ -636,11 +700,17 @@ impl Writer {
     }
 
     /// The newest record of a key decides: accepted within the retention means duplicate.
-    fn is_recent_duplicate(&self, dedup_key: &str, now: u64) -> Result<bool, StoreError> {
+    /// Only the buckets whose key filter knows `hash` are looked in.
+    fn is_recent_duplicate(
+        &self,
+        dedup_key: &str,
+        hash: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
         let k = dedup_db_key(dedup_key);
         let buckets = self.shared.buckets.read().expect("bucket list");
-        for bucket in buckets.iter().rev() {
-            if let Some(v) = bucket.db.get(&k)? {
+        for bucket in buckets.iter().rev().filter(|b| b.may_hold(hash)) {
+            if let Some(v) = bucket.with_db(|db| Ok(db.get(&k)?))? {
                 let accepted = v
                     .get(..8)
                     .and_then(|b| b.try_into().ok())
@@ -960,6 +1030,70 @@ mod tests {
         // Confirmed entries are not handed out again, wherever they are.
         assert!(store.mark_published(1, total - 3).unwrap());
         assert_eq!(seqs(0, 10), vec![total - 2, total - 1, total]);
+    }
+
+    #[tokio::test]
+    async fn full_buckets_rotate_and_done_ones_close_yet_still_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let megabyte = "m".repeat(1024 * 1024);
+        // Each entry is a little over a megabyte: this many fill a bucket.
+        let per_bucket = (BUCKET_BYTES / (1024 * 1024)) as usize;
+        {
+            let store = Store::open(dir.path(), Duration::from_secs(600)).unwrap();
+            for i in 0..per_bucket {
+                let k = format!("k{i}");
+                store
+                    .accept(k.clone(), vec![entry(&k, &megabyte)])
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(store.bucket_count(), 1);
+            // Full: the next commit starts a new bucket, long before the span is over.
+            store
+                .accept("x".into(), vec![entry("x", "1")])
+                .await
+                .unwrap();
+            assert_eq!(store.bucket_count(), 2);
+            assert_eq!(store.open_bucket_count(), 2);
+            // Not confirmed yet: it stays open for the relay.
+            assert_eq!(store.close_confirmed(), 0);
+            let last = per_bucket as u64;
+            assert!(store.mark_published(1, last).unwrap());
+            assert_eq!(store.close_confirmed(), 1);
+            assert_eq!(store.open_bucket_count(), 1);
+            assert_eq!(store.close_confirmed(), 0);
+            // Closed, it still knows its keys: dedup opens it to read the key's time.
+            let dup = store.accept("k5".into(), vec![entry("k5", "1")]).await;
+            assert_eq!(dup.unwrap(), AcceptOutcome::Duplicate);
+            assert_eq!(store.open_bucket_count(), 2);
+            assert_eq!(store.close_confirmed(), 1);
+            // And the archive reads it.
+            let archived = store.archived(0, u64::MAX, |_| true).unwrap();
+            assert_eq!(archived.len(), per_bucket + 1);
+            assert_eq!(archived[3].body, megabyte.as_bytes());
+            // The current bucket is never closed, confirmed or not.
+            assert!(store.mark_published(last + 1, last + 1).unwrap());
+            assert_eq!(store.close_confirmed(), 1);
+            assert_eq!(store.open_bucket_count(), 1);
+            store.flush().await.unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let store = Store::open(dir.path(), Duration::from_secs(600)).unwrap();
+        // Confirmed buckets stay closed; new events go to a new bucket.
+        assert_eq!(store.bucket_count(), 3);
+        assert_eq!(store.open_bucket_count(), 1);
+        for k in ["k0", "k7", "x"] {
+            let dup = store.accept(k.into(), vec![entry(k, "1")]).await.unwrap();
+            assert_eq!(dup, AcceptOutcome::Duplicate, "{k}");
+        }
+        let new = store.accept("new".into(), vec![entry("new", "1")]).await;
+        assert_eq!(
+            new.unwrap(),
+            AcceptOutcome::Accepted {
+                first_seq: per_bucket as u64 + 2,
+                count: 1
+            }
+        );
     }
 
     #[tokio::test]

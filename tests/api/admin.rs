@@ -39,6 +39,8 @@ async fn health_readiness_and_metrics() {
         "hlgate_publish_seconds_count 1",
         "hlgate_ingest_seconds_count 1",
         "hlgate_broker_connected 1",
+        "hlgate_store_buckets{state=\"open\"} 1",
+        "hlgate_store_buckets{state=\"closed\"} 0",
     ] {
         assert!(m.lines().any(|l| l == series), "missing {series}");
     }

@@ -325,3 +325,62 @@ async fn sigterm_drains_and_exits_zero() {
     assert_eq!(process.child.wait().unwrap().code(), Some(0));
     tap.cleanup(&exchange).await;
 }
+
+/// The admin `/metrics` text of a running process.
+async fn process_metrics(process: &Process) -> String {
+    reqwest::get(format!("http://{}/metrics", process.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Polls until the process's bucket gauges read `open` and `closed`.
+async fn wait_buckets(process: &Process, open: f64, closed: f64) {
+    let mut last = String::new();
+    for _ in 0..100 {
+        last = process_metrics(process).await;
+        if metric(&last, "hlgate_store_buckets{state=\"open\"}") == open
+            && metric(&last, "hlgate_store_buckets{state=\"closed\"}") == closed
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("buckets never {open} open and {closed} closed:\n{last}");
+}
+
+#[tokio::test]
+async fn published_events_leave_memory_but_keep_deduplicating_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = unique("test.closed");
+    let (ed, rsa) = (Signer::ed25519(), Signer::rsa());
+    let env = process_env(dir.path(), &exchange, &ed, &rsa);
+    let mut tap = Tap::bind(&exchange, "#").await;
+    let (id, body) = contact_event("closed");
+    let mut process = spawn_process(&env, Stdio::null());
+    process.wait_ready().await;
+    assert_eq!(process.post_signed(&ed, body.clone()).await.status(), 200);
+    assert_eq!(message_id(&tap.take(1).await[0]), id);
+    process.signal("TERM");
+    assert_eq!(process.child.wait().unwrap().code(), Some(0));
+
+    let mut process = spawn_process(&env, Stdio::null());
+    process.wait_ready().await;
+    // The event's bucket is all published: it is closed; a new one takes events.
+    wait_buckets(&process, 1.0, 1.0).await;
+    let r = process.post_signed(&ed, body.clone()).await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "duplicate");
+    // Reading the key's time opened it; the sweeper closes it again.
+    wait_buckets(&process, 1.0, 1.0).await;
+    let (other, body) = contact_event("closed");
+    assert_eq!(process.post_signed(&ed, body).await.status(), 200);
+    assert_eq!(message_id(&tap.take(1).await[0]), other);
+    tap.assert_quiet(Duration::from_millis(500)).await;
+    process.signal("TERM");
+    assert_eq!(process.child.wait().unwrap().code(), Some(0));
+    tap.cleanup(&exchange).await;
+}
