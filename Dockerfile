@@ -20,6 +20,10 @@
 # Keep port 9090 off the public network even then; only /healthz answers without the token.
 
 FROM rust:1-slim-bookworm AS builder
+# jemalloc (the allocator) is built from source with make.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 # The JSON Schemas in schemas/ are compiled into the binary (build.rs): the runtime stage needs

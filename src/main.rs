@@ -5,6 +5,11 @@ use hlgate::cli::{self, Cli, Command};
 use hlgate::startup::Application;
 use std::process::ExitCode;
 
+/// jemalloc, with its background threads: they hand memory freed by closed sled databases back to
+/// the system within seconds. glibc's malloc kept it (BENCHMARKS.md, "Closed buckets").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
