@@ -6,7 +6,8 @@ use hlgate::startup::Application;
 use std::process::ExitCode;
 
 /// jemalloc, with its background threads: they hand memory freed by closed sled databases back to
-/// the system within seconds. glibc's malloc kept it (BENCHMARKS.md, "Closed buckets").
+/// the system within seconds. glibc's malloc kept it (BENCHMARKS.md, "Closed buckets and
+/// jemalloc").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
