@@ -93,13 +93,9 @@ impl Bucket {
     }
 
     /// Opens every bucket under `events_dir`, oldest first, and removes what a crash left of
-    /// buckets being created or removed. Buckets whose events are all confirmed (up to
-    /// `published`) are left closed.
-    pub fn open_all(
-        events_dir: &Path,
-        now_ms: u64,
-        published: u64,
-    ) -> Result<Vec<Bucket>, StoreError> {
+    /// buckets being created or removed. Each is left closed once its bounds and key hashes are
+    /// read: the relay opens the ones it has to publish as it reaches them, one after the other.
+    pub fn open_all(events_dir: &Path, now_ms: u64) -> Result<Vec<Bucket>, StoreError> {
         std::fs::create_dir_all(events_dir).map_err(sled::Error::Io)?;
         let mut buckets = Vec::new();
         for item in std::fs::read_dir(events_dir).map_err(sled::Error::Io)? {
@@ -108,9 +104,7 @@ impl Bucket {
             match name.parse::<u64>() {
                 Ok(first_seq) if first_seq > 0 && path.join(READY).exists() => {
                     let bucket = Bucket::open(path.clone(), first_seq, now_ms)?;
-                    if bucket.last_seq() <= published {
-                        bucket.close();
-                    }
+                    bucket.close();
                     buckets.push(bucket);
                 }
                 Ok(_) => std::fs::remove_dir_all(&path).map_err(sled::Error::Io)?,

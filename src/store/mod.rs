@@ -215,7 +215,7 @@ impl Store {
             .unwrap_or(0);
         let now = now_ms();
         let events_dir = dir.join("events");
-        let mut buckets = Bucket::open_all(&events_dir, now, published)?;
+        let mut buckets = Bucket::open_all(&events_dir, now)?;
         // Never hand out a seq at or below the watermark, even when every bucket was removed.
         let last_seq = buckets.last().map_or(0, |b| b.last_seq()).max(published);
         // New events go to a new bucket: one opened from disk takes none.
@@ -1075,14 +1075,27 @@ mod tests {
             assert!(store.mark_published(last + 1, last + 1).unwrap());
             assert_eq!(store.close_confirmed(), 1);
             assert_eq!(store.open_bucket_count(), 1);
+            // One more event, not published before the stop.
+            store
+                .accept("y".into(), vec![entry("y", "2")])
+                .await
+                .unwrap();
             store.flush().await.unwrap();
         }
         std::thread::sleep(Duration::from_millis(200));
         let store = Store::open(dir.path(), Duration::from_secs(600)).unwrap();
-        // Confirmed buckets stay closed; new events go to a new bucket.
+        // Every bucket from disk starts closed; new events go to a new bucket.
         assert_eq!(store.bucket_count(), 3);
         assert_eq!(store.open_bucket_count(), 1);
-        for k in ["k0", "k7", "x"] {
+        let last = per_bucket as u64 + 2;
+        // The relay's read opens the bucket it needs, and it stays open until confirmed.
+        let pending = store.pending_after(0, 10).unwrap();
+        assert_eq!(pending.iter().map(|e| e.seq).collect::<Vec<_>>(), [last]);
+        assert_eq!(store.open_bucket_count(), 2);
+        assert_eq!(store.close_confirmed(), 0);
+        assert!(store.mark_published(last, last).unwrap());
+        assert_eq!(store.close_confirmed(), 1);
+        for k in ["k0", "k7", "x", "y"] {
             let dup = store.accept(k.into(), vec![entry(k, "1")]).await.unwrap();
             assert_eq!(dup, AcceptOutcome::Duplicate, "{k}");
         }
@@ -1090,7 +1103,7 @@ mod tests {
         assert_eq!(
             new.unwrap(),
             AcceptOutcome::Accepted {
-                first_seq: per_bucket as u64 + 2,
+                first_seq: last + 1,
                 count: 1
             }
         );
