@@ -15,6 +15,7 @@ use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
+use std::time::Duration;
 
 use super::{key, seq_of, Entry, StoreError, DEDUP, EVENT};
 
@@ -64,6 +65,25 @@ fn config(dir: &Path) -> sled::Config {
         .path(dir)
         .cache_capacity(4 * 1024 * 1024)
         .flush_every_ms(None)
+}
+
+/// Opens a bucket's database again after it was closed. sled lets go of its file lock only
+/// when its I/O threads have dropped their last handle, which can be a moment after the close
+/// returned: a reopen that finds the lock still held waits for it, up to a second.
+fn reopen(dir: &Path) -> sled::Result<sled::Db> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match config(dir).open() {
+            Err(sled::Error::Io(e))
+                if waited < Duration::from_secs(1)
+                    && e.to_string().contains("could not acquire lock") =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+                waited += Duration::from_millis(10);
+            }
+            result => return result,
+        }
+    }
 }
 
 impl Bucket {
@@ -161,7 +181,7 @@ impl Bucket {
         }
         let mut db = self.db.write().expect("bucket database");
         if db.is_none() {
-            *db = Some(config(&self.dir).open()?);
+            *db = Some(reopen(&self.dir)?);
         }
         f(db.as_ref().expect("opened above"))
     }
@@ -273,5 +293,34 @@ impl Bucket {
 fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reopen_waits_for_a_lock_still_held_by_a_closing_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let closing = config(dir.path()).open().unwrap();
+        closing.insert(b"k", b"v").unwrap();
+        closing.flush().unwrap();
+        let release = std::thread::spawn(move || {
+            // Well inside the second a reopen waits, however slow the machine.
+            std::thread::sleep(Duration::from_millis(20));
+            drop(closing);
+        });
+        let db = reopen(dir.path()).unwrap();
+        assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        release.join().unwrap();
+    }
+
+    #[test]
+    fn a_reopen_gives_up_on_a_lock_that_stays_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = config(dir.path()).open().unwrap();
+        let e = reopen(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("could not acquire lock"), "{e}");
     }
 }
