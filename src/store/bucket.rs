@@ -7,16 +7,17 @@
 //!
 //! sled keeps in memory what it writes and what its reads page in until the database is closed
 //! (sled issue 1036). So a bucket that takes no more events and whose events are all confirmed
-//! is closed: nothing of it stays in memory but the hashes of its dedup keys, which let dedup
-//! skip it for every key it never took. It opens again only to be read.
+//! is closed: nothing of it stays in memory but the hashes of its dedup keys (in the store's
+//! [`KeyIndex`](super::keys::KeyIndex)), which let dedup skip it for every key it never took.
+//! It opens again only to be read.
 
 use std::collections::HashSet;
-use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
+use super::keys::key_hash;
 use super::{key, seq_of, Entry, StoreError, DEDUP, EVENT};
 
 /// Written into a bucket's directory once its database is set up: a directory without it was
@@ -31,8 +32,9 @@ pub(super) struct Bucket {
     dir: PathBuf,
     /// `None` while closed.
     db: RwLock<Option<sled::Db>>,
-    /// The hashes of the dedup keys it holds.
-    keys: Mutex<Keys>,
+    /// The hashes of the dedup keys it took while it took events; handed to the key index
+    /// when it stops.
+    keys: Mutex<HashSet<u64>>,
     /// The highest seq written here; `first_seq - 1` while empty.
     last_seq: AtomicU64,
     /// Acceptance time of the newest entry; the creation time while empty.
@@ -43,20 +45,6 @@ pub(super) struct Bucket {
     /// Encoded bytes of the entries written since it was created (0 for one opened from disk,
     /// which never takes events again).
     bytes: AtomicU64,
-}
-
-/// Dedup key hashes: a set while the bucket takes keys, a sorted slice (8 bytes a key) after.
-enum Keys {
-    Taking(HashSet<u64>),
-    Sealed(Box<[u64]>),
-}
-
-/// The hash the key filter keeps of a dedup key. Equal hashes only send dedup to the database,
-/// which has the last word.
-pub(super) fn key_hash(dedup_key: &[u8]) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    hasher.write(dedup_key);
-    hasher.finish()
 }
 
 fn config(dir: &Path) -> sled::Config {
@@ -104,7 +92,7 @@ impl Bucket {
             first_seq,
             dir,
             db: RwLock::new(Some(db)),
-            keys: Mutex::new(Keys::Taking(HashSet::new())),
+            keys: Mutex::new(HashSet::new()),
             last_seq: AtomicU64::new(first_seq - 1),
             newest_ms: AtomicU64::new(now_ms),
             opened_ms: AtomicU64::new(now_ms),
@@ -112,10 +100,11 @@ impl Bucket {
         })
     }
 
-    /// Opens every bucket under `events_dir`, oldest first, and removes what a crash left of
-    /// buckets being created or removed. Each is left closed once its bounds and key hashes are
-    /// read: the relay opens the ones it has to publish as it reaches them, one after the other.
-    pub fn open_all(events_dir: &Path, now_ms: u64) -> Result<Vec<Bucket>, StoreError> {
+    /// Opens every bucket under `events_dir`, oldest first, with its dedup key hashes, and
+    /// removes what a crash left of buckets being created or removed. Each is left closed once
+    /// its bounds and key hashes are read: the relay opens the ones it has to publish as it
+    /// reaches them, one after the other.
+    pub fn open_all(events_dir: &Path, now_ms: u64) -> Result<Vec<(Bucket, Vec<u64>)>, StoreError> {
         std::fs::create_dir_all(events_dir).map_err(sled::Error::Io)?;
         let mut buckets = Vec::new();
         for item in std::fs::read_dir(events_dir).map_err(sled::Error::Io)? {
@@ -123,9 +112,9 @@ impl Bucket {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             match name.parse::<u64>() {
                 Ok(first_seq) if first_seq > 0 && path.join(READY).exists() => {
-                    let bucket = Bucket::open(path.clone(), first_seq, now_ms)?;
+                    let (bucket, hashes) = Bucket::open(path.clone(), first_seq, now_ms)?;
                     bucket.close();
-                    buckets.push(bucket);
+                    buckets.push((bucket, hashes));
                 }
                 Ok(_) => std::fs::remove_dir_all(&path).map_err(sled::Error::Io)?,
                 _ if name.ends_with(GONE) => {
@@ -134,12 +123,12 @@ impl Bucket {
                 _ => tracing::warn!(path = %path.display(), "not a bucket, left alone"),
             }
         }
-        buckets.sort_by_key(|b| b.first_seq);
+        buckets.sort_by_key(|(b, _)| b.first_seq);
         Ok(buckets)
     }
 
     /// Opens a bucket from disk, reading its bounds and its keys' hashes.
-    fn open(dir: PathBuf, first_seq: u64, now_ms: u64) -> Result<Bucket, StoreError> {
+    fn open(dir: PathBuf, first_seq: u64, now_ms: u64) -> Result<(Bucket, Vec<u64>), StoreError> {
         let db = config(&dir).open()?;
         let entry_at = |item: Option<sled::Result<(sled::IVec, sled::IVec)>>| {
             item.transpose().map(|kv| {
@@ -155,17 +144,17 @@ impl Bucket {
         for item in db.scan_prefix([DEDUP]).keys() {
             hashes.push(key_hash(&item?[1..]));
         }
-        hashes.sort_unstable();
-        Ok(Bucket {
+        let bucket = Bucket {
             first_seq,
             dir,
             db: RwLock::new(Some(db)),
-            keys: Mutex::new(Keys::Sealed(hashes.into_boxed_slice())),
+            keys: Mutex::new(HashSet::new()),
             last_seq: AtomicU64::new(last.map_or(first_seq - 1, |(seq, _)| seq)),
             newest_ms: AtomicU64::new(last.map_or(now_ms, |(_, ms)| ms)),
             opened_ms: AtomicU64::new(first.map_or(now_ms, |(_, ms)| ms)),
             bytes: AtomicU64::new(0),
-        })
+        };
+        Ok((bucket, hashes))
     }
 
     /// Runs `f` on the database, opening it first if it is closed.
@@ -197,34 +186,19 @@ impl Bucket {
         self.db.read().expect("bucket database").is_some()
     }
 
-    /// False when it certainly holds no record of this key hash.
-    pub fn may_hold(&self, hash: u64) -> bool {
-        match &*self.keys.lock().expect("bucket keys") {
-            Keys::Taking(set) => set.contains(&hash),
-            Keys::Sealed(sorted) => sorted.binary_search(&hash).is_ok(),
-        }
+    /// True when it took a key with this hash since it was created.
+    pub fn took(&self, hash: u64) -> bool {
+        self.keys.lock().expect("bucket keys").contains(&hash)
     }
 
     /// Records the hashes of keys just written here.
     pub fn took_keys(&self, hashes: impl IntoIterator<Item = u64>) {
-        let mut keys = self.keys.lock().expect("bucket keys");
-        if let Keys::Sealed(sorted) = &*keys {
-            // An empty bucket from disk taking events after all.
-            *keys = Keys::Taking(sorted.iter().copied().collect());
-        }
-        if let Keys::Taking(set) = &mut *keys {
-            set.extend(hashes);
-        }
+        self.keys.lock().expect("bucket keys").extend(hashes);
     }
 
-    /// It takes no more keys: keep their hashes in the compact form.
-    pub fn seal(&self) {
-        let mut keys = self.keys.lock().expect("bucket keys");
-        if let Keys::Taking(set) = &mut *keys {
-            let mut sorted: Vec<u64> = set.drain().collect();
-            sorted.sort_unstable();
-            *keys = Keys::Sealed(sorted.into_boxed_slice());
-        }
+    /// It takes no more keys: hands over the hashes of those it took.
+    pub fn take_keys(&self) -> Vec<u64> {
+        self.keys.lock().expect("bucket keys").drain().collect()
     }
 
     pub fn last_seq(&self) -> u64 {

@@ -21,6 +21,7 @@
 
 mod bucket;
 mod entry;
+mod keys;
 mod tokens;
 
 pub use entry::Entry;
@@ -36,6 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, Notify};
 
 use bucket::Bucket;
+use keys::{key_hash, KeyIndex};
 
 const DEDUP: u8 = b'd';
 const EVENT: u8 = b'e';
@@ -215,7 +217,12 @@ impl Store {
             .unwrap_or(0);
         let now = now_ms();
         let events_dir = dir.join("events");
-        let mut buckets = Bucket::open_all(&events_dir, now)?;
+        let mut index = KeyIndex::default();
+        let mut buckets = Vec::new();
+        for (bucket, hashes) in Bucket::open_all(&events_dir, now)? {
+            index.add(bucket.first_seq, hashes);
+            buckets.push(bucket);
+        }
         // Never hand out a seq at or below the watermark, even when every bucket was removed.
         let last_seq = buckets.last().map_or(0, |b| b.last_seq()).max(published);
         // New events go to a new bucket: one opened from disk takes none.
@@ -242,7 +249,7 @@ impl Store {
             flush_on_commit: AtomicBool::new(true),
         });
         let (sender, receiver) = mpsc::sync_channel(QUEUE_DEPTH);
-        let writer = Writer::new(shared.clone(), last_seq + 1);
+        let writer = Writer::new(shared.clone(), last_seq + 1, index);
         std::thread::Builder::new()
             .name("hlgate-store-writer".into())
             .spawn(move || writer.run(receiver))
@@ -484,14 +491,17 @@ struct Writer {
     next_seq: u64,
     /// Removed from the list, waiting for the last reader to let go before leaving the disk.
     graveyard: Vec<Arc<Bucket>>,
+    /// The dedup key hashes of every bucket but the current one.
+    index: KeyIndex,
 }
 
 impl Writer {
-    fn new(shared: Arc<Shared>, next_seq: u64) -> Self {
+    fn new(shared: Arc<Shared>, next_seq: u64, index: KeyIndex) -> Self {
         Self {
             shared,
             next_seq,
             graveyard: Vec::new(),
+            index,
         }
     }
 
@@ -525,7 +535,7 @@ impl Writer {
             previous
         };
         if let Some(previous) = previous {
-            previous.seal();
+            self.index.add(previous.first_seq, previous.take_keys());
         }
         Ok(bucket)
     }
@@ -577,7 +587,7 @@ impl Writer {
                     entries,
                     reply,
                 } => {
-                    let hash = bucket::key_hash(dedup_key.as_bytes());
+                    let hash = key_hash(dedup_key.as_bytes());
                     // A key taken earlier in this batch needs no lookup.
                     let duplicate = seen.contains(&dedup_key)
                         || match self.is_recent_duplicate(&dedup_key, hash, now) {
@@ -700,7 +710,7 @@ impl Writer {
     }
 
     /// The newest record of a key decides: accepted within the retention means duplicate.
-    /// Only the buckets whose key filter knows `hash` are looked in.
+    /// Only the buckets that took a key with this `hash` are looked in.
     fn is_recent_duplicate(
         &self,
         dedup_key: &str,
@@ -709,8 +719,13 @@ impl Writer {
     ) -> Result<bool, StoreError> {
         let k = dedup_db_key(dedup_key);
         let buckets = self.shared.buckets.read().expect("bucket list");
-        for bucket in buckets.iter().rev().filter(|b| b.may_hold(hash)) {
-            if let Some(v) = bucket.with_db(|db| Ok(db.get(&k)?))? {
+        let current = buckets.last().expect("the store always has a bucket");
+        let current = current.took(hash).then_some(current.first_seq);
+        for first_seq in current.into_iter().chain(self.index.candidates(hash)) {
+            let Ok(at) = buckets.binary_search_by_key(&first_seq, |b| b.first_seq) else {
+                continue;
+            };
+            if let Some(v) = buckets[at].with_db(|db| Ok(db.get(&k)?))? {
                 let accepted = v
                     .get(..8)
                     .and_then(|b| b.try_into().ok())
@@ -747,6 +762,10 @@ impl Writer {
             report.buckets += 1;
             report.events += oldest.len();
             self.graveyard.push(oldest);
+        }
+        if report.buckets > 0 {
+            let oldest_left = self.shared.buckets()[0].first_seq;
+            self.index.forget_before(oldest_left);
         }
         self.bury();
         Ok(report)
