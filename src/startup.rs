@@ -311,7 +311,7 @@ async fn drain(
 }
 
 /// Removes expired events and dedup keys a bucket at a time, closes the buckets that are
-/// done with (see `Store::close_confirmed`), and watches the data disk.
+/// idle (see `Store::close_idle`), and watches the data disk.
 async fn sweep(store: Store, settings: Settings, shutdown: CancellationToken) {
     let every =
         (settings.dedup_retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
@@ -323,10 +323,10 @@ async fn sweep(store: Store, settings: Settings, shutdown: CancellationToken) {
         }
         store.check_disk(&settings.data_dir);
         let closing = store.clone();
-        match tokio::task::spawn_blocking(move || closing.close_confirmed()).await {
+        match tokio::task::spawn_blocking(move || closing.close_idle()).await {
             Ok(0) => {}
-            Ok(closed) => debug!(buckets = closed, "closed confirmed buckets"),
-            Err(e) => warn!(error = %e, "closing confirmed buckets failed"),
+            Ok(closed) => debug!(buckets = closed, "closed idle buckets"),
+            Err(e) => warn!(error = %e, "closing idle buckets failed"),
         }
         if tokio::time::Instant::now() < next_sweep {
             continue;

@@ -53,6 +53,9 @@ const DISK_RESERVE_BYTES: u64 = 64 * 1024 * 1024;
 /// 1.5 KB events): while the relay keeps up it never reads sled, whose reads keep what they
 /// page in (sled issue 1036).
 const RECENT: usize = 2048;
+/// How far past the watermark the relay reads (two windows in flight, with room to spare): the
+/// buckets holding those seqs stay open.
+const RELAY_AHEAD: u64 = 4096;
 /// How many buckets the retention window is cut into: expired events stay on disk at most
 /// this fraction of the retention longer than it asks.
 const BUCKETS_PER_RETENTION: u32 = 4;
@@ -447,18 +450,18 @@ impl Store {
         Ok(false)
     }
 
-    /// Closes every bucket that takes no more events and whose events are all confirmed,
-    /// giving back the memory sled holds for them; returns how many it closed. Blocks while
-    /// such a bucket is being read.
-    pub fn close_confirmed(&self) -> usize {
-        let published = self.published_through();
+    /// Closes every bucket that takes no more events and that the relay is not reading: all
+    /// but the current one and those holding the seqs the relay publishes next. That gives
+    /// back the memory sled holds for them; a later read opens them again. Returns how many it
+    /// closed; blocks while such a bucket is being read.
+    pub fn close_idle(&self) -> usize {
+        let next = self.published_through() + 1;
         let all = self.shared.buckets();
-        let Some((_current, done)) = all.split_last() else {
+        let Some((_current, rest)) = all.split_last() else {
             return 0;
         };
-        done.iter()
-            .filter(|b| b.last_seq() <= published && b.close())
-            .count()
+        let relay_reads = |b: &Bucket| b.last_seq() >= next && b.first_seq <= next + RELAY_AHEAD;
+        rest.iter().filter(|b| !relay_reads(b) && b.close()).count()
     }
 
     /// Flushes everything to disk.
@@ -1075,24 +1078,24 @@ mod tests {
             assert_eq!(store.bucket_count(), 2);
             assert_eq!(store.open_bucket_count(), 2);
             // Not confirmed yet: it stays open for the relay.
-            assert_eq!(store.close_confirmed(), 0);
+            assert_eq!(store.close_idle(), 0);
             let last = per_bucket as u64;
             assert!(store.mark_published(1, last).unwrap());
-            assert_eq!(store.close_confirmed(), 1);
+            assert_eq!(store.close_idle(), 1);
             assert_eq!(store.open_bucket_count(), 1);
-            assert_eq!(store.close_confirmed(), 0);
+            assert_eq!(store.close_idle(), 0);
             // Closed, it still knows its keys: dedup opens it to read the key's time.
             let dup = store.accept("k5".into(), vec![entry("k5", "1")]).await;
             assert_eq!(dup.unwrap(), AcceptOutcome::Duplicate);
             assert_eq!(store.open_bucket_count(), 2);
-            assert_eq!(store.close_confirmed(), 1);
+            assert_eq!(store.close_idle(), 1);
             // And the archive reads it.
             let archived = store.archived(0, u64::MAX, |_| true).unwrap();
             assert_eq!(archived.len(), per_bucket + 1);
             assert_eq!(archived[3].body, megabyte.as_bytes());
             // The current bucket is never closed, confirmed or not.
             assert!(store.mark_published(last + 1, last + 1).unwrap());
-            assert_eq!(store.close_confirmed(), 1);
+            assert_eq!(store.close_idle(), 1);
             assert_eq!(store.open_bucket_count(), 1);
             // One more event, not published before the stop.
             store
@@ -1111,9 +1114,9 @@ mod tests {
         let pending = store.pending_after(0, 10).unwrap();
         assert_eq!(pending.iter().map(|e| e.seq).collect::<Vec<_>>(), [last]);
         assert_eq!(store.open_bucket_count(), 2);
-        assert_eq!(store.close_confirmed(), 0);
+        assert_eq!(store.close_idle(), 0);
         assert!(store.mark_published(last, last).unwrap());
-        assert_eq!(store.close_confirmed(), 1);
+        assert_eq!(store.close_idle(), 1);
         for k in ["k0", "k7", "x", "y"] {
             let dup = store.accept(k.into(), vec![entry(k, "1")]).await.unwrap();
             assert_eq!(dup, AcceptOutcome::Duplicate, "{k}");
@@ -1126,6 +1129,47 @@ mod tests {
                 count: 1
             }
         );
+    }
+
+    #[tokio::test]
+    async fn buckets_far_ahead_of_the_relay_are_closed_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let ahead = RELAY_AHEAD as usize + 100;
+        // Every start begins a new bucket: one event, then `ahead` events, then one more.
+        for (round, count) in [1, ahead, 1].into_iter().enumerate() {
+            let store = Store::open(dir.path(), Duration::from_secs(600)).unwrap();
+            let accepts = (0..count).map(|i| {
+                let k = format!("r{round}-{i}");
+                store.accept(k.clone(), vec![entry(&k, "1")])
+            });
+            for outcome in futures_util::future::join_all(accepts).await {
+                assert!(matches!(outcome.unwrap(), AcceptOutcome::Accepted { .. }));
+            }
+            store.flush().await.unwrap();
+            drop(store);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let store = Store::open(dir.path(), Duration::from_secs(600)).unwrap();
+        assert_eq!(store.bucket_count(), 4);
+        // Reading the archive opens them all.
+        assert_eq!(
+            store.archived(0, u64::MAX, |_| true).unwrap().len(),
+            ahead + 2
+        );
+        assert_eq!(store.open_bucket_count(), 4);
+        // Nothing is confirmed. The relay reads seq 1 on: its bucket and the next stay open;
+        // the third, past what the relay reads ahead, is closed although unpublished.
+        assert_eq!(store.close_idle(), 1);
+        assert_eq!(store.open_bucket_count(), 3);
+        // Its events are still there for the relay.
+        let all = store.pending_after(0, usize::MAX).unwrap();
+        assert_eq!(all.len(), ahead + 2);
+        assert_eq!(store.open_bucket_count(), 4);
+        // Once the relay has moved on, the buckets behind it close.
+        let last = (ahead + 1) as u64;
+        assert!(store.mark_published(1, last).unwrap());
+        assert_eq!(store.close_idle(), 2);
+        assert_eq!(store.open_bucket_count(), 2);
     }
 
     #[tokio::test]
