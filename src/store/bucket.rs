@@ -6,15 +6,14 @@
 //! pages each node back into memory and never shrinks the file.
 //!
 //! sled keeps in memory what it writes and what its reads page in until the database is closed
-//! (sled issue 1036). So a bucket that takes no more events and whose events are all confirmed
+//! (sled issue 1036). So a bucket that takes no more events and that the relay is not reading
 //! is closed: nothing of it stays in memory but the hashes of its dedup keys (in the store's
 //! [`KeyIndex`](super::keys::KeyIndex)), which let dedup skip it for every key it never took.
 //! It opens again only to be read.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::RwLock;
 use std::time::Duration;
 
 use super::keys::key_hash;
@@ -32,9 +31,6 @@ pub(super) struct Bucket {
     dir: PathBuf,
     /// `None` while closed.
     db: RwLock<Option<sled::Db>>,
-    /// The hashes of the dedup keys it took while it took events; handed to the key index
-    /// when it stops.
-    keys: Mutex<HashSet<u64>>,
     /// The highest seq written here; `first_seq - 1` while empty.
     last_seq: AtomicU64,
     /// Acceptance time of the newest entry; the creation time while empty.
@@ -42,9 +38,6 @@ pub(super) struct Bucket {
     /// When this bucket took its first events (its creation while empty): rotation starts a
     /// new one a span later.
     opened_ms: AtomicU64,
-    /// Encoded bytes of the entries written since it was created (0 for one opened from disk,
-    /// which never takes events again).
-    bytes: AtomicU64,
 }
 
 fn config(dir: &Path) -> sled::Config {
@@ -92,11 +85,9 @@ impl Bucket {
             first_seq,
             dir,
             db: RwLock::new(Some(db)),
-            keys: Mutex::new(HashSet::new()),
             last_seq: AtomicU64::new(first_seq - 1),
             newest_ms: AtomicU64::new(now_ms),
             opened_ms: AtomicU64::new(now_ms),
-            bytes: AtomicU64::new(0),
         })
     }
 
@@ -148,11 +139,9 @@ impl Bucket {
             first_seq,
             dir,
             db: RwLock::new(Some(db)),
-            keys: Mutex::new(HashSet::new()),
             last_seq: AtomicU64::new(last.map_or(first_seq - 1, |(seq, _)| seq)),
             newest_ms: AtomicU64::new(last.map_or(now_ms, |(_, ms)| ms)),
             opened_ms: AtomicU64::new(first.map_or(now_ms, |(_, ms)| ms)),
-            bytes: AtomicU64::new(0),
         };
         Ok((bucket, hashes))
     }
@@ -186,21 +175,6 @@ impl Bucket {
         self.db.read().expect("bucket database").is_some()
     }
 
-    /// True when it took a key with this hash since it was created.
-    pub fn took(&self, hash: u64) -> bool {
-        self.keys.lock().expect("bucket keys").contains(&hash)
-    }
-
-    /// Records the hashes of keys just written here.
-    pub fn took_keys(&self, hashes: impl IntoIterator<Item = u64>) {
-        self.keys.lock().expect("bucket keys").extend(hashes);
-    }
-
-    /// It takes no more keys: hands over the hashes of those it took.
-    pub fn take_keys(&self) -> Vec<u64> {
-        self.keys.lock().expect("bucket keys").drain().collect()
-    }
-
     pub fn last_seq(&self) -> u64 {
         self.last_seq.load(Ordering::Acquire)
     }
@@ -213,11 +187,6 @@ impl Bucket {
         self.newest_ms.load(Ordering::Acquire)
     }
 
-    /// Encoded bytes of the entries written since it was created.
-    pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Acquire)
-    }
-
     /// How many events it holds.
     pub fn len(&self) -> u64 {
         (self.last_seq() + 1).saturating_sub(self.first_seq)
@@ -227,14 +196,12 @@ impl Bucket {
         self.len() == 0
     }
 
-    /// Records that seqs up to `last_seq`, accepted at `accepted_ms` and `bytes` long in all,
-    /// are on disk here.
-    pub fn written(&self, last_seq: u64, accepted_ms: u64, bytes: u64) {
+    /// Records that seqs up to `last_seq`, accepted at `accepted_ms`, are on disk here.
+    pub fn written(&self, last_seq: u64, accepted_ms: u64) {
         if self.is_empty() {
             self.opened_ms.store(accepted_ms, Ordering::Release);
         }
         self.newest_ms.store(accepted_ms, Ordering::Release);
-        self.bytes.fetch_add(bytes, Ordering::AcqRel);
         self.last_seq.store(last_seq, Ordering::Release);
     }
 

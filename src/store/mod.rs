@@ -496,6 +496,10 @@ struct Writer {
     graveyard: Vec<Arc<Bucket>>,
     /// The dedup key hashes of every bucket but the current one.
     index: KeyIndex,
+    /// The dedup key hashes of the current bucket, for the index once it is full.
+    current_keys: HashSet<u64>,
+    /// Encoded bytes of the entries written to the current bucket since it was created.
+    current_bytes: u64,
 }
 
 impl Writer {
@@ -505,6 +509,8 @@ impl Writer {
             next_seq,
             graveyard: Vec::new(),
             index,
+            current_keys: HashSet::new(),
+            current_bytes: 0,
         }
     }
 
@@ -538,8 +544,11 @@ impl Writer {
             previous
         };
         if let Some(previous) = previous {
-            self.index.add(previous.first_seq, previous.take_keys());
+            let keys = std::mem::take(&mut self.current_keys);
+            self.index
+                .add(previous.first_seq, keys.into_iter().collect());
         }
+        self.current_bytes = 0;
         Ok(bucket)
     }
 
@@ -548,7 +557,7 @@ impl Writer {
     fn bucket_for_commit(&mut self, first_seq: u64, now: u64) -> Arc<Bucket> {
         let current = self.current();
         let span_over = now.saturating_sub(current.opened_ms()) >= self.shared.span_ms;
-        if current.is_empty() || !(span_over || current.bytes() >= BUCKET_BYTES) {
+        if current.is_empty() || !(span_over || self.current_bytes >= BUCKET_BYTES) {
             return current;
         }
         match self.rotate(first_seq, now) {
@@ -676,9 +685,10 @@ impl Writer {
             self.next_seq = start_seq;
         } else {
             self.shared.write_failed.store(false, Ordering::Relaxed);
-            bucket.took_keys(key_hashes);
+            self.current_keys.extend(key_hashes);
+            self.current_bytes += bytes;
             if !written.is_empty() {
-                bucket.written(self.next_seq - 1, now, bytes);
+                bucket.written(self.next_seq - 1, now);
                 self.remember(written);
                 self.shared
                     .last_seq
@@ -723,7 +733,10 @@ impl Writer {
         let k = dedup_db_key(dedup_key);
         let buckets = self.shared.buckets.read().expect("bucket list");
         let current = buckets.last().expect("the store always has a bucket");
-        let current = current.took(hash).then_some(current.first_seq);
+        let current = self
+            .current_keys
+            .contains(&hash)
+            .then_some(current.first_seq);
         for first_seq in current.into_iter().chain(self.index.candidates(hash)) {
             let Ok(at) = buckets.binary_search_by_key(&first_seq, |b| b.first_seq) else {
                 continue;
