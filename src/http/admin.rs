@@ -112,12 +112,12 @@ async fn metrics(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpR
     let (outbox_depth, outbox_oldest_seconds) = web::block(move || outbox_state(&store))
         .await
         .map_err(|_| ApiError::overloaded("busy"))?;
-    let buckets_open = state.store.open_bucket_count() as u64;
+    let (buckets_open, buckets_closed) = state.store.bucket_states();
     let gauges = Gauges {
         outbox_depth,
         outbox_oldest_seconds,
-        buckets_open,
-        buckets_closed: (state.store.bucket_count() as u64).saturating_sub(buckets_open),
+        buckets_open: buckets_open as u64,
+        buckets_closed: buckets_closed as u64,
         tenants: state
             .tenant_states
             .as_ref()

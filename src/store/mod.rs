@@ -2,7 +2,7 @@
 //! vault's trees.
 //!
 //! Events live in buckets (see [`bucket`]): each one a sled database of its own covering a span
-//! of acceptance time (a quarter of the retention). A bucket holds
+//! of acceptance time (a quarter of the retention) or 32 MiB of events. A bucket holds
 //! - `d<dedup key>`  → acceptance time (u64 BE, unix ms)
 //! - `e<seq>`        → the encoded [`Entry`], kept for the retention window (archive, replay)
 //!
@@ -17,7 +17,9 @@
 //! All inserts go through one writer thread that batches concurrent requests and flushes once
 //! per batch (group commit). Sequence numbers are assigned there, so outbox order is commit order.
 //! The same thread starts new buckets and removes expired ones: a bucket goes once its newest
-//! event is past the retention and every event in it is confirmed.
+//! event is past the retention and every event in it is confirmed. It also keeps the dedup key
+//! hashes ([`keys`]) that let dedup open only the buckets that may hold a key; the sweeper
+//! closes the buckets nothing reads ([`Store::close_idle`]).
 
 mod bucket;
 mod entry;
@@ -423,24 +425,33 @@ impl Store {
         Ok(out)
     }
 
+    /// How many buckets hold the archive: with their database open, and closed.
+    pub fn bucket_states(&self) -> (usize, usize) {
+        let all = self.shared.buckets.read().expect("bucket list");
+        let open = all.iter().filter(|b| b.is_open()).count();
+        (open, all.len() - open)
+    }
+
     /// Number of archived entries (events within retention).
-    pub fn archived_count(&self) -> u64 {
+    #[cfg(test)]
+    fn archived_count(&self) -> u64 {
         self.shared.buckets().iter().map(|b| b.len()).sum()
     }
 
-    /// How many buckets hold the archive.
-    pub fn bucket_count(&self) -> usize {
-        self.shared.buckets.read().expect("bucket list").len()
+    #[cfg(test)]
+    fn bucket_count(&self) -> usize {
+        let (open, closed) = self.bucket_states();
+        open + closed
     }
 
-    /// How many buckets have their database open.
-    pub fn open_bucket_count(&self) -> usize {
-        let all = self.shared.buckets.read().expect("bucket list");
-        all.iter().filter(|b| b.is_open()).count()
+    #[cfg(test)]
+    fn open_bucket_count(&self) -> usize {
+        self.bucket_states().0
     }
 
-    /// True when a dedup key is on record (whether or not it has expired).
-    pub fn has_dedup_key(&self, dedup_key: &str) -> Result<bool, StoreError> {
+    /// True when a dedup key is on record (whether or not it has expired). Opens every bucket.
+    #[cfg(test)]
+    fn has_dedup_key(&self, dedup_key: &str) -> Result<bool, StoreError> {
         let k = dedup_db_key(dedup_key);
         for bucket in self.shared.buckets() {
             if bucket.with_db(|db| Ok(db.contains_key(&k)?))? {
