@@ -380,6 +380,30 @@ async fn published_events_leave_memory_but_keep_deduplicating_after_a_restart() 
     assert_eq!(process.post_signed(&ed, body).await.status(), 200);
     assert_eq!(message_id(&tap.take(1).await[0]), other);
     tap.assert_quiet(Duration::from_millis(500)).await;
+    // A replay reads the closed bucket as well as the current one.
+    let hour = time::Duration::hours(1);
+    let now = time::OffsetDateTime::now_utc();
+    let window = serde_json::json!({
+        "since": (now - hour).format(&time::format_description::well_known::Rfc3339).unwrap(),
+        "until": (now + hour).format(&time::format_description::well_known::Rfc3339).unwrap(),
+    });
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/replay", process.admin))
+        .json(&window)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v, serde_json::json!({"replayed": 2}));
+    let replayed = tap.take(2).await;
+    assert_eq!(
+        replayed.iter().map(message_id).collect::<Vec<_>>(),
+        vec![id, other]
+    );
+    for m in &replayed {
+        assert_eq!(header(m, "x-hl-replay").as_deref(), Some("true"));
+    }
     process.signal("TERM");
     assert_eq!(process.child.wait().unwrap().code(), Some(0));
     tap.cleanup(&exchange).await;
