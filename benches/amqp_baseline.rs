@@ -2,10 +2,16 @@
 //! persistent ~1.5 KB messages with publisher confirms to a durable topic exchange bound (`#`)
 //! to a durable classic queue. No outbox, no sled: just the broker round trip.
 //!
-//! Two ways of keeping messages in flight are measured, each over the same number of messages:
+//! Three ways of keeping messages in flight are measured, each over the same number of messages:
 //! - `window`: a sliding window, at most `AMQP_BASELINE_WINDOW` unconfirmed at any time;
 //! - `batch`: publish `AMQP_BASELINE_WINDOW`, then await all their confirms, then the next
-//!   batch (the way hlgate's relay works today).
+//!   batch;
+//! - `pipelined`: batches of `AMQP_BASELINE_WINDOW` whose publishes are all polled once, in
+//!   order, before any is awaited (lapin then writes a batch in a few large writes), with the
+//!   previous batch's confirms awaited while the next one goes out: the way hlgate's relay works.
+//!
+//! `window` and `batch` await each publish before the next, one hand-off to lapin's I/O thread
+//! per message.
 //!
 //! Messages carry the same properties and headers hlgate's relay sets (`publish::amqp::properties`).
 //!
@@ -16,6 +22,7 @@
 //! The exchange and queue (`hlgate.bench.baseline.<pid>`) are deleted at the end.
 
 use std::collections::VecDeque;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use lapin::options::{
@@ -85,15 +92,25 @@ async fn settle(confirm: PublisherConfirm) -> Result<(), String> {
     }
 }
 
+#[derive(Clone, Copy)]
+enum Mode {
+    Window,
+    Batch,
+    Pipelined,
+}
+
 /// Publishes `n` messages; returns the elapsed time from the first publish to the last confirm.
 async fn run(
     channel: &Channel,
     exchange: &str,
     n: u64,
     window: usize,
-    sliding: bool,
+    mode: Mode,
     body: &[u8],
 ) -> Result<Duration, String> {
+    if let Mode::Pipelined = mode {
+        return run_pipelined(channel, exchange, n, window, body).await;
+    }
     let exchange = short(exchange);
     let mut in_flight: VecDeque<PublisherConfirm> = VecDeque::with_capacity(window);
     let start = Instant::now();
@@ -111,7 +128,7 @@ async fn run(
             .map_err(|e| format!("publish: {e}"))?;
         in_flight.push_back(confirm);
         if in_flight.len() >= window {
-            if sliding {
+            if let Mode::Window = mode {
                 settle(in_flight.pop_front().expect("non-empty")).await?;
             } else {
                 for c in in_flight.drain(..) {
@@ -121,6 +138,54 @@ async fn run(
         }
     }
     for c in in_flight.drain(..) {
+        settle(c).await?;
+    }
+    Ok(start.elapsed())
+}
+
+/// `pipelined`: each batch's publishes are polled once in order, then awaited; the previous
+/// batch's confirms are awaited after the next batch is handed over.
+async fn run_pipelined(
+    channel: &Channel,
+    exchange: &str,
+    n: u64,
+    window: usize,
+    body: &[u8],
+) -> Result<Duration, String> {
+    let exchange = short(exchange);
+    let mut previous: Vec<PublisherConfirm> = Vec::new();
+    let start = Instant::now();
+    let mut seq = 1;
+    while seq <= n {
+        let batch: Vec<Entry> = (seq..=n.min(seq + window as u64 - 1))
+            .map(|s| entry(s, body))
+            .collect();
+        seq += batch.len() as u64;
+        let mut sending = Vec::with_capacity(batch.len());
+        for e in &batch {
+            let mut send = Box::pin(channel.basic_publish(
+                exchange.clone(),
+                short(&e.routing_key()),
+                BasicPublishOptions::default(),
+                &e.body,
+                properties(e, &Attached::Off),
+            ));
+            let first = futures_util::poll!(send.as_mut());
+            sending.push((send, first));
+        }
+        let mut current = Vec::with_capacity(batch.len());
+        for (send, first) in sending {
+            let published = match first {
+                Poll::Ready(result) => result,
+                Poll::Pending => send.await,
+            };
+            current.push(published.map_err(|e| format!("publish: {e}"))?);
+        }
+        for c in std::mem::replace(&mut previous, current) {
+            settle(c).await?;
+        }
+    }
+    for c in previous {
         settle(c).await?;
     }
     Ok(start.elapsed())
@@ -136,7 +201,8 @@ async fn main_async() -> Result<(), String> {
     let url = std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.into());
     let n: u64 = env_or("AMQP_BASELINE_N", 20_000);
     let window: usize = env_or("AMQP_BASELINE_WINDOW", 1000).max(1);
-    let modes = std::env::var("AMQP_BASELINE_MODES").unwrap_or_else(|_| "window,batch".into());
+    let modes =
+        std::env::var("AMQP_BASELINE_MODES").unwrap_or_else(|_| "window,batch,pipelined".into());
     let name = format!("hlgate.bench.baseline.{}", std::process::id());
     let body = body(BODY_SIZE);
 
@@ -201,20 +267,21 @@ async fn main_async() -> Result<(), String> {
     );
     let mut result = Ok(());
     for mode in modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
-        let sliding = match mode {
-            "window" => true,
-            "batch" => false,
+        let parsed = match mode {
+            "window" => Mode::Window,
+            "batch" => Mode::Batch,
+            "pipelined" => Mode::Pipelined,
             other => {
-                result = Err(format!("unknown mode {other:?} (window, batch)"));
+                result = Err(format!("unknown mode {other:?} (window, batch, pipelined)"));
                 break;
             }
         };
         let before = loadavg();
-        match run(&channel, &name, n, window, sliding, &body).await {
+        match run(&channel, &name, n, window, parsed, &body).await {
             Ok(elapsed) => {
                 let rate = n as f64 / elapsed.as_secs_f64();
                 println!(
-                    "amqp_baseline mode={mode:<6} n={n} window={window} elapsed={:.2}s \
+                    "amqp_baseline mode={mode:<9} n={n} window={window} elapsed={:.2}s \
                      rate={rate:.0} msgs/s loadavg_before=[{before}] loadavg_after=[{}]",
                     elapsed.as_secs_f64(),
                     loadavg()

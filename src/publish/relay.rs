@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
@@ -246,33 +247,51 @@ impl Relay {
     }
 
     /// Hands a batch to the broker without waiting for its confirms.
+    ///
+    /// lapin takes a publish's delivery tag and queues its frames on the first poll, then waits
+    /// until its I/O thread has written them. Polling every publish once, in seq order, before
+    /// awaiting any keeps the broker's order and lets that thread write the whole batch in a few
+    /// large writes instead of one write and two thread switches per message.
     async fn publish(&self, link: &Link, batch: Vec<Entry>) -> InFlight {
-        let mut confirms = Vec::with_capacity(batch.len());
+        let mut handed = Vec::with_capacity(batch.len());
         let mut failure = None;
-        for entry in batch {
-            let attached = match &self.hooks {
-                Some(h) => h.attach(&entry).await,
-                None => Attached::Off,
-            };
-            let (exchange, routing_key) = self.destination(&entry);
-            let published = link
-                .channel
-                .basic_publish(
+        {
+            let mut sending = Vec::with_capacity(batch.len());
+            for entry in &batch {
+                let attached = match &self.hooks {
+                    Some(h) => h.attach(entry).await,
+                    None => Attached::Off,
+                };
+                let (exchange, routing_key) = self.destination(entry);
+                let mut send = Box::pin(link.channel.basic_publish(
                     exchange,
                     amqp::short(&routing_key),
                     BasicPublishOptions::default(),
                     &entry.body,
-                    amqp::properties(&entry, &attached),
-                )
-                .await;
-            match published {
-                Ok(confirm) => confirms.push((entry, confirm)),
-                Err(e) => {
-                    failure = Some(format!("publish: {e}"));
+                    amqp::properties(entry, &attached),
+                ));
+                let first = futures_util::poll!(send.as_mut());
+                let failed = matches!(first, Poll::Ready(Err(_)));
+                sending.push((send, first));
+                if failed {
                     break;
                 }
             }
+            for (send, first) in sending {
+                let published = match first {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => send.await,
+                };
+                match published {
+                    Ok(confirm) => handed.push(confirm),
+                    Err(e) => {
+                        failure = Some(format!("publish: {e}"));
+                        break;
+                    }
+                }
+            }
         }
+        let confirms = batch.into_iter().zip(handed).collect();
         InFlight { confirms, failure }
     }
 
