@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -85,6 +86,7 @@ fn verify(c: &mut Criterion) {
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).expect("ed25519 key");
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("ed25519 key");
     let ed_public = ed25519_public_pem(pair.public_key().as_ref());
+    let ed_signer_public = pair.public_key().as_ref().to_vec();
     let ed_signer = SigningKey::Ed25519(pair);
 
     let rsa_private = std::fs::read_to_string(repo_path("tests/keys/rsa-test.key"))
@@ -122,6 +124,19 @@ fn verify(c: &mut Criterion) {
         .throughput(Throughput::Elements(1));
     g.bench_function("ed25519_good", |b| {
         b.iter(|| verifier.verify(black_box(&body), ghl(&ed_good)).is_ok())
+    });
+    // The same check with `ring` alone, which hlgate used before: `ed25519-dalek` was chosen
+    // for Ed25519 on these two figures.
+    let ring_key = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ED25519,
+        ed_signer_public.clone(),
+    );
+    let ed_good_raw = base64::engine::general_purpose::STANDARD
+        .decode(&ed_good)
+        .expect("base64 signature");
+    assert!(ring_key.verify(&body, &ed_good_raw).is_ok());
+    g.bench_function("ed25519_good_ring", |b| {
+        b.iter(|| ring_key.verify(black_box(&body), &ed_good_raw).is_ok())
     });
     g.bench_function("ed25519_bad", |b| {
         b.iter(|| verifier.verify(black_box(&body), ghl(&ed_bad)).is_err())
