@@ -15,7 +15,8 @@
 //! small write. The main database also holds the token vault's trees.
 //!
 //! All inserts go through one writer thread that batches concurrent requests and flushes once
-//! per batch (group commit); under load a batch gathers for up to 2 ms before it commits. Sequence numbers are assigned there, so outbox order is commit order.
+//! per batch (group commit); under load a batch gathers for up to 2 ms, while requests keep
+//! coming, before it commits. Sequence numbers are assigned there, so outbox order is commit order.
 //! The same thread starts new buckets and removes expired ones: a bucket goes once its newest
 //! event is past the retention and every event in it is confirmed. It also keeps the dedup key
 //! hashes ([`keys`]) that let dedup open only the buckets that may hold a key; the sweeper
@@ -50,10 +51,14 @@ const MAX_BATCH: usize = 1024;
 /// A commit that carried at least this many requests means requests are arriving faster than
 /// commits complete: the next batch then waits up to [`GATHER`] for more before it commits.
 const BUSY_BATCH: usize = 4;
-/// How long a batch gathers under load (PostgreSQL's `commit_delay` idea). At ~9 k events/s
-/// this cuts the flushes from ~900/s to ~220/s, and the CPU and disk time they take go to
-/// the relay and RabbitMQ; a lone request never waits.
+/// How long a batch gathers under load at most (PostgreSQL's `commit_delay` idea). At ~9 k
+/// events/s this cuts the flushes from ~900/s to ~350/s, and the CPU and disk time they
+/// took go to the relay and RabbitMQ; a lone request never waits.
 const GATHER: Duration = Duration::from_millis(2);
+/// A gathering batch commits as soon as no request came for this long: when every client is
+/// already waiting in the batch, nothing more will come. Longer than the gap between requests
+/// while both HTTP workers are busy (~30-40 us), shorter than one flush.
+const GATHER_IDLE: Duration = Duration::from_micros(100);
 /// How many requests may wait for the writer before new ones are refused (429).
 const QUEUE_DEPTH: usize = 16 * 1024;
 /// Below this much free disk space, new events are refused (429).
@@ -543,13 +548,12 @@ impl Writer {
                     Ok(cmd) => batch.push(cmd),
                     Err(TryRecvError::Disconnected) => break,
                     Err(TryRecvError::Empty) => {
-                        let left = gather_until.map_or(Duration::ZERO, |t| {
-                            t.saturating_duration_since(Instant::now())
-                        });
+                        let Some(until) = gather_until else { break };
+                        let left = until.saturating_duration_since(Instant::now());
                         if left.is_zero() {
                             break;
                         }
-                        match receiver.recv_timeout(left) {
+                        match receiver.recv_timeout(left.min(GATHER_IDLE)) {
                             Ok(cmd) => batch.push(cmd),
                             Err(_) => break,
                         }
