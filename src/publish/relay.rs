@@ -20,9 +20,9 @@ use crate::store::{now_ms, Entry, Store};
 
 /// How many entries one read takes from the outbox; up to two such windows are unconfirmed.
 /// While ingest and RabbitMQ share the CPU, a confirm round trip takes long enough that 2 000
-/// in flight capped the relay; with 10 000 it keeps closer to ingest and drains a backlog at
-/// ~11 k/s instead of ~9 k/s (BENCHMARKS.md). A read takes only what is there, so at low rates
-/// a window is a few entries. `store::RELAY_AHEAD` covers two windows.
+/// in flight capped the relay; with 10 000 it keeps closer to ingest, and what is left after a
+/// burst drains at ~10-11 k/s instead of ~8-10 k/s (BENCHMARKS.md). A read takes only what is
+/// there, so at low rates a window is a few entries. `store::RELAY_AHEAD` covers two windows.
 const WINDOW: usize = 5000;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
