@@ -19,11 +19,12 @@ use crate::schema::Outcome;
 use crate::store::{now_ms, Entry, Store};
 
 /// How many entries one read takes from the outbox; up to two such windows are unconfirmed.
-/// While ingest and RabbitMQ share the CPU, a confirm round trip takes long enough that 2 000
-/// in flight capped the relay; with 10 000 it keeps closer to ingest, and what is left after a
-/// burst drains at ~10-11 k/s instead of ~8-10 k/s (BENCHMARKS.md). A read takes only what is
-/// there, so at low rates a window is a few entries. `store::RELAY_AHEAD` covers two windows.
-const WINDOW: usize = 5000;
+/// Under load a confirm round trip is long (RabbitMQ shares the CPU with ingest): two windows of
+/// 1 000 capped the relay before the writer gathered its commits. Since then 1 000, 2 000 and
+/// 5 000 drain alike within the spread between runs, while the peak RSS of a c=50 run grows
+/// from ~160 to ~190 to ~260 MB (BENCHMARKS.md). A read takes only what is there, so at low
+/// rates a window is a few entries. `store::RELAY_AHEAD` covers two windows.
+const WINDOW: usize = 2000;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 

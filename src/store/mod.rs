@@ -67,9 +67,9 @@ const DISK_RESERVE_BYTES: u64 = 64 * 1024 * 1024;
 /// 1.5 KB events): while the relay keeps up it never reads sled, whose reads keep what they
 /// page in (sled issue 1036).
 const RECENT: usize = 2048;
-/// How far past the watermark the relay reads (two windows of 5 000 in flight, with room to
+/// How far past the watermark the relay reads (two windows of 2 000 in flight, with room to
 /// spare): the buckets holding those seqs stay open.
-const RELAY_AHEAD: u64 = 10_240;
+const RELAY_AHEAD: u64 = 4096;
 /// How many buckets the retention window is cut into: expired events stay on disk at most
 /// this fraction of the retention longer than it asks.
 const BUCKETS_PER_RETENTION: u32 = 4;
