@@ -19,7 +19,7 @@ use crate::oauth::{
     refresher, vault, HighLevelClient, Hooks, InstallSettings, TokenService, TokenServiceParts,
     Vault, VaultError,
 };
-use crate::publish::{Relay, RelayConfig};
+use crate::publish::{relay, Relay, RelayConfig};
 use crate::schema::Schemas;
 use crate::store::{Store, StoreError};
 
@@ -323,7 +323,7 @@ async fn sweep(store: Store, settings: Settings, shutdown: CancellationToken) {
         }
         store.check_disk(&settings.data_dir);
         let closing = store.clone();
-        match tokio::task::spawn_blocking(move || closing.close_idle()).await {
+        match tokio::task::spawn_blocking(move || closing.close_idle(relay::READ_AHEAD)).await {
             Ok(0) => {}
             Ok(closed) => debug!(buckets = closed, "closed idle buckets"),
             Err(e) => warn!(error = %e, "closing idle buckets failed"),

@@ -23,8 +23,12 @@ use crate::store::{now_ms, Entry, Store};
 /// 1 000 capped the relay before the writer gathered its commits. Since then 1 000, 2 000 and
 /// 5 000 drain alike within the spread between runs, while the peak RSS of a c=50 run grows
 /// from ~160 to ~190 to ~260 MB (BENCHMARKS.md). A read takes only what is there, so at low
-/// rates a window is a few entries. `store::RELAY_AHEAD` covers two windows.
+/// rates a window is a few entries.
 const WINDOW: usize = 2000;
+/// How far past the outbox watermark the relay reads: two windows, the one awaiting its
+/// confirms and the next. The store keeps the buckets holding those seqs open
+/// (`Store::close_idle`).
+pub const READ_AHEAD: u64 = 2 * WINDOW as u64;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 

@@ -67,9 +67,6 @@ const DISK_RESERVE_BYTES: u64 = 64 * 1024 * 1024;
 /// 1.5 KB events): while the relay keeps up it never reads sled, whose reads keep what they
 /// page in (sled issue 1036).
 const RECENT: usize = 2048;
-/// How far past the watermark the relay reads (two windows of 2 000 in flight, with room to
-/// spare): the buckets holding those seqs stay open.
-const RELAY_AHEAD: u64 = 4096;
 /// How many buckets the retention window is cut into: expired events stay on disk at most
 /// this fraction of the retention longer than it asks.
 const BUCKETS_PER_RETENTION: u32 = 4;
@@ -474,16 +471,17 @@ impl Store {
     }
 
     /// Closes every bucket that takes no more events and that the relay is not reading: all
-    /// but the current one and those holding the seqs the relay publishes next. That gives
-    /// back the memory sled holds for them; a later read opens them again. Returns how many it
-    /// closed; blocks while such a bucket is being read.
-    pub fn close_idle(&self) -> usize {
+    /// but the current one and those holding the seqs the relay publishes next, from the
+    /// watermark to `relay_ahead` past it. That gives back the memory sled holds for them; a
+    /// later read opens them again. Returns how many it closed; blocks while such a bucket is
+    /// being read.
+    pub fn close_idle(&self, relay_ahead: u64) -> usize {
         let next = self.published_through() + 1;
         let all = self.shared.buckets();
         let Some((_current, rest)) = all.split_last() else {
             return 0;
         };
-        let relay_reads = |b: &Bucket| b.last_seq() >= next && b.first_seq <= next + RELAY_AHEAD;
+        let relay_reads = |b: &Bucket| b.last_seq() >= next && b.first_seq <= next + relay_ahead;
         rest.iter().filter(|b| !relay_reads(b) && b.close()).count()
     }
 
@@ -1104,6 +1102,9 @@ mod tests {
         assert_eq!(seqs(0, 10), vec![total - 2, total - 1, total]);
     }
 
+    /// What the relay reads past the watermark, in these tests.
+    const RELAY_AHEAD: u64 = 4000;
+
     #[tokio::test]
     async fn full_buckets_rotate_and_done_ones_close_yet_still_answer() {
         let dir = tempfile::tempdir().unwrap();
@@ -1128,24 +1129,24 @@ mod tests {
             assert_eq!(store.bucket_count(), 2);
             assert_eq!(store.open_bucket_count(), 2);
             // Not confirmed yet: it stays open for the relay.
-            assert_eq!(store.close_idle(), 0);
+            assert_eq!(store.close_idle(RELAY_AHEAD), 0);
             let last = per_bucket as u64;
             assert!(store.mark_published(1, last).unwrap());
-            assert_eq!(store.close_idle(), 1);
+            assert_eq!(store.close_idle(RELAY_AHEAD), 1);
             assert_eq!(store.open_bucket_count(), 1);
-            assert_eq!(store.close_idle(), 0);
+            assert_eq!(store.close_idle(RELAY_AHEAD), 0);
             // Closed, it still knows its keys: dedup opens it to read the key's time.
             let dup = store.accept("k5".into(), vec![entry("k5", "1")]).await;
             assert_eq!(dup.unwrap(), AcceptOutcome::Duplicate);
             assert_eq!(store.open_bucket_count(), 2);
-            assert_eq!(store.close_idle(), 1);
+            assert_eq!(store.close_idle(RELAY_AHEAD), 1);
             // And the archive reads it.
             let archived = store.archived(0, u64::MAX, |_| true).unwrap();
             assert_eq!(archived.len(), per_bucket + 1);
             assert_eq!(archived[3].body, megabyte.as_bytes());
             // The current bucket is never closed, confirmed or not.
             assert!(store.mark_published(last + 1, last + 1).unwrap());
-            assert_eq!(store.close_idle(), 1);
+            assert_eq!(store.close_idle(RELAY_AHEAD), 1);
             assert_eq!(store.open_bucket_count(), 1);
             // One more event, not published before the stop.
             store
@@ -1164,9 +1165,9 @@ mod tests {
         let pending = store.pending_after(0, 10).unwrap();
         assert_eq!(pending.iter().map(|e| e.seq).collect::<Vec<_>>(), [last]);
         assert_eq!(store.open_bucket_count(), 2);
-        assert_eq!(store.close_idle(), 0);
+        assert_eq!(store.close_idle(RELAY_AHEAD), 0);
         assert!(store.mark_published(last, last).unwrap());
-        assert_eq!(store.close_idle(), 1);
+        assert_eq!(store.close_idle(RELAY_AHEAD), 1);
         for k in ["k0", "k7", "x", "y"] {
             let dup = store.accept(k.into(), vec![entry(k, "1")]).await.unwrap();
             assert_eq!(dup, AcceptOutcome::Duplicate, "{k}");
@@ -1209,7 +1210,7 @@ mod tests {
         assert_eq!(store.open_bucket_count(), 4);
         // Nothing is confirmed. The relay reads seq 1 on: its bucket and the next stay open;
         // the third, past what the relay reads ahead, is closed although unpublished.
-        assert_eq!(store.close_idle(), 1);
+        assert_eq!(store.close_idle(RELAY_AHEAD), 1);
         assert_eq!(store.open_bucket_count(), 3);
         // Its events are still there for the relay.
         let all = store.pending_after(0, usize::MAX).unwrap();
@@ -1218,7 +1219,7 @@ mod tests {
         // Once the relay has moved on, the buckets behind it close.
         let last = (ahead + 1) as u64;
         assert!(store.mark_published(1, last).unwrap());
-        assert_eq!(store.close_idle(), 2);
+        assert_eq!(store.close_idle(RELAY_AHEAD), 2);
         assert_eq!(store.open_bucket_count(), 2);
     }
 
