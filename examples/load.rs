@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use hlgate::cli::SigningKey;
 
+/// How long one request may take before it counts as a transport error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 const USAGE: &str = "\
 usage: cargo run --release --example load -- --key PATH [options]
 
@@ -182,13 +185,57 @@ fn event(run: &str, i: usize, locations: usize, timestamp: &str, size: usize) ->
     body.into_bytes()
 }
 
+/// The pre-built requests: each one as it goes on the wire (request line, headers, body).
 struct Signed {
     header: &'static str,
-    events: Vec<(Vec<u8>, String)>,
+    body_len: usize,
+    requests: Vec<Vec<u8>>,
+}
+
+/// Where the requests go: the address to connect to, and the request target and `Host` to send.
+struct Target {
+    addr: String,
+    host: String,
+    path: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Self, String> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+        if parsed.scheme() != "http" {
+            return Err(format!("{url}: only http:// is supported"));
+        }
+        let host = parsed.host_str().unwrap_or_default().to_string();
+        let port = parsed.port_or_known_default().unwrap_or(80);
+        let mut path = parsed.path().to_string();
+        if let Some(q) = parsed.query() {
+            path = format!("{path}?{q}");
+        }
+        Ok(Target {
+            addr: format!("{host}:{port}"),
+            host: format!("{host}:{port}"),
+            path,
+        })
+    }
+}
+
+/// One request on the wire, built once so that posting it costs one write.
+fn wire_request(target: &Target, header: &str, sig: &str, body: &[u8]) -> Vec<u8> {
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n{header}: {sig}\r\n\
+         content-length: {}\r\n\r\n",
+        target.path,
+        target.host,
+        body.len()
+    );
+    let mut request = Vec::with_capacity(head.len() + body.len());
+    request.extend_from_slice(head.as_bytes());
+    request.extend_from_slice(body);
+    request
 }
 
 /// Builds and signs `n` events on all cores.
-fn presign(key: &SigningKey, n: usize, size: usize, locations: usize) -> Signed {
+fn presign(key: &SigningKey, target: &Target, n: usize, size: usize, locations: usize) -> Signed {
     let run = format!(
         "{:x}",
         std::time::SystemTime::now()
@@ -202,7 +249,8 @@ fn presign(key: &SigningKey, n: usize, size: usize, locations: usize) -> Signed 
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let chunk = n.div_ceil(threads).max(1);
     let header = key.sign(b"{}").0;
-    let mut events = Vec::with_capacity(n);
+    let mut requests = Vec::with_capacity(n);
+    let mut body_len = 0;
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .step_by(chunk)
@@ -213,17 +261,126 @@ fn presign(key: &SigningKey, n: usize, size: usize, locations: usize) -> Signed 
                         .map(|i| {
                             let body = event(run, i, locations, timestamp, size);
                             let (_, sig) = key.sign(&body);
-                            (body, sig)
+                            (body.len(), wire_request(target, header, &sig, &body))
                         })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
         for h in handles {
-            events.extend(h.join().expect("signing thread"));
+            for (len, request) in h.join().expect("signing thread") {
+                body_len = len;
+                requests.push(request);
+            }
         }
     });
-    Signed { header, events }
+    Signed {
+        header,
+        body_len,
+        requests,
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection. Requests are written whole and answers read by
+/// `content-length`, so the client costs next to nothing beside the server it measures.
+struct Connection {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+/// An answer: its status, whether its body says `accepted` or `duplicate`, and whether the
+/// server will close the connection after it.
+struct Answer {
+    status: u16,
+    outcome: Option<&'static str>,
+    close: bool,
+}
+
+impl Connection {
+    async fn open(addr: &str) -> Result<Self, String> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| format!("nodelay: {e}"))?;
+        Ok(Connection {
+            stream,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    async fn exchange(&mut self, request: &[u8]) -> Result<Answer, String> {
+        use tokio::io::AsyncWriteExt;
+        self.stream
+            .write_all(request)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        self.buf.clear();
+        let head_end = loop {
+            if let Some(at) = find(&self.buf, b"\r\n\r\n") {
+                break at + 4;
+            }
+            self.fill().await?;
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end])
+            .map_err(|_| "answer head is not UTF-8".to_string())?;
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or_else(|| format!("bad status line in {head:?}"))?;
+        let mut length = None;
+        let mut close = false;
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.parse::<usize>().ok();
+            } else if name.eq_ignore_ascii_case("connection") {
+                close = value.eq_ignore_ascii_case("close");
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                return Err(format!("transfer-encoding {value} is not supported"));
+            }
+        }
+        let length = length.ok_or_else(|| format!("no content-length in {head:?}"))?;
+        while self.buf.len() < head_end + length {
+            self.fill().await?;
+        }
+        let body = &self.buf[head_end..head_end + length];
+        let outcome = if find(body, b"\"accepted\"").is_some() {
+            Some("accepted")
+        } else if find(body, b"\"duplicate\"").is_some() {
+            Some("duplicate")
+        } else {
+            None
+        };
+        Ok(Answer {
+            status,
+            outcome,
+            close,
+        })
+    }
+
+    async fn fill(&mut self) -> Result<(), String> {
+        use tokio::io::AsyncReadExt;
+        let n = self
+            .stream
+            .read_buf(&mut self.buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("connection closed by the server".into());
+        }
+        Ok(())
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[derive(Default)]
@@ -237,8 +394,7 @@ struct WorkerReport {
 }
 
 async fn worker(
-    client: reqwest::Client,
-    url: Arc<str>,
+    target: Arc<Target>,
     signed: Arc<Signed>,
     next: Arc<AtomicUsize>,
     ran_out: Arc<AtomicBool>,
@@ -248,46 +404,47 @@ async fn worker(
         latencies_us: Vec::with_capacity(64 * 1024),
         ..WorkerReport::default()
     };
+    let mut connection: Option<Connection> = None;
     while Instant::now() < deadline {
         let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some((body, sig)) = signed.events.get(i) else {
+        let Some(request) = signed.requests.get(i) else {
             ran_out.store(true, Ordering::Relaxed);
             break;
         };
         let started = Instant::now();
-        let sent = client
-            .post(&*url)
-            .header(signed.header, sig.as_str())
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await;
-        let outcome = match sent {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                // Read the whole answer so the connection goes back to the pool.
-                response.bytes().await.map(|b| (status, b))
+        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            if connection.is_none() {
+                connection = Some(Connection::open(&target.addr).await?);
             }
-            Err(e) => Err(e),
-        };
+            match connection.as_mut() {
+                Some(c) => c.exchange(request).await,
+                None => Err("no connection".to_string()),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_TIMEOUT:?}")));
         let elapsed = started.elapsed();
         match outcome {
-            Ok((status, answer)) => {
+            Ok(answer) => {
                 r.latencies_us
                     .push(elapsed.as_micros().min(u32::MAX as u128) as u32);
-                *r.statuses.entry(status).or_default() += 1;
-                if status == 200 {
-                    let text = String::from_utf8_lossy(&answer);
-                    if text.contains("\"accepted\"") {
-                        r.accepted += 1;
-                    } else if text.contains("\"duplicate\"") {
-                        r.duplicates += 1;
+                *r.statuses.entry(answer.status).or_default() += 1;
+                if answer.status == 200 {
+                    match answer.outcome {
+                        Some("accepted") => r.accepted += 1,
+                        Some("duplicate") => r.duplicates += 1,
+                        _ => {}
                     }
+                }
+                if answer.close {
+                    connection = None;
                 }
             }
             Err(e) => {
+                // A broken or timed-out connection is not reused: the next request opens another.
+                connection = None;
                 r.errors += 1;
-                r.first_error.get_or_insert_with(|| e.to_string());
+                r.first_error.get_or_insert(e);
             }
         }
     }
@@ -472,6 +629,17 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
 }
 
+/// This process's CPU time (user + system) from `/proc/self/stat`, which counts in USER_HZ
+/// (100 per second on Linux); `None` elsewhere.
+fn own_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -491,8 +659,10 @@ async fn run(args: Args) -> Result<(), String> {
     });
 
     let t = Instant::now();
-    let signed = tokio::task::block_in_place(|| presign(&key, n, args.size, args.locations));
-    let body_len = signed.events.first().map_or(0, |(b, _)| b.len());
+    let target = Arc::new(Target::parse(&args.url)?);
+    let signed =
+        tokio::task::block_in_place(|| presign(&key, &target, n, args.size, args.locations));
+    let body_len = signed.body_len;
     println!(
         "pre-signed {n} events of {body_len} B ({}) in {:.1}s",
         signed.header,
@@ -500,13 +670,6 @@ async fn run(args: Args) -> Result<(), String> {
     );
     let signed = Arc::new(signed);
 
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(args.concurrency)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| format!("http client: {e}"))?;
     let admin = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(5))
@@ -543,16 +706,15 @@ async fn run(args: Args) -> Result<(), String> {
         args.duration.as_secs(),
         loadavg()
     );
-    let url: Arc<str> = args.url.as_str().into();
     let next = Arc::new(AtomicUsize::new(0));
     let ran_out = Arc::new(AtomicBool::new(false));
+    let cpu_before = own_cpu_seconds();
     let start = Instant::now();
     let deadline = start + args.duration;
     let workers: Vec<_> = (0..args.concurrency)
         .map(|_| {
             tokio::spawn(worker(
-                client.clone(),
-                url.clone(),
+                target.clone(),
                 signed.clone(),
                 next.clone(),
                 ran_out.clone(),
@@ -576,6 +738,10 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let elapsed = start.elapsed();
     let ended = Instant::now();
+    let tool_cpu = match (cpu_before, own_cpu_seconds()) {
+        (Some(a), Some(b)) => format!("{:.0}%", (b - a) / elapsed.as_secs_f64() * 100.0),
+        _ => "n/a".into(),
+    };
     let load_at_end = loadavg();
 
     let mut lat = std::mem::take(&mut total.latencies_us);
@@ -615,6 +781,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
     println!("latency ms: p50={p50:.2} p90={p90:.2} p99={p99:.2} max={max:.2}");
     println!("loadavg at end of run: {load_at_end}");
+    println!("this tool's CPU during the run: {tool_cpu} of one core");
 
     // Drain: how long until the relay has confirmed everything this run put in the outbox.
     let at_end = match before {
@@ -712,7 +879,8 @@ async fn run(args: Args) -> Result<(), String> {
     println!(
         "SUMMARY c={} dur={secs:.1}s size={body_len}B accepted={} rate={rate:.0}/s \
          p50={p50:.2}ms p90={p90:.2}ms p99={p99:.2}ms max={max:.2}ms non2xx={non_2xx} \
-         errors={} published={published} queued={queued} drain={drain} e2e={e2e} loadavg=[{load_at_end}]",
+         errors={} published={published} queued={queued} drain={drain} e2e={e2e} tool_cpu={tool_cpu} \
+         loadavg=[{load_at_end}]",
         args.concurrency, total.accepted, total.errors
     );
     Ok(())

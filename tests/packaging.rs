@@ -1,6 +1,7 @@
 //! What can be checked about the container image without a Docker engine: the Dockerfile builds
 //! the binary cargo makes, exposes the ports hlgate listens on, keeps its data on a volume, runs
-//! as a non-root user, checks health on the admin listener, and its settings load.
+//! as a non-root user, checks health on the admin listener, and its settings load. Also the
+//! examples that run against RabbitMQ: the consumer, and the load tool against the real binary.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -353,10 +354,10 @@ fn dockerignore_keeps_build_output_and_data_out_of_the_context() {
     }
 }
 
-// ---- examples/consumer.rs ------------------------------------------------------------------
+// ---- examples ---------------------------------------------------------------------------------
 
-/// Builds `examples/consumer.rs` with the profile of this test binary and returns its path.
-fn consumer_example() -> std::path::PathBuf {
+/// Builds `examples/<name>.rs` with the profile of this test binary and returns its path.
+fn example(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap();
     let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
@@ -365,13 +366,13 @@ fn consumer_example() -> std::path::PathBuf {
         None => "dev",
     };
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--locked", "--example", "consumer"])
+        .args(["build", "--quiet", "--locked", "--example", name])
         .args(["--profile", profile])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .unwrap();
-    assert!(status.success(), "cargo build --example consumer");
-    profile_dir.join("examples").join("consumer")
+    assert!(status.success(), "cargo build --example {name}");
+    profile_dir.join("examples").join(name)
 }
 
 #[tokio::test]
@@ -383,7 +384,7 @@ async fn the_example_consumer_acks_verified_events_and_rejects_the_rest() {
     use lapin::types::{AMQPValue, FieldTable, LongString};
     use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-    let consumer = tokio::task::spawn_blocking(consumer_example);
+    let consumer = tokio::task::spawn_blocking(|| example("consumer"));
 
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("signer");
@@ -525,4 +526,134 @@ async fn the_example_consumer_acks_verified_events_and_rejects_the_rest() {
         .await
         .unwrap();
     let _ = connection.close(200, "bye".into()).await;
+}
+
+// ---- examples/load.rs: the figures in BENCHMARKS.md come from it, so its counts must be right --
+
+/// The value of `name=` in the load tool's `SUMMARY` line.
+fn summary_field<'a>(summary: &'a str, name: &str) -> &'a str {
+    summary
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {name}= in {summary:?}"))
+}
+
+#[tokio::test]
+async fn the_load_tool_counts_what_hlgate_accepted_refused_and_published() {
+    let load = tokio::task::spawn_blocking(|| example("load"));
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = dir.path().join("trusted");
+    let stranger = dir.path().join("stranger");
+    hlgate::cli::keygen(&trusted).unwrap();
+    hlgate::cli::keygen(&stranger).unwrap();
+    let exchange = format!(
+        "hlgate.test.load.{}.{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (public, admin) = (free(), free());
+    let mut hlgate = Command::new(env!("CARGO_BIN_EXE_hlgate"))
+        .arg("serve")
+        .env_clear()
+        .env("HLGATE_LISTEN", public.to_string())
+        .env("HLGATE_ADMIN_LISTEN", admin.to_string())
+        .env("HLGATE_DATA_DIR", dir.path().join("data"))
+        .env("HLGATE_EXCHANGE", &exchange)
+        .env(
+            "HLGATE_ED25519_PUBLIC_KEYS",
+            format!("@{}", trusted.with_extension("pub").display()),
+        )
+        .env("HLGATE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("hlgate binary");
+    // The relay declares the exchange that --bind needs once it is connected.
+    let metrics = format!("http://{admin}/metrics");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = match reqwest::get(&metrics).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if text.lines().any(|l| l == "hlgate_broker_connected 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hlgate did not connect to RabbitMQ"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let load = load.await.unwrap();
+    let run = |key: &Path| {
+        let out = Command::new(&load)
+            .args(["--url", &format!("http://{public}/webhooks/highlevel")])
+            .args(["--admin", &format!("http://{admin}")])
+            .args(["--key", &key.with_extension("key").to_string_lossy()])
+            .args(["--concurrency", "4", "--duration", "30", "--events", "300"])
+            .args(["--size", "1500", "--drain-timeout", "30"])
+            .args(["--bind", &exchange])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary = stdout
+            .lines()
+            .find(|l| l.starts_with("SUMMARY "))
+            .unwrap_or_else(|| panic!("no SUMMARY line in {stdout}"))
+            .to_string();
+        (stdout, summary)
+    };
+
+    // Signed with the key hlgate trusts: every event accepted, published and in the bound queue.
+    let (stdout, summary) = run(&trusted);
+    for (field, expected) in [
+        ("c", "4"),
+        ("size", "1500B"),
+        ("accepted", "300"),
+        ("non2xx", "0"),
+        ("errors", "0"),
+        ("published", "300"),
+        ("queued", "300"),
+    ] {
+        assert_eq!(summary_field(&summary, field), expected, "{stdout}");
+    }
+    assert!(summary_field(&summary, "drain").ends_with('s'), "{stdout}");
+    assert!(stdout.contains("status counts: 200=300\n"), "{stdout}");
+
+    // Signed with a key hlgate does not know: every answer a 401, counted, nothing published.
+    let (stdout, summary) = run(&stranger);
+    for (field, expected) in [
+        ("accepted", "0"),
+        ("non2xx", "300"),
+        ("errors", "0"),
+        ("published", "0"),
+        ("queued", "0"),
+    ] {
+        assert_eq!(summary_field(&summary, field), expected, "{stdout}");
+    }
+    assert!(stdout.contains("status counts: 401=300\n"), "{stdout}");
+
+    let _ = hlgate.kill();
+    let _ = hlgate.wait();
+    let deleted = Command::new(&load)
+        .args(["--delete-exchange", &exchange])
+        .output()
+        .unwrap();
+    assert!(deleted.status.success());
 }
