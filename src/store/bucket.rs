@@ -10,6 +10,11 @@
 //! is closed: nothing of it stays in memory but the hashes of its dedup keys (in the store's
 //! [`KeyIndex`](super::keys::KeyIndex)), which let dedup skip it for every key it never took.
 //! It opens again only to be read.
+//!
+//! Closing such a bucket also writes its summary (`keys`): its bounds and the sorted hashes of
+//! its dedup keys. A start reads the summaries and opens no database of a bucket that has one;
+//! without one (a bucket that was still taking events, a torn or damaged file) it opens the
+//! database, reads the same from it, and writes the summary for the next start.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +29,10 @@ use super::{key, seq_of, Entry, StoreError, DEDUP, EVENT};
 const READY: &str = "ready";
 /// The directory suffix of a bucket being removed.
 const GONE: &str = "gone";
+/// The summary of a bucket that takes no more events; see [`Summary`].
+const SUMMARY: &str = "keys";
+/// The summary's format, first eight bytes of the file.
+const SUMMARY_MAGIC: &[u8; 8] = b"hlgkeys1";
 
 pub(super) struct Bucket {
     /// The first seq this bucket holds (or would hold); also its directory name.
@@ -93,8 +102,8 @@ impl Bucket {
 
     /// Opens every bucket under `events_dir`, oldest first, with its dedup key hashes, and
     /// removes what a crash left of buckets being created or removed. Each is left closed once
-    /// its bounds and key hashes are read: the relay opens the ones it has to publish as it
-    /// reaches them, one after the other.
+    /// its bounds and key hashes are read (from its summary where it has one): the relay opens
+    /// the ones it has to publish as it reaches them, one after the other.
     pub fn open_all(events_dir: &Path, now_ms: u64) -> Result<Vec<(Bucket, Vec<u64>)>, StoreError> {
         std::fs::create_dir_all(events_dir).map_err(sled::Error::Io)?;
         let mut buckets = Vec::new();
@@ -103,9 +112,20 @@ impl Bucket {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             match name.parse::<u64>() {
                 Ok(first_seq) if first_seq > 0 && path.join(READY).exists() => {
-                    let (bucket, hashes) = Bucket::open(path.clone(), first_seq, now_ms)?;
+                    if let Some(summary) = Summary::load(&path, first_seq) {
+                        let bucket = Bucket::new(path, first_seq, None, &summary);
+                        buckets.push((bucket, summary.hashes));
+                        continue;
+                    }
+                    let (bucket, summary) = Bucket::open(path, first_seq, now_ms)?;
                     bucket.close();
-                    buckets.push((bucket, hashes));
+                    // It takes no more events: the next start need not open it.
+                    if !bucket.is_empty() {
+                        if let Err(e) = summary.write(&bucket.dir, first_seq) {
+                            tracing::warn!(error = %e, bucket = first_seq, "could not write a bucket summary");
+                        }
+                    }
+                    buckets.push((bucket, summary.hashes));
                 }
                 Ok(_) => std::fs::remove_dir_all(&path).map_err(sled::Error::Io)?,
                 _ if name.ends_with(GONE) => {
@@ -119,31 +139,34 @@ impl Bucket {
     }
 
     /// Opens a bucket from disk, reading its bounds and its keys' hashes.
-    fn open(dir: PathBuf, first_seq: u64, now_ms: u64) -> Result<(Bucket, Vec<u64>), StoreError> {
+    fn open(dir: PathBuf, first_seq: u64, now_ms: u64) -> Result<(Bucket, Summary), StoreError> {
         let db = config(&dir).open()?;
-        let entry_at = |item: Option<sled::Result<(sled::IVec, sled::IVec)>>| {
-            item.transpose().map(|kv| {
-                kv.and_then(|(k, v)| {
-                    let seq = seq_of(&k);
-                    Entry::decode(seq, &v).map(|e| (seq, e.accepted_ms))
-                })
-            })
-        };
-        let first = entry_at(db.scan_prefix([EVENT]).next())?;
-        let last = entry_at(db.scan_prefix([EVENT]).next_back())?;
-        let mut hashes = Vec::new();
-        for item in db.scan_prefix([DEDUP]).keys() {
-            hashes.push(key_hash(&item?[1..]));
-        }
-        let bucket = Bucket {
+        let summary = Summary::read(&db, first_seq, now_ms)?;
+        let bucket = Bucket::new(dir, first_seq, Some(db), &summary);
+        Ok((bucket, summary))
+    }
+
+    fn new(dir: PathBuf, first_seq: u64, db: Option<sled::Db>, summary: &Summary) -> Bucket {
+        Bucket {
             first_seq,
             dir,
-            db: RwLock::new(Some(db)),
-            last_seq: AtomicU64::new(last.map_or(first_seq - 1, |(seq, _)| seq)),
-            newest_ms: AtomicU64::new(last.map_or(now_ms, |(_, ms)| ms)),
-            opened_ms: AtomicU64::new(first.map_or(now_ms, |(_, ms)| ms)),
-        };
-        Ok((bucket, hashes))
+            db: RwLock::new(db),
+            last_seq: AtomicU64::new(summary.last_seq),
+            newest_ms: AtomicU64::new(summary.newest_ms),
+            opened_ms: AtomicU64::new(summary.opened_ms),
+        }
+    }
+
+    /// Writes the summary of a bucket that takes no more events, unless it is empty or has one.
+    /// Only the store's writer adds to a bucket, and only to the newest: any other may be sealed.
+    pub fn seal(&self, now_ms: u64) -> Result<(), StoreError> {
+        if self.is_empty() || self.dir.join(SUMMARY).exists() {
+            return Ok(());
+        }
+        let summary = self.with_db(|db| Summary::read(db, self.first_seq, now_ms))?;
+        summary
+            .write(&self.dir, self.first_seq)
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))
     }
 
     /// Runs `f` on the database, opening it first if it is closed.
@@ -229,6 +252,112 @@ impl Bucket {
     }
 }
 
+/// What a start needs of a bucket without opening its database: its bounds and the hashes of
+/// its dedup keys. On disk (`keys`): the magic, then first seq, last seq, opened and newest
+/// acceptance time and the number of hashes (u64 BE each), the hashes sorted (u64 BE), and a
+/// CRC-32 of all that (u32 BE).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Summary {
+    last_seq: u64,
+    opened_ms: u64,
+    newest_ms: u64,
+    hashes: Vec<u64>,
+}
+
+impl Summary {
+    /// Reads it from the database; an empty bucket counts as opened and written at `now_ms`.
+    fn read(db: &sled::Db, first_seq: u64, now_ms: u64) -> Result<Summary, StoreError> {
+        let entry_at = |item: Option<sled::Result<(sled::IVec, sled::IVec)>>| {
+            item.transpose().map(|kv| {
+                kv.and_then(|(k, v)| {
+                    let seq = seq_of(&k);
+                    Entry::decode(seq, &v).map(|e| (seq, e.accepted_ms))
+                })
+            })
+        };
+        let first = entry_at(db.scan_prefix([EVENT]).next())?;
+        let last = entry_at(db.scan_prefix([EVENT]).next_back())?;
+        let mut hashes = Vec::new();
+        for item in db.scan_prefix([DEDUP]).keys() {
+            hashes.push(key_hash(&item?[1..]));
+        }
+        hashes.sort_unstable();
+        Ok(Summary {
+            last_seq: last.map_or(first_seq - 1, |(seq, _)| seq),
+            opened_ms: first.map_or(now_ms, |(_, ms)| ms),
+            newest_ms: last.map_or(now_ms, |(_, ms)| ms),
+            hashes,
+        })
+    }
+
+    fn encode(&self, first_seq: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(SUMMARY_MAGIC.len() + 8 * (5 + self.hashes.len()) + 4);
+        out.extend_from_slice(SUMMARY_MAGIC);
+        let head = [
+            first_seq,
+            self.last_seq,
+            self.opened_ms,
+            self.newest_ms,
+            self.hashes.len() as u64,
+        ];
+        for v in head.iter().chain(&self.hashes) {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    /// `None` unless `bytes` is a whole, intact summary of the bucket starting at `first_seq`.
+    fn decode(bytes: &[u8], first_seq: u64) -> Option<Summary> {
+        let (body, crc) = bytes.split_last_chunk::<4>()?;
+        if crc32fast::hash(body) != u32::from_be_bytes(*crc) {
+            return None;
+        }
+        let words = body.strip_prefix(SUMMARY_MAGIC)?;
+        if words.len() % 8 != 0 {
+            return None;
+        }
+        let mut words = words
+            .chunks_exact(8)
+            .map(|w| u64::from_be_bytes(w.try_into().expect("8 bytes")));
+        let mut next = || words.next();
+        let (first, last_seq, opened_ms, newest_ms, count) =
+            (next()?, next()?, next()?, next()?, next()?);
+        let hashes: Vec<u64> = words.collect();
+        (first == first_seq && last_seq >= first_seq && hashes.len() as u64 == count).then_some(
+            Summary {
+                last_seq,
+                opened_ms,
+                newest_ms,
+                hashes,
+            },
+        )
+    }
+
+    /// The bucket's summary from its directory, if it has a whole and intact one.
+    fn load(dir: &Path, first_seq: u64) -> Option<Summary> {
+        let bytes = std::fs::read(dir.join(SUMMARY)).ok()?;
+        let summary = Summary::decode(&bytes, first_seq);
+        if summary.is_none() {
+            tracing::warn!(dir = %dir.display(), "a bucket summary does not check out; reading the bucket instead");
+        }
+        summary
+    }
+
+    /// Writes it next to the database: whole, flushed, then renamed into place.
+    fn write(&self, dir: &Path, first_seq: u64) -> std::io::Result<()> {
+        use std::io::Write;
+        let partial = dir.join(format!("{SUMMARY}.partial"));
+        let mut file = std::fs::File::create(&partial)?;
+        file.write_all(&self.encode(first_seq))?;
+        file.sync_all()?;
+        std::fs::rename(&partial, dir.join(SUMMARY))?;
+        sync_dir(dir);
+        Ok(())
+    }
+}
+
 /// Makes a rename in `dir` durable (best effort: not every filesystem lets a directory be
 /// opened for this).
 fn sync_dir(dir: &Path) {
@@ -240,6 +369,141 @@ fn sync_dir(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bucket at seq 10 whose database holds three events accepted at 100, 200, 300 ms and the
+    /// dedup keys "a" and "b".
+    fn bucket_with_events(events_dir: &Path) -> PathBuf {
+        let bucket = Bucket::create(events_dir, 10, 1).unwrap();
+        bucket
+            .with_db(|db| {
+                for (seq, ms) in [(10, 100), (11, 200), (12, 300)] {
+                    let mut e = crate::store::tests::entry("a", "{}");
+                    e.seq = seq;
+                    e.accepted_ms = ms;
+                    db.insert(key(EVENT, seq), e.encode())?;
+                }
+                for k in ["a", "b"] {
+                    db.insert(super::super::dedup_db_key(k), &5u64.to_be_bytes())?;
+                }
+                Ok(db.flush()?)
+            })
+            .unwrap();
+        let dir = bucket.dir.clone();
+        drop(bucket);
+        // sled lets go of its file lock a moment after the last handle is dropped.
+        std::thread::sleep(Duration::from_millis(200));
+        dir
+    }
+
+    fn sorted(mut v: Vec<u64>) -> Vec<u64> {
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn a_summary_holds_what_the_database_holds_and_is_written_once_it_is_read() {
+        let events = tempfile::tempdir().unwrap();
+        let dir = bucket_with_events(events.path());
+        assert!(!dir.join(SUMMARY).exists());
+        let expected = Summary {
+            last_seq: 12,
+            opened_ms: 100,
+            newest_ms: 300,
+            hashes: sorted(vec![key_hash(b"a"), key_hash(b"b")]),
+        };
+        // The first start reads the database and leaves the summary for the next.
+        let opened = Bucket::open_all(events.path(), 999).unwrap();
+        let (bucket, hashes) = &opened[0];
+        assert_eq!(
+            (bucket.last_seq(), bucket.opened_ms(), bucket.newest_ms()),
+            (12, 100, 300)
+        );
+        assert_eq!(sorted(hashes.clone()), expected.hashes);
+        assert_eq!(Summary::load(&dir, 10), Some(expected));
+        assert!(!bucket.is_open());
+        // Sealing again leaves it as it is.
+        drop(opened);
+        let before = std::fs::read(dir.join(SUMMARY)).unwrap();
+        let again = Bucket::open_all(events.path(), 999).unwrap();
+        again[0].0.seal(999).unwrap();
+        assert_eq!(std::fs::read(dir.join(SUMMARY)).unwrap(), before);
+    }
+
+    #[test]
+    fn a_start_takes_a_bucket_from_its_summary_without_opening_its_database() {
+        let events = tempfile::tempdir().unwrap();
+        let dir = bucket_with_events(events.path());
+        // A summary that differs from the database shows which of the two a start read.
+        let summary = Summary {
+            last_seq: 51,
+            opened_ms: 7,
+            newest_ms: 8,
+            hashes: vec![1, 2, 3],
+        };
+        summary.write(&dir, 10).unwrap();
+        let opened = Bucket::open_all(events.path(), 999).unwrap();
+        let (bucket, hashes) = &opened[0];
+        assert_eq!(
+            (bucket.last_seq(), bucket.opened_ms(), bucket.newest_ms()),
+            (51, 7, 8)
+        );
+        assert_eq!(hashes, &vec![1, 2, 3]);
+        assert!(!bucket.is_open());
+        // Its database opens when it is read.
+        let read = bucket
+            .with_db(|db| Ok(Bucket::entries_from(db, 0).count()))
+            .unwrap();
+        assert_eq!(read, 3);
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_summary_is_ignored_and_the_database_read() {
+        let events = tempfile::tempdir().unwrap();
+        let dir = bucket_with_events(events.path());
+        let summary = Summary {
+            last_seq: 51,
+            opened_ms: 7,
+            newest_ms: 8,
+            hashes: vec![1, 2, 3],
+        };
+        let good = summary.encode(10);
+        assert_eq!(Summary::decode(&good, 10).as_ref(), Some(&summary));
+        // Any flipped byte, a cut, another bucket's, one that claims no events.
+        for at in 0..good.len() {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            assert_eq!(Summary::decode(&bad, 10), None, "byte {at} flipped");
+        }
+        for len in 0..good.len() {
+            assert_eq!(Summary::decode(&good[..len], 10), None, "cut at {len}");
+        }
+        assert_eq!(Summary::decode(&good, 11), None);
+        let empty = Summary {
+            last_seq: 9,
+            ..summary
+        };
+        assert_eq!(Summary::decode(&empty.encode(10), 10), None);
+
+        let mut bad = good;
+        bad[20] ^= 0x01;
+        std::fs::write(dir.join(SUMMARY), &bad).unwrap();
+        let opened = Bucket::open_all(events.path(), 999).unwrap();
+        assert_eq!(opened[0].0.last_seq(), 12);
+        // And the start wrote a good one in its place.
+        assert_eq!(Summary::load(&dir, 10).map(|s| s.last_seq), Some(12));
+    }
+
+    #[test]
+    fn an_empty_bucket_gets_no_summary() {
+        let events = tempfile::tempdir().unwrap();
+        let bucket = Bucket::create(events.path(), 10, 1).unwrap();
+        bucket.seal(5).unwrap();
+        assert!(!bucket.dir.join(SUMMARY).exists());
+        drop(bucket);
+        let opened = Bucket::open_all(events.path(), 5).unwrap();
+        assert!(opened[0].0.is_empty());
+        assert!(!opened[0].0.dir.join(SUMMARY).exists());
+    }
 
     #[test]
     fn a_reopen_waits_for_a_lock_still_held_by_a_closing_database() {

@@ -482,7 +482,17 @@ impl Store {
             return 0;
         };
         let relay_reads = |b: &Bucket| b.last_seq() >= next && b.first_seq <= next + relay_ahead;
-        rest.iter().filter(|b| !relay_reads(b) && b.close()).count()
+        let now = now_ms();
+        rest.iter()
+            .filter(|b| !relay_reads(b) && b.is_open())
+            .filter(|b| {
+                // Written while the database is open, so that the next start need not open it.
+                if let Err(e) = b.seal(now) {
+                    tracing::warn!(error = %e, bucket = b.first_seq, "could not write a bucket summary");
+                }
+                b.close()
+            })
+            .count()
     }
 
     /// Flushes everything to disk.
@@ -1131,9 +1141,13 @@ mod tests {
             // Not confirmed yet: it stays open for the relay.
             assert_eq!(store.close_idle(RELAY_AHEAD), 0);
             let last = per_bucket as u64;
+            let summary = dir.path().join(format!("events/{:020}/keys", 1));
+            assert!(!summary.exists());
             assert!(store.mark_published(1, last).unwrap());
             assert_eq!(store.close_idle(RELAY_AHEAD), 1);
             assert_eq!(store.open_bucket_count(), 1);
+            // Closed for good, it has a summary for the next start.
+            assert!(summary.exists());
             assert_eq!(store.close_idle(RELAY_AHEAD), 0);
             // Closed, it still knows its keys: dedup opens it to read the key's time.
             let dup = store.accept("k5".into(), vec![entry("k5", "1")]).await;
