@@ -122,7 +122,8 @@ impl Bucket {
                     // It takes no more events: the next start need not open it.
                     if !bucket.is_empty() {
                         if let Err(e) = summary.write(&bucket.dir, first_seq) {
-                            tracing::warn!(error = %e, bucket = first_seq, "could not write a bucket summary");
+                            let bucket = first_seq;
+                            tracing::warn!(error = %e, bucket, "could not write a bucket summary");
                         }
                     }
                     buckets.push((bucket, summary.hashes));
@@ -340,7 +341,8 @@ impl Summary {
         let bytes = std::fs::read(dir.join(SUMMARY)).ok()?;
         let summary = Summary::decode(&bytes, first_seq);
         if summary.is_none() {
-            tracing::warn!(dir = %dir.display(), "a bucket summary does not check out; reading the bucket instead");
+            let dir = dir.display();
+            tracing::warn!(%dir, "a bucket summary does not check out; reading the bucket");
         }
         summary
     }

@@ -488,7 +488,8 @@ impl Store {
             .filter(|b| {
                 // Written while the database is open, so that the next start need not open it.
                 if let Err(e) = b.seal(now) {
-                    tracing::warn!(error = %e, bucket = b.first_seq, "could not write a bucket summary");
+                    let bucket = b.first_seq;
+                    tracing::warn!(error = %e, bucket, "could not write a bucket summary");
                 }
                 b.close()
             })
