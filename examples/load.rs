@@ -44,6 +44,8 @@ usage: cargo run --release --example load -- --key PATH [options]
   --delete-exchange EXCHANGE
                        only delete EXCHANGE (after stopping hlgate) and exit; needs no --key
   --delete-queue QUEUE only delete QUEUE and exit; needs no --key
+  --watch NAMES        comma-separated process names whose CPU during the run is printed, each
+                       summed over its processes (default hlgate,beam.smp; from /proc)
 
 Default --events: duration x min(concurrency x 2000, 20000) events/s, at least 20000.
 ";
@@ -64,6 +66,7 @@ struct Args {
     delete_exchange: Option<String>,
     keep_queue: bool,
     delete_queue: Option<String>,
+    watch: Vec<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -85,6 +88,7 @@ fn parse_args() -> Result<Args, String> {
         delete_exchange: None,
         keep_queue: false,
         delete_queue: None,
+        watch: vec!["hlgate".into(), "beam.smp".into()],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -123,6 +127,13 @@ fn parse_args() -> Result<Args, String> {
             "--delete-exchange" => args.delete_exchange = Some(value()?),
             "--keep-queue" => args.keep_queue = true,
             "--delete-queue" => args.delete_queue = Some(value()?),
+            "--watch" => {
+                args.watch = value()?
+                    .split(',')
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            }
             other => return Err(format!("unknown flag {other}\n\n{USAGE}")),
         }
     }
@@ -629,15 +640,84 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
 }
 
-/// This process's CPU time (user + system) from `/proc/self/stat`, which counts in USER_HZ
-/// (100 per second on Linux); `None` elsewhere.
-fn own_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+/// CPU time (user + system, seconds) of one process from `/proc/<pid>/stat`, which counts in
+/// USER_HZ (100 per second on Linux), with the process's name; `None` elsewhere.
+fn cpu_seconds(pid: &str) -> Option<(String, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The name is in parentheses and may hold spaces; the fields follow it.
+    let name = &stat[stat.find('(')? + 1..stat.rfind(')')?];
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
     let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
+    Some((name.to_string(), ticks / 100.0))
+}
+
+/// Where the machine's CPU went: this tool, the processes named in `--watch` (summed by name),
+/// and how much stayed idle, from `/proc`.
+#[derive(Clone, Default)]
+struct CpuSample {
+    own: f64,
+    watched: BTreeMap<String, f64>,
+    /// Idle and total jiffies of the whole machine (`/proc/stat`, first line).
+    idle: f64,
+    total: f64,
+}
+
+impl CpuSample {
+    fn take(watch: &[String]) -> Option<CpuSample> {
+        let own = cpu_seconds("self")?.1;
+        let mut watched: BTreeMap<String, f64> = watch.iter().map(|w| (w.clone(), 0.0)).collect();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let pid = entry.file_name();
+                let Some(pid) = pid
+                    .to_str()
+                    .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+                else {
+                    continue;
+                };
+                if let Some((name, secs)) = cpu_seconds(pid) {
+                    if let Some(sum) = watched.get_mut(&name) {
+                        *sum += secs;
+                    }
+                }
+            }
+        }
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let jiffies: Vec<f64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let idle = jiffies.get(3)? + jiffies.get(4).unwrap_or(&0.0);
+        Some(CpuSample {
+            own,
+            watched,
+            idle,
+            total: jiffies.iter().sum(),
+        })
+    }
+
+    /// Per cent of one core each used between `self` and `later`, over `secs`, and the share
+    /// of the whole machine that stayed idle. A process that started or ended in between is
+    /// counted only for the time it was seen at both ends.
+    fn usage(&self, later: &CpuSample, secs: f64) -> (String, String) {
+        let pct = |a: f64, b: f64| format!("{:.0}%", (b - a).max(0.0) / secs * 100.0);
+        let mut parts = vec![format!("load {}", pct(self.own, later.own))];
+        for (name, before) in &self.watched {
+            if let Some(after) = later.watched.get(name) {
+                parts.push(format!("{name} {}", pct(*before, *after)));
+            }
+        }
+        let total = later.total - self.total;
+        let idle = if total > 0.0 {
+            format!("{:.0}%", (later.idle - self.idle) / total * 100.0)
+        } else {
+            "n/a".into()
+        };
+        (parts.join(", "), idle)
+    }
 }
 
 fn loadavg() -> String {
@@ -708,7 +788,7 @@ async fn run(args: Args) -> Result<(), String> {
     );
     let next = Arc::new(AtomicUsize::new(0));
     let ran_out = Arc::new(AtomicBool::new(false));
-    let cpu_before = own_cpu_seconds();
+    let cpu_before = CpuSample::take(&args.watch);
     let start = Instant::now();
     let deadline = start + args.duration;
     let workers: Vec<_> = (0..args.concurrency)
@@ -738,9 +818,14 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let elapsed = start.elapsed();
     let ended = Instant::now();
-    let tool_cpu = match (cpu_before, own_cpu_seconds()) {
-        (Some(a), Some(b)) => format!("{:.0}%", (b - a) / elapsed.as_secs_f64() * 100.0),
-        _ => "n/a".into(),
+    let cpu_after = CpuSample::take(&args.watch);
+    let (tool_cpu, cpu_split) = match (&cpu_before, &cpu_after) {
+        (Some(a), Some(b)) => {
+            let tool = format!("{:.0}%", (b.own - a.own) / elapsed.as_secs_f64() * 100.0);
+            let (split, idle) = a.usage(b, elapsed.as_secs_f64());
+            (tool, format!("{split}; machine idle {idle}"))
+        }
+        _ => ("n/a".into(), "n/a".into()),
     };
     let load_at_end = loadavg();
 
@@ -781,7 +866,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
     println!("latency ms: p50={p50:.2} p90={p90:.2} p99={p99:.2} max={max:.2}");
     println!("loadavg at end of run: {load_at_end}");
-    println!("this tool's CPU during the run: {tool_cpu} of one core");
+    println!("CPU during the run, % of one core: {cpu_split}");
 
     // Drain: how long until the relay has confirmed everything this run put in the outbox.
     let at_end = match before {
