@@ -356,6 +356,18 @@ fn dockerignore_keeps_build_output_and_data_out_of_the_context() {
 
 // ---- examples ---------------------------------------------------------------------------------
 
+/// A name no other test run uses, for RabbitMQ exchanges and queues.
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}.{}.{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
 /// Builds `examples/<name>.rs` with the profile of this test binary and returns its path.
 fn example(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -392,14 +404,7 @@ async fn the_example_consumer_acks_verified_events_and_rejects_the_rest() {
     let key = std::fs::read_to_string(prefix.with_extension("key")).unwrap();
     let signer = hlgate::cli::SigningKey::from_pem(&key).unwrap();
 
-    let unique = format!(
-        "hlgate.test.consumer.{}.{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let unique = unique("hlgate.test.consumer");
     let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
     let connection = Connection::connect(url, ConnectionProperties::default())
         .await
@@ -546,14 +551,7 @@ async fn the_load_tool_counts_what_hlgate_accepted_refused_and_published() {
     let stranger = dir.path().join("stranger");
     hlgate::cli::keygen(&trusted).unwrap();
     hlgate::cli::keygen(&stranger).unwrap();
-    let exchange = format!(
-        "hlgate.test.load.{}.{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let exchange = unique("hlgate.test.load");
     let free = || {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

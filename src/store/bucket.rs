@@ -397,6 +397,16 @@ mod tests {
         dir
     }
 
+    /// A summary of the bucket at seq 10 that is not what its database holds.
+    fn not_the_database() -> Summary {
+        Summary {
+            last_seq: 51,
+            opened_ms: 7,
+            newest_ms: 8,
+            hashes: vec![1, 2, 3],
+        }
+    }
+
     fn sorted(mut v: Vec<u64>) -> Vec<u64> {
         v.sort_unstable();
         v
@@ -436,12 +446,7 @@ mod tests {
         let events = tempfile::tempdir().unwrap();
         let dir = bucket_with_events(events.path());
         // A summary that differs from the database shows which of the two a start read.
-        let summary = Summary {
-            last_seq: 51,
-            opened_ms: 7,
-            newest_ms: 8,
-            hashes: vec![1, 2, 3],
-        };
+        let summary = not_the_database();
         summary.write(&dir, 10).unwrap();
         let opened = Bucket::open_all(events.path(), 999).unwrap();
         let (bucket, hashes) = &opened[0];
@@ -462,12 +467,7 @@ mod tests {
     fn a_damaged_or_foreign_summary_is_ignored_and_the_database_read() {
         let events = tempfile::tempdir().unwrap();
         let dir = bucket_with_events(events.path());
-        let summary = Summary {
-            last_seq: 51,
-            opened_ms: 7,
-            newest_ms: 8,
-            hashes: vec![1, 2, 3],
-        };
+        let summary = not_the_database();
         let good = summary.encode(10);
         assert_eq!(Summary::decode(&good, 10).as_ref(), Some(&summary));
         // Any flipped byte, a cut, another bucket's, one that claims no events.
