@@ -203,10 +203,9 @@ struct Signed {
     requests: Vec<Vec<u8>>,
 }
 
-/// Where the requests go: the address to connect to, and the request target and `Host` to send.
+/// Where the requests go: `host:port` (to connect to, and as the `Host` header) and the path.
 struct Target {
-    addr: String,
-    host: String,
+    authority: String,
     path: String,
 }
 
@@ -223,8 +222,7 @@ impl Target {
             path = format!("{path}?{q}");
         }
         Ok(Target {
-            addr: format!("{host}:{port}"),
-            host: format!("{host}:{port}"),
+            authority: format!("{host}:{port}"),
             path,
         })
     }
@@ -236,7 +234,7 @@ fn wire_request(target: &Target, header: &str, sig: &str, body: &[u8]) -> Vec<u8
         "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n{header}: {sig}\r\n\
          content-length: {}\r\n\r\n",
         target.path,
-        target.host,
+        target.authority,
         body.len()
     );
     let mut request = Vec::with_capacity(head.len() + body.len());
@@ -425,7 +423,7 @@ async fn worker(
         let started = Instant::now();
         let outcome = tokio::time::timeout(REQUEST_TIMEOUT, async {
             if connection.is_none() {
-                connection = Some(Connection::open(&target.addr).await?);
+                connection = Some(Connection::open(&target.authority).await?);
             }
             match connection.as_mut() {
                 Some(c) => c.exchange(request).await,
