@@ -543,6 +543,13 @@ fn summary_field<'a>(summary: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name}= in {summary:?}"))
 }
 
+/// Each `name=value` of the `SUMMARY` line as expected; the whole output on a mismatch.
+fn expect_fields(stdout: &str, summary: &str, expected: &[(&str, &str)]) {
+    for (field, value) in expected {
+        assert_eq!(summary_field(summary, field), *value, "{field} in {stdout}");
+    }
+}
+
 #[tokio::test]
 async fn the_load_tool_counts_what_hlgate_accepted_refused_and_published() {
     let load = tokio::task::spawn_blocking(|| example("load"));
@@ -620,31 +627,35 @@ async fn the_load_tool_counts_what_hlgate_accepted_refused_and_published() {
 
     // Signed with the key hlgate trusts: every event accepted, published and in the bound queue.
     let (stdout, summary) = run(&trusted);
-    for (field, expected) in [
-        ("c", "4"),
-        ("size", "1500B"),
-        ("accepted", "300"),
-        ("non2xx", "0"),
-        ("errors", "0"),
-        ("published", "300"),
-        ("queued", "300"),
-    ] {
-        assert_eq!(summary_field(&summary, field), expected, "{stdout}");
-    }
+    expect_fields(
+        &stdout,
+        &summary,
+        &[
+            ("c", "4"),
+            ("size", "1500B"),
+            ("accepted", "300"),
+            ("non2xx", "0"),
+            ("errors", "0"),
+            ("published", "300"),
+            ("queued", "300"),
+        ],
+    );
     assert!(summary_field(&summary, "drain").ends_with('s'), "{stdout}");
     assert!(stdout.contains("status counts: 200=300\n"), "{stdout}");
 
     // Signed with a key hlgate does not know: every answer a 401, counted, nothing published.
     let (stdout, summary) = run(&stranger);
-    for (field, expected) in [
-        ("accepted", "0"),
-        ("non2xx", "300"),
-        ("errors", "0"),
-        ("published", "0"),
-        ("queued", "0"),
-    ] {
-        assert_eq!(summary_field(&summary, field), expected, "{stdout}");
-    }
+    expect_fields(
+        &stdout,
+        &summary,
+        &[
+            ("accepted", "0"),
+            ("non2xx", "300"),
+            ("errors", "0"),
+            ("published", "0"),
+            ("queued", "0"),
+        ],
+    );
     assert!(stdout.contains("status counts: 401=300\n"), "{stdout}");
 
     let _ = hlgate.kill();

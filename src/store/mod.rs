@@ -473,8 +473,9 @@ impl Store {
     /// Closes every bucket that takes no more events and that the relay is not reading: all
     /// but the current one and those holding the seqs the relay publishes next, from the
     /// watermark to `relay_ahead` past it. That gives back the memory sled holds for them; a
-    /// later read opens them again. Returns how many it closed; blocks while such a bucket is
-    /// being read.
+    /// later read opens them again. A bucket closed for the first time gets its summary first
+    /// (`Bucket::seal`), so that the next start need not open it. Returns how many it closed;
+    /// blocks while such a bucket is being read.
     pub fn close_idle(&self, relay_ahead: u64) -> usize {
         let next = self.published_through() + 1;
         let all = self.shared.buckets();
@@ -486,7 +487,6 @@ impl Store {
         rest.iter()
             .filter(|b| !relay_reads(b) && b.is_open())
             .filter(|b| {
-                // Written while the database is open, so that the next start need not open it.
                 if let Err(e) = b.seal(now) {
                     let bucket = b.first_seq;
                     tracing::warn!(error = %e, bucket, "could not write a bucket summary");
