@@ -18,7 +18,11 @@
 //! ```text
 //! cargo bench --bench amqp_baseline
 //! AMQP_BASELINE_N=50000 AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo bench --bench amqp_baseline
+//! AMQP_BASELINE_QUEUE_VERSION=2 cargo bench --bench amqp_baseline
 //! ```
+//! `AMQP_BASELINE_QUEUE_VERSION` (1, the default, or 2) sets the classic queue's
+//! `x-queue-version` (RabbitMQ 3.10 and later); `AMQP_BASELINE_QUEUE_MODE=lazy` its
+//! `x-queue-mode`, so messages go to disk at once instead of being held in memory.
 //! The exchange and queue (`hlgate.bench.baseline.<pid>`) are deleted at the end.
 
 use std::collections::VecDeque;
@@ -203,6 +207,16 @@ async fn main_async() -> Result<(), String> {
     let window: usize = env_or("AMQP_BASELINE_WINDOW", 1000).max(1);
     let modes =
         std::env::var("AMQP_BASELINE_MODES").unwrap_or_else(|_| "window,batch,pipelined".into());
+    let queue_version: u8 = env_or("AMQP_BASELINE_QUEUE_VERSION", 1);
+    let lazy = match std::env::var("AMQP_BASELINE_QUEUE_MODE").as_deref() {
+        Ok("lazy") => true,
+        Ok("default") | Err(_) => false,
+        Ok(other) => {
+            return Err(format!(
+                "AMQP_BASELINE_QUEUE_MODE={other:?}: default or lazy"
+            ))
+        }
+    };
     let name = format!("hlgate.bench.baseline.{}", std::process::id());
     let body = body(BODY_SIZE);
 
@@ -238,6 +252,13 @@ async fn main_async() -> Result<(), String> {
         "x-queue-type".into(),
         AMQPValue::LongString("classic".into()),
     );
+    if lazy {
+        queue_args.insert("x-queue-mode".into(), AMQPValue::LongString("lazy".into()));
+    }
+    queue_args.insert(
+        "x-queue-version".into(),
+        AMQPValue::LongInt(queue_version.into()),
+    );
     channel
         .queue_declare(
             short(&name),
@@ -262,8 +283,9 @@ async fn main_async() -> Result<(), String> {
 
     println!(
         "amqp_baseline: {n} persistent messages of {} B body, up to {window} unconfirmed, \
-         durable topic exchange -> durable classic queue '{name}'",
-        body.len()
+         durable topic exchange -> durable classic queue '{name}' (version {queue_version}, {} mode)",
+        body.len(),
+        if lazy { "lazy" } else { "default" }
     );
     let mut result = Ok(());
     for mode in modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {

@@ -37,6 +37,10 @@ usage: cargo run --release --example load -- --key PATH [options]
   --bind EXCHANGE      before the run, declare a durable classic queue hlgate.load.<pid> bound
                        with '#' to EXCHANGE (so events do not pile up in highlevel.unrouted);
                        after the drain, print its message count and delete it
+  --queue-version N    with --bind: the classic queue's x-queue-version, 1 (default) or 2
+                       (RabbitMQ 3.10 and later)
+  --queue-mode MODE    with --bind: the classic queue's x-queue-mode, default or lazy
+                       (lazy: messages go to disk at once instead of being held in memory)
   --keep-queue         with --bind: keep the queue at the end (delete it later with
                        --delete-queue); for measuring a drain across hlgate restarts
   --amqp URL           RabbitMQ for --bind / --delete-exchange
@@ -62,6 +66,8 @@ struct Args {
     locations: usize,
     drain_timeout: Duration,
     bind: Option<String>,
+    queue_version: u8,
+    lazy: bool,
     amqp: String,
     delete_exchange: Option<String>,
     keep_queue: bool,
@@ -84,6 +90,8 @@ fn parse_args() -> Result<Args, String> {
         locations: 100,
         drain_timeout: Duration::from_secs(60),
         bind: None,
+        queue_version: 1,
+        lazy: false,
         amqp: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
         delete_exchange: None,
         keep_queue: false,
@@ -123,6 +131,20 @@ fn parse_args() -> Result<Args, String> {
             "--locations" => args.locations = number(value()?)?.max(1) as usize,
             "--drain-timeout" => args.drain_timeout = Duration::from_secs(number(value()?)?),
             "--bind" => args.bind = Some(value()?),
+            "--queue-version" => {
+                args.queue_version = match value()?.as_str() {
+                    "1" => 1,
+                    "2" => 2,
+                    v => return Err(format!("--queue-version: {v:?} is neither 1 nor 2")),
+                }
+            }
+            "--queue-mode" => {
+                args.lazy = match value()?.as_str() {
+                    "default" => false,
+                    "lazy" => true,
+                    v => return Err(format!("--queue-mode: {v:?} is neither default nor lazy")),
+                }
+            }
             "--amqp" => args.amqp = value()?,
             "--delete-exchange" => args.delete_exchange = Some(value()?),
             "--keep-queue" => args.keep_queue = true,
@@ -501,7 +523,8 @@ async fn snapshot(client: &reqwest::Client, args: &Args) -> Result<Snapshot, Str
     })
 }
 
-/// The queue `--bind` makes: durable and classic, like the AMQP baseline's.
+/// The queue `--bind` makes: durable and classic (`--queue-version`, `--queue-mode`), like the
+/// AMQP baseline's.
 struct BoundQueue {
     connection: lapin::Connection,
     channel: lapin::Channel,
@@ -519,7 +542,12 @@ async fn amqp_channel(url: &str) -> Result<(lapin::Connection, lapin::Channel), 
     Ok((connection, channel))
 }
 
-async fn bind_queue(url: &str, exchange: &str) -> Result<BoundQueue, String> {
+async fn bind_queue(
+    url: &str,
+    exchange: &str,
+    version: u8,
+    lazy: bool,
+) -> Result<BoundQueue, String> {
     use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
     use lapin::types::{AMQPValue, FieldTable};
     let (connection, channel) = amqp_channel(url).await?;
@@ -542,6 +570,10 @@ async fn bind_queue(url: &str, exchange: &str) -> Result<BoundQueue, String> {
         "x-queue-type".into(),
         AMQPValue::LongString("classic".into()),
     );
+    arguments.insert("x-queue-version".into(), AMQPValue::LongInt(version.into()));
+    if lazy {
+        arguments.insert("x-queue-mode".into(), AMQPValue::LongString("lazy".into()));
+    }
     channel
         .queue_declare(
             name.as_str().into(),
@@ -756,8 +788,13 @@ async fn run(args: Args) -> Result<(), String> {
 
     let bound = match &args.bind {
         Some(exchange) => {
-            let q = bind_queue(&args.amqp, exchange).await?;
-            println!("bound durable queue {} to {exchange} with '#'", q.name);
+            let q = bind_queue(&args.amqp, exchange, args.queue_version, args.lazy).await?;
+            println!(
+                "bound durable classic queue {} (version {}, {} mode) to {exchange} with '#'",
+                q.name,
+                args.queue_version,
+                if args.lazy { "lazy" } else { "default" }
+            );
             Some(q)
         }
         None => None,

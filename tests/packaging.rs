@@ -601,7 +601,7 @@ async fn the_load_tool_counts_what_hlgate_accepted_refused_and_published() {
     }
 
     let load = load.await.unwrap();
-    let run = |key: &Path| {
+    let run = |key: &Path, queue: &[&str]| {
         let out = Command::new(&load)
             .args(["--url", &format!("http://{public}/webhooks/highlevel")])
             .args(["--admin", &format!("http://{admin}")])
@@ -609,6 +609,7 @@ async fn the_load_tool_counts_what_hlgate_accepted_refused_and_published() {
             .args(["--concurrency", "4", "--duration", "30", "--events", "300"])
             .args(["--size", "1500", "--drain-timeout", "30"])
             .args(["--bind", &exchange])
+            .args(queue)
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -625,8 +626,11 @@ async fn the_load_tool_counts_what_hlgate_accepted_refused_and_published() {
         (stdout, summary)
     };
 
-    // Signed with the key hlgate trusts: every event accepted, published and in the bound queue.
-    let (stdout, summary) = run(&trusted);
+    // Signed with the key hlgate trusts: every event accepted, published and in the bound queue,
+    // here a lazy version-2 one (RabbitMQ refuses the declaration if it does not know them).
+    let lazy = ["--queue-version", "2", "--queue-mode", "lazy"];
+    let (stdout, summary) = run(&trusted, &lazy);
+    assert!(stdout.contains("(version 2, lazy mode)"), "{stdout}");
     expect_fields(
         &stdout,
         &summary,
@@ -644,7 +648,8 @@ async fn the_load_tool_counts_what_hlgate_accepted_refused_and_published() {
     assert!(stdout.contains("status counts: 200=300\n"), "{stdout}");
 
     // Signed with a key hlgate does not know: every answer a 401, counted, nothing published.
-    let (stdout, summary) = run(&stranger);
+    let (stdout, summary) = run(&stranger, &[]);
+    assert!(stdout.contains("(version 1, default mode)"), "{stdout}");
     expect_fields(
         &stdout,
         &summary,
