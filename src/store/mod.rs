@@ -55,9 +55,12 @@ const BUSY_BATCH: usize = 4;
 /// events/s this cuts the flushes from ~900/s to ~350/s, and the CPU and disk time they
 /// took go to the relay and RabbitMQ; a lone request never waits.
 const GATHER: Duration = Duration::from_millis(2);
-/// A gathering batch commits as soon as no request came for this long: when every client is
-/// already waiting in the batch, nothing more will come. Longer than the gap between requests
-/// while both HTTP workers are busy (~30-40 us), shorter than one flush.
+/// A gathering batch sleeps in slices of this length and takes whatever came meanwhile; it
+/// commits after a slice that brought nothing: when every client is already waiting in the
+/// batch, nothing more will come. Longer than the gap between requests while both HTTP workers
+/// are busy (~30-40 us), shorter than one flush. Sleeping rather than waiting on the channel
+/// means a request that joins a gathering batch wakes no thread (BENCHMARKS.md, "Gathering
+/// without wake-ups").
 const GATHER_IDLE: Duration = Duration::from_micros(100);
 /// How many requests may wait for the writer before new ones are refused (429).
 const QUEUE_DEPTH: usize = 16 * 1024;
@@ -562,7 +565,8 @@ impl Writer {
                         if left.is_zero() {
                             break;
                         }
-                        match receiver.recv_timeout(left.min(GATHER_IDLE)) {
+                        std::thread::sleep(left.min(GATHER_IDLE));
+                        match receiver.try_recv() {
                             Ok(cmd) => batch.push(cmd),
                             Err(_) => break,
                         }
