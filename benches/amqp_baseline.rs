@@ -20,9 +20,10 @@
 //! AMQP_BASELINE_N=50000 AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo bench --bench amqp_baseline
 //! AMQP_BASELINE_QUEUE_VERSION=2 cargo bench --bench amqp_baseline
 //! ```
-//! `AMQP_BASELINE_QUEUE_VERSION` (1, the default, or 2) sets the classic queue's
+//! `AMQP_BASELINE_QUEUE_VERSION` (1 or 2; unset: the broker's default) sets the classic queue's
 //! `x-queue-version` (RabbitMQ 3.10 and later); `AMQP_BASELINE_QUEUE_MODE=lazy` its
-//! `x-queue-mode`, so messages go to disk at once instead of being held in memory.
+//! `x-queue-mode`, so messages go to disk at once instead of being held in memory (RabbitMQ
+//! 3.12 and later do that anyway).
 //! The exchange and queue (`hlgate.bench.baseline.<pid>`) are deleted at the end.
 
 use std::collections::VecDeque;
@@ -207,7 +208,14 @@ async fn main_async() -> Result<(), String> {
     let window: usize = env_or("AMQP_BASELINE_WINDOW", 1000).max(1);
     let modes =
         std::env::var("AMQP_BASELINE_MODES").unwrap_or_else(|_| "window,batch,pipelined".into());
-    let queue_version: u8 = env_or("AMQP_BASELINE_QUEUE_VERSION", 1);
+    let queue_version: Option<u8> = std::env::var("AMQP_BASELINE_QUEUE_VERSION")
+        .ok()
+        .map(|v| match v.as_str() {
+            "1" => Ok(1),
+            "2" => Ok(2),
+            other => Err(format!("AMQP_BASELINE_QUEUE_VERSION={other:?}: 1 or 2")),
+        })
+        .transpose()?;
     let lazy = match std::env::var("AMQP_BASELINE_QUEUE_MODE").as_deref() {
         Ok("lazy") => true,
         Ok("default") | Err(_) => false,
@@ -255,10 +263,9 @@ async fn main_async() -> Result<(), String> {
     if lazy {
         queue_args.insert("x-queue-mode".into(), AMQPValue::LongString("lazy".into()));
     }
-    queue_args.insert(
-        "x-queue-version".into(),
-        AMQPValue::LongInt(queue_version.into()),
-    );
+    if let Some(version) = queue_version {
+        queue_args.insert("x-queue-version".into(), AMQPValue::LongInt(version.into()));
+    }
     channel
         .queue_declare(
             short(&name),
@@ -283,8 +290,12 @@ async fn main_async() -> Result<(), String> {
 
     println!(
         "amqp_baseline: {n} persistent messages of {} B body, up to {window} unconfirmed, \
-         durable topic exchange -> durable classic queue '{name}' (version {queue_version}, {} mode)",
+         durable topic exchange -> durable classic queue '{name}' ({}, {} mode)",
         body.len(),
+        match queue_version {
+            Some(v) => format!("version {v}"),
+            None => "the broker's default version".into(),
+        },
         if lazy { "lazy" } else { "default" }
     );
     let mut result = Ok(());

@@ -37,10 +37,11 @@ usage: cargo run --release --example load -- --key PATH [options]
   --bind EXCHANGE      before the run, declare a durable classic queue hlgate.load.<pid> bound
                        with '#' to EXCHANGE (so events do not pile up in highlevel.unrouted);
                        after the drain, print its message count and delete it
-  --queue-version N    with --bind: the classic queue's x-queue-version, 1 (default) or 2
-                       (RabbitMQ 3.10 and later)
-  --queue-mode MODE    with --bind: the classic queue's x-queue-mode, default or lazy
-                       (lazy: messages go to disk at once instead of being held in memory)
+  --queue-version N    with --bind: the classic queue's x-queue-version, 1 or 2 (RabbitMQ 3.10
+                       and later; default: not set, the broker's default)
+  --queue-mode MODE    with --bind: the classic queue's x-queue-mode, default (not set, the
+                       default) or lazy (messages go to disk at once instead of being held in
+                       memory; RabbitMQ 3.12 and later do that anyway)
   --keep-queue         with --bind: keep the queue at the end (delete it later with
                        --delete-queue); for measuring a drain across hlgate restarts
   --amqp URL           RabbitMQ for --bind / --delete-exchange
@@ -66,7 +67,7 @@ struct Args {
     locations: usize,
     drain_timeout: Duration,
     bind: Option<String>,
-    queue_version: u8,
+    queue_version: Option<u8>,
     lazy: bool,
     amqp: String,
     delete_exchange: Option<String>,
@@ -90,7 +91,7 @@ fn parse_args() -> Result<Args, String> {
         locations: 100,
         drain_timeout: Duration::from_secs(60),
         bind: None,
-        queue_version: 1,
+        queue_version: None,
         lazy: false,
         amqp: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
         delete_exchange: None,
@@ -133,8 +134,8 @@ fn parse_args() -> Result<Args, String> {
             "--bind" => args.bind = Some(value()?),
             "--queue-version" => {
                 args.queue_version = match value()?.as_str() {
-                    "1" => 1,
-                    "2" => 2,
+                    "1" => Some(1),
+                    "2" => Some(2),
                     v => return Err(format!("--queue-version: {v:?} is neither 1 nor 2")),
                 }
             }
@@ -545,7 +546,7 @@ async fn amqp_channel(url: &str) -> Result<(lapin::Connection, lapin::Channel), 
 async fn bind_queue(
     url: &str,
     exchange: &str,
-    version: u8,
+    version: Option<u8>,
     lazy: bool,
 ) -> Result<BoundQueue, String> {
     use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
@@ -570,7 +571,9 @@ async fn bind_queue(
         "x-queue-type".into(),
         AMQPValue::LongString("classic".into()),
     );
-    arguments.insert("x-queue-version".into(), AMQPValue::LongInt(version.into()));
+    if let Some(version) = version {
+        arguments.insert("x-queue-version".into(), AMQPValue::LongInt(version.into()));
+    }
     if lazy {
         arguments.insert("x-queue-mode".into(), AMQPValue::LongString("lazy".into()));
     }
@@ -790,9 +793,12 @@ async fn run(args: Args) -> Result<(), String> {
         Some(exchange) => {
             let q = bind_queue(&args.amqp, exchange, args.queue_version, args.lazy).await?;
             println!(
-                "bound durable classic queue {} (version {}, {} mode) to {exchange} with '#'",
+                "bound durable classic queue {} ({}, {} mode) to {exchange} with '#'",
                 q.name,
-                args.queue_version,
+                match args.queue_version {
+                    Some(v) => format!("version {v}"),
+                    None => "the broker's default version".into(),
+                },
                 if args.lazy { "lazy" } else { "default" }
             );
             Some(q)
