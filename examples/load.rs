@@ -445,13 +445,11 @@ async fn worker(
         };
         let started = Instant::now();
         let outcome = tokio::time::timeout(REQUEST_TIMEOUT, async {
-            if connection.is_none() {
-                connection = Some(Connection::open(&target.authority).await?);
-            }
-            match connection.as_mut() {
-                Some(c) => c.exchange(request).await,
-                None => Err("no connection".to_string()),
-            }
+            let open = match &mut connection {
+                Some(open) => open,
+                None => connection.insert(Connection::open(&target.authority).await?),
+            };
+            open.exchange(request).await
         })
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_TIMEOUT:?}")));
@@ -735,9 +733,11 @@ impl CpuSample {
     /// Per cent of one core each used between `self` and `later`, over `secs`, and the share
     /// of the whole machine that stayed idle. A process that started or ended in between is
     /// counted only for the time it was seen at both ends.
-    fn usage(&self, later: &CpuSample, secs: f64) -> (String, String) {
+    /// Returns the tool's own share, all shares as one line, and the idle share.
+    fn usage(&self, later: &CpuSample, secs: f64) -> (String, String, String) {
         let pct = |a: f64, b: f64| format!("{:.0}%", (b - a).max(0.0) / secs * 100.0);
-        let mut parts = vec![format!("load {}", pct(self.own, later.own))];
+        let own = pct(self.own, later.own);
+        let mut parts = vec![format!("load {own}")];
         for (name, before) in &self.watched {
             if let Some(after) = later.watched.get(name) {
                 parts.push(format!("{name} {}", pct(*before, *after)));
@@ -749,7 +749,7 @@ impl CpuSample {
         } else {
             "n/a".into()
         };
-        (parts.join(", "), idle)
+        (own, parts.join(", "), idle)
     }
 }
 
@@ -862,8 +862,7 @@ async fn run(args: Args) -> Result<(), String> {
     let cpu_after = CpuSample::take(&args.watch);
     let (tool_cpu, cpu_split) = match (&cpu_before, &cpu_after) {
         (Some(a), Some(b)) => {
-            let tool = format!("{:.0}%", (b.own - a.own) / elapsed.as_secs_f64() * 100.0);
-            let (split, idle) = a.usage(b, elapsed.as_secs_f64());
+            let (tool, split, idle) = a.usage(b, elapsed.as_secs_f64());
             (tool, format!("{split}; machine idle {idle}"))
         }
         _ => ("n/a".into(), "n/a".into()),
