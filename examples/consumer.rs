@@ -217,7 +217,7 @@ async fn run(args: Args) -> Result<(), String> {
 
     // Declared exactly as hlgate declares them (hlgate's own function), so either may start
     // first.
-    hlgate::publish::amqp::declare_topology(&channel, &settings.exchange, false)
+    hlgate::publish::amqp::declare_topology(&channel, &settings.exchange)
         .await
         .map_err(amqp)?;
 

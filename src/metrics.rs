@@ -48,6 +48,8 @@ pub enum PublishResult {
     Ack,
     Nack,
     Error,
+    /// Refused by the broker for itself, and diverted to `highlevel.quarantine`.
+    Quarantined,
 }
 
 const BUCKETS: [f64; 16] = [
@@ -93,7 +95,7 @@ impl Histogram {
 pub struct Metrics {
     webhooks: [AtomicU64; 7],
     pub signature_fallback: AtomicU64,
-    publish: [AtomicU64; 3],
+    publish: [AtomicU64; 4],
     pub publish_seconds: Histogram,
     pub ingest_seconds: Histogram,
     pub broker_connected: AtomicBool,
@@ -199,7 +201,7 @@ impl Metrics {
             "hlgate_publish_total",
             "Publishes by broker answer.",
         );
-        for (i, r) in ["ack", "nack", "error"].iter().enumerate() {
+        for (i, r) in ["ack", "nack", "error", "quarantined"].iter().enumerate() {
             let n = self.publish[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "hlgate_publish_total{{result=\"{r}\"}} {n}");
         }

@@ -1,5 +1,7 @@
 //! RabbitMQ specifics: connecting, declaring the topology, and turning an entry into a message.
 
+use std::borrow::Cow;
+
 use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -12,8 +14,13 @@ use crate::store::Entry;
 
 /// Alternate exchange and queue for events no consumer has bound.
 pub const UNROUTED: &str = "highlevel.unrouted";
-/// Durable queue for schema-invalid events in enforce mode.
+/// Durable queue for what is not published to the exchange: schema-invalid events in enforce
+/// mode, and entries the broker refuses for themselves.
 pub const QUARANTINE: &str = "highlevel.quarantine";
+/// Longest header value taken from an event's body that is sent as is.
+pub const MAX_HEADER_VALUE: usize = 1024;
+/// Follows the kept start of a longer value, before the SHA-256 of the whole value.
+const CUT_MARK: &str = "...sha256:";
 
 /// A connection and a channel in confirm mode.
 pub struct Link {
@@ -37,12 +44,8 @@ pub async fn connect(url: &str) -> Result<Link, lapin::Error> {
 }
 
 /// Declares the topic exchange with its alternate exchange, the unrouted exchange and queue,
-/// and the quarantine queue when asked.
-pub async fn declare_topology(
-    channel: &Channel,
-    exchange: &str,
-    quarantine: bool,
-) -> Result<(), lapin::Error> {
+/// and the quarantine queue.
+pub async fn declare_topology(channel: &Channel, exchange: &str) -> Result<(), lapin::Error> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
@@ -79,11 +82,9 @@ pub async fn declare_topology(
             exchange_arguments(),
         )
         .await?;
-    if quarantine {
-        channel
-            .queue_declare(QUARANTINE.into(), durable_queue, FieldTable::default())
-            .await?;
-    }
+    channel
+        .queue_declare(QUARANTINE.into(), durable_queue, FieldTable::default())
+        .await?;
     Ok(())
 }
 
@@ -122,61 +123,122 @@ pub enum Attached {
     Error(String),
 }
 
-/// The message properties and headers consumers rely on (README: "For consumers").
+/// `value`, or, when it is longer than [`MAX_HEADER_VALUE`], its start (cut at a character
+/// boundary), `...sha256:` and the hex SHA-256 of the whole value: a frame holds a message's
+/// headers whole, and a broker closes the connection on a frame over its limit.
+pub fn bounded(value: &str) -> Cow<'_, str> {
+    if value.len() <= MAX_HEADER_VALUE {
+        return Cow::Borrowed(value);
+    }
+    let mut end = MAX_HEADER_VALUE - CUT_MARK.len() - 64;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, value.as_bytes());
+    Cow::Owned(format!(
+        "{}{CUT_MARK}{}",
+        &value[..end],
+        crate::event::hex(digest.as_ref())
+    ))
+}
+
+/// A header table whose values from the body are bounded; `x-hl-truncated` lists the cut ones.
+#[derive(Default)]
+struct Headers {
+    table: FieldTable,
+    cut: Vec<&'static str>,
+}
+
+impl Headers {
+    /// A value hlgate chose or checked (bounded already).
+    fn put(&mut self, name: &'static str, value: AMQPValue) {
+        self.table.insert(name.into(), value);
+    }
+
+    /// A value that may be long (read from the body, or an error text).
+    fn capped(&mut self, name: &'static str, value: &str) {
+        let value = bounded(value);
+        if let Cow::Owned(_) = value {
+            self.cut.push(name);
+        }
+        self.put(name, text(&value));
+    }
+
+    fn finish(mut self) -> FieldTable {
+        if !self.cut.is_empty() {
+            let cut = self.cut.join(",");
+            self.put("x-hl-truncated", text(&cut));
+        }
+        self.table
+    }
+}
+
+/// The message properties and headers consumers rely on (README: "For consumers"). The
+/// signature is sent whole: it verified against a configured key, so it is as long as that
+/// key's signatures; the access token comes from HighLevel, not from the body.
 pub fn properties(entry: &Entry, attached: &Attached) -> BasicProperties {
-    let mut h = FieldTable::default();
-    h.insert("x-hl-event-type".into(), text(&entry.event_type));
-    h.insert("x-hl-tenant-id".into(), text(&entry.tenant));
+    let mut h = Headers::default();
+    h.capped("x-hl-event-type", &entry.event_type);
+    h.capped("x-hl-tenant-id", &entry.tenant);
     if let Some(l) = &entry.location_id {
-        h.insert("x-hl-location-id".into(), text(l));
+        h.capped("x-hl-location-id", l);
     }
     if let Some(c) = &entry.company_id {
-        h.insert("x-hl-company-id".into(), text(c));
+        h.capped("x-hl-company-id", c);
     }
     if let Some(w) = &entry.webhook_id {
-        h.insert("x-hl-webhook-id".into(), text(w));
+        h.capped("x-hl-webhook-id", w);
     }
-    h.insert(
-        "x-hl-received-at".into(),
-        text(&rfc3339_ms(entry.accepted_ms)),
-    );
-    h.insert("x-hl-signature-scheme".into(), text(entry.scheme.as_str()));
-    h.insert("x-hl-signature".into(), text(&entry.signature));
-    h.insert(
-        "x-hl-sequence".into(),
-        AMQPValue::LongLongInt(entry.seq as i64),
-    );
-    h.insert("x-hl-schema".into(), text(entry.schema.as_str()));
+    h.put("x-hl-received-at", text(&rfc3339_ms(entry.accepted_ms)));
+    h.put("x-hl-signature-scheme", text(entry.scheme.as_str()));
+    h.put("x-hl-signature", text(&entry.signature));
+    h.put("x-hl-sequence", AMQPValue::LongLongInt(entry.seq as i64));
+    h.put("x-hl-schema", text(entry.schema.as_str()));
     match attached {
         Attached::Off => {}
         Attached::Token {
             access_token,
             expires_at,
         } => {
-            h.insert("x-hl-access-token".into(), text(access_token));
-            h.insert(
-                "x-hl-token-expires-at".into(),
+            h.put("x-hl-access-token", text(access_token));
+            h.put(
+                "x-hl-token-expires-at",
                 text(&expires_at.format(&Rfc3339).unwrap_or_default()),
             );
         }
         Attached::Error(why) => {
-            h.insert("x-hl-token-error".into(), text(why));
+            h.put("x-hl-token-error", text(why));
         }
     }
     let message_id = entry.message_id();
     if entry.replay {
-        h.insert("x-hl-replay".into(), AMQPValue::Boolean(true));
+        h.put("x-hl-replay", AMQPValue::Boolean(true));
     } else {
-        h.insert("x-deduplication-header".into(), text(&message_id));
+        h.put("x-deduplication-header", text(&message_id));
     }
+    persistent(entry, &message_id).with_headers(h.finish())
+}
+
+/// What a message diverted to the quarantine queue carries: the body as stored, why, and only
+/// the headers hlgate itself bounds, so that what the broker refused in the full message fits.
+pub fn quarantine_properties(entry: &Entry, why: &str) -> BasicProperties {
+    let mut h = Headers::default();
+    h.capped("x-hl-quarantine-reason", why);
+    h.put("x-hl-sequence", AMQPValue::LongLongInt(entry.seq as i64));
+    h.put("x-hl-received-at", text(&rfc3339_ms(entry.accepted_ms)));
+    h.put("x-hl-signature-scheme", text(entry.scheme.as_str()));
+    h.put("x-hl-signature", text(&entry.signature));
+    persistent(entry, &entry.message_id()).with_headers(h.finish())
+}
+
+fn persistent(entry: &Entry, message_id: &str) -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
-        .with_message_id(short(&message_id))
+        .with_message_id(short(message_id))
         .with_timestamp(entry.accepted_ms / 1000)
         .with_type(short(&entry.event_type))
         .with_app_id("hlgate".into())
-        .with_headers(h)
 }
 
 /// RFC 3339 with milliseconds, UTC.
@@ -199,6 +261,23 @@ mod tests {
         let cut = short(&s);
         assert!(cut.as_str().len() <= 255);
         assert!(cut.as_str().chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn long_values_keep_their_start_and_the_hash_of_the_whole() {
+        assert_eq!(bounded("short"), "short");
+        let long = format!("{}{}", "é".repeat(600), "tail");
+        let cut = bounded(&long);
+        assert!(cut.len() <= MAX_HEADER_VALUE);
+        let (start, hash) = cut.split_once(CUT_MARK).unwrap();
+        assert!(long.starts_with(start) && !start.is_empty());
+        assert_eq!(hash.len(), 64);
+        let other = format!("{}{}", "é".repeat(600), "tall");
+        assert_ne!(
+            bounded(&other),
+            cut,
+            "values that differ past the cut stay different"
+        );
     }
 
     #[test]

@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
+use lapin::Confirmation;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::amqp::{self, Attached, Link};
+use super::poison::Suspect;
 use crate::config::SchemaMode;
 use crate::metrics::{Metrics, PublishResult};
 use crate::schema::Outcome;
@@ -107,8 +109,9 @@ struct InFlight {
 }
 
 enum Stop {
-    /// The connection or channel failed; reconnect.
-    Broken(String),
+    /// The connection or channel failed; reconnect. `handed_through` is the last seq handed to
+    /// the broker on it.
+    Broken { why: String, handed_through: u64 },
     /// Shutdown was asked for.
     Shutdown,
 }
@@ -116,7 +119,10 @@ enum Stop {
 impl Relay {
     /// Runs until `shutdown`; finishes the batch in flight first.
     pub async fn run(self, shutdown: CancellationToken) {
+        // Reset only when entries are confirmed, not on connecting: a link that breaks on the same
+        // entry after every connect backs off like one that cannot connect.
         let mut backoff = Backoff::new();
+        let mut suspect = Suspect::default();
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -129,8 +135,9 @@ impl Relay {
                 Ok(link) => {
                     info!(exchange = %self.config.exchange, "connected to RabbitMQ");
                     self.metrics.broker_connected.store(true, Ordering::Relaxed);
-                    backoff.reset();
-                    let stop = self.drain(&link, &shutdown, &mut backoff).await;
+                    let stop = self
+                        .drain(&link, &shutdown, &mut backoff, &mut suspect)
+                        .await;
                     self.metrics
                         .broker_connected
                         .store(false, Ordering::Relaxed);
@@ -139,7 +146,14 @@ impl Relay {
                     let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
                     match stop {
                         Stop::Shutdown => break,
-                        Stop::Broken(why) => warn!(error = %why, "lost RabbitMQ; reconnecting"),
+                        Stop::Broken {
+                            why,
+                            handed_through,
+                        } => {
+                            warn!(error = %why, "lost RabbitMQ; reconnecting");
+                            let oldest = self.store.published_through() + 1;
+                            suspect.broke(oldest, handed_through, &why);
+                        }
                     }
                 }
                 Err(e) => {
@@ -158,19 +172,14 @@ impl Relay {
     async fn open(&self) -> Result<Link, lapin::Error> {
         let link = amqp::connect(&self.config.amqp_url).await?;
         if self.config.declare_topology {
-            amqp::declare_topology(
-                &link.channel,
-                &self.config.exchange,
-                self.config.schema_mode == SchemaMode::Enforce,
-            )
-            .await?;
+            amqp::declare_topology(&link.channel, &self.config.exchange).await?;
         }
         Ok(link)
     }
 
-    async fn read_after(&self, after: u64) -> Result<Vec<Entry>, String> {
+    async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, String> {
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.pending_after(after, WINDOW)).await {
+        match tokio::task::spawn_blocking(move || store.pending_after(after, limit)).await {
             Ok(Ok(batch)) => Ok(batch),
             Ok(Err(e)) => Err(format!("reading the outbox: {e}")),
             Err(e) => Err(format!("reading the outbox: {e}")),
@@ -184,7 +193,21 @@ impl Relay {
         link: &Link,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
+        suspect: &mut Suspect,
     ) -> Stop {
+        if let Some((seq, why)) = suspect.poisoned(self.store.published_through()) {
+            let why = why.to_string();
+            if let Err(why) = self.quarantine(link, seq, &why).await {
+                return Stop::Broken {
+                    why,
+                    handed_through: 0,
+                };
+            }
+            suspect.cleared();
+        }
+        if let Some(stop) = self.step_carefully(link, shutdown, backoff, suspect).await {
+            return stop;
+        }
         // The last seq handed to the broker; 0 re-reads the outbox from its oldest entry.
         let mut last_seq = 0;
         let mut in_flight: Option<InFlight> = None;
@@ -195,9 +218,14 @@ impl Relay {
             let batch = if shutdown.is_cancelled() {
                 Vec::new()
             } else {
-                match self.read_after(last_seq).await {
+                match self.read_after(last_seq, WINDOW).await {
                     Ok(batch) => batch,
-                    Err(why) => return Stop::Broken(why),
+                    Err(why) => {
+                        return Stop::Broken {
+                            why,
+                            handed_through: last_seq,
+                        }
+                    }
                 }
             };
             let sent = if batch.is_empty() {
@@ -223,7 +251,12 @@ impl Relay {
                         }
                         continue;
                     }
-                    Err(why) => return Stop::Broken(why),
+                    Err(why) => {
+                        return Stop::Broken {
+                            why,
+                            handed_through: last_seq,
+                        }
+                    }
                 }
             }
             match sent {
@@ -231,7 +264,10 @@ impl Relay {
                     if let Some(why) = &current.failure {
                         let why = why.clone();
                         let _ = self.settle(current).await;
-                        return Stop::Broken(why);
+                        return Stop::Broken {
+                            why,
+                            handed_through: last_seq,
+                        };
                     }
                     in_flight = Some(current);
                 }
@@ -243,7 +279,10 @@ impl Relay {
                         () = self.store.appended() => {}
                         () = tokio::time::sleep(Duration::from_millis(500)) => {
                             if !link.connection.status().connected() {
-                                return Stop::Broken("connection closed".into());
+                                return Stop::Broken {
+                                    why: "connection closed".into(),
+                                    handed_through: last_seq,
+                                };
                             }
                             // Catch entries a nack or a reconnect left behind.
                             last_seq = 0;
@@ -253,6 +292,96 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// Publishes the entries that were in flight when the link last broke one at a time, each
+    /// confirmed before the next, so that an entry the broker refuses is alone in flight when
+    /// the link breaks again (see [`Suspect`]). `None` once they are all confirmed.
+    async fn step_carefully(
+        &self,
+        link: &Link,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+        suspect: &Suspect,
+    ) -> Option<Stop> {
+        while suspect.careful(self.store.published_through()) {
+            if shutdown.is_cancelled() {
+                return Some(Stop::Shutdown);
+            }
+            let (batch, handed_through) = match self.read_after(0, 1).await {
+                Ok(batch) if batch.is_empty() => return None,
+                Ok(batch) => {
+                    let seq = batch[0].seq;
+                    (batch, seq)
+                }
+                Err(why) => {
+                    return Some(Stop::Broken {
+                        why,
+                        handed_through: 0,
+                    })
+                }
+            };
+            let sent = self.publish(link, batch).await;
+            match self.settle(sent).await {
+                Ok(true) => backoff.reset(),
+                Ok(false) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
+                        () = shutdown.cancelled() => return Some(Stop::Shutdown),
+                    }
+                }
+                Err(why) => {
+                    return Some(Stop::Broken {
+                        why,
+                        handed_through,
+                    })
+                }
+            }
+        }
+        None
+    }
+
+    /// Diverts entry `seq`, which the broker keeps refusing, to the quarantine queue with its
+    /// body intact, and moves the watermark over it once that publish is confirmed.
+    async fn quarantine(&self, link: &Link, seq: u64, why: &str) -> Result<(), String> {
+        let entry = match self.read_after(seq - 1, 1).await?.pop() {
+            Some(entry) if entry.seq == seq => entry,
+            _ => return Ok(()),
+        };
+        let confirm = link
+            .channel
+            .basic_publish(
+                "".into(),
+                amqp::QUARANTINE.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &entry.body,
+                amqp::quarantine_properties(&entry, why),
+            )
+            .await
+            .map_err(|e| format!("quarantine publish: {e}"))?
+            .await
+            .map_err(|e| format!("quarantine confirm: {e}"))?;
+        // Returned as unroutable (no quarantine queue) is no better than refused.
+        if !matches!(confirm, Confirmation::Ack(None)) {
+            return Err("the quarantine queue did not take the entry".into());
+        }
+        let store = self.store.clone();
+        let moved = tokio::task::spawn_blocking(move || store.mark_published(seq, seq)).await;
+        if !matches!(moved, Ok(Ok(_))) {
+            return Err("cannot record the quarantined entry in the outbox".into());
+        }
+        self.metrics.publish(PublishResult::Quarantined, 1);
+        error!(
+            seq,
+            message_id = %entry.message_id(),
+            reason = %why,
+            queue = amqp::QUARANTINE,
+            "RabbitMQ refused an entry repeatedly; diverted it to the quarantine queue"
+        );
+        Ok(())
     }
 
     /// Hands a batch to the broker without waiting for its confirms.

@@ -228,7 +228,7 @@ pub async fn amqp() -> (Connection, Channel) {
 
 /// Declares the exchange exactly as hlgate does (so the order of declaration does not matter).
 pub async fn declare_exchange(channel: &Channel, exchange: &str) {
-    hlgate::publish::amqp::declare_topology(channel, exchange, false)
+    hlgate::publish::amqp::declare_topology(channel, exchange)
         .await
         .unwrap();
 }

@@ -6,6 +6,7 @@ mod cli;
 mod durability;
 mod helpers;
 mod highlevel;
+mod poison;
 mod schema;
 mod tokens;
 mod webhook;
