@@ -44,7 +44,6 @@ pub struct Ingest {
     pub metrics: Arc<Metrics>,
     pub retention: Duration,
     pub max_future_skew: Duration,
-    pub outbox_max_events: u64,
 }
 
 impl Ingest {
@@ -72,13 +71,6 @@ impl Ingest {
         };
         self.check_timestamps(&delivery, OffsetDateTime::now_utc())?;
 
-        let depth = self.store.depth();
-        if depth >= self.outbox_max_events {
-            return Err(IngestError::OutboxFull(depth));
-        }
-        if !self.store.writable() {
-            return Err(StoreError::Write("the data disk is full or failing".into()).into());
-        }
         let first = &delivery.events[0];
         let receipt = Receipt {
             duplicate: false,
@@ -88,11 +80,13 @@ impl Ingest {
             webhook_id: first.webhook_id.clone(),
         };
         let entries = self.entries(&verified, delivery, &values);
-        match self
-            .store
-            .accept(receipt.dedup_key.clone(), entries)
-            .await?
-        {
+        // The store answers a duplicate before it refuses for a full outbox or disk.
+        let outcome = match self.store.accept(receipt.dedup_key.clone(), entries).await {
+            Ok(outcome) => outcome,
+            Err(StoreError::OutboxFull(depth)) => return Err(IngestError::OutboxFull(depth)),
+            Err(e) => return Err(e.into()),
+        };
+        match outcome {
             AcceptOutcome::Accepted { .. } => Ok(receipt),
             AcceptOutcome::Duplicate => Ok(Receipt {
                 duplicate: true,

@@ -9,7 +9,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Settings;
 use crate::http::{admin, error, public};
@@ -25,6 +25,8 @@ use crate::store::{Store, StoreError};
 
 /// How often the token schedule looks for tenants due for a refresh.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// How long one store commit may take before hlgate gives up on the process.
+const STUCK_EXIT: Duration = Duration::from_secs(60);
 use crate::verify::Verifier;
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +110,7 @@ impl Application {
                     source,
                 }
             })?;
+        store.limit_outbox(settings.outbox_max_events);
         let metrics = Arc::new(Metrics::default());
         let tokens = Arc::new(token_service(&settings, &store, &metrics)?);
         let schemas = Arc::new(Schemas::embedded(settings.schema_mode)?);
@@ -127,7 +130,6 @@ impl Application {
             metrics: metrics.clone(),
             retention: settings.dedup_retention,
             max_future_skew: settings.max_future_skew,
-            outbox_max_events: settings.outbox_max_events,
         });
 
         let public_listener = listener(settings.listen)?;
@@ -321,7 +323,17 @@ async fn sweep(store: Store, settings: Settings, shutdown: CancellationToken) {
             () = tokio::time::sleep(Duration::from_secs(1).min(every)) => {}
             () = shutdown.cancelled() => return,
         }
-        store.check_disk(&settings.data_dir);
+        store.check_disk();
+        if store.stuck_for() > STUCK_EXIT {
+            // sled never finishes a flush after a write error (seen when the disk filled up
+            // under it): nothing but a new process takes events again. What was answered 200
+            // is on disk; what waits was answered 429 or gets no answer, and HighLevel retries.
+            error!(
+                stuck = ?store.stuck_for(),
+                "the store has been writing one commit too long; exiting so that a restart recovers"
+            );
+            std::process::exit(1);
+        }
         let closing = store.clone();
         match tokio::task::spawn_blocking(move || closing.close_idle(relay::READ_AHEAD)).await {
             Ok(0) => {}

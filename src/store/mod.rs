@@ -62,10 +62,18 @@ const GATHER: Duration = Duration::from_millis(2);
 /// means a request that joins a gathering batch wakes no thread (BENCHMARKS.md, "Gathering
 /// without wake-ups").
 const GATHER_IDLE: Duration = Duration::from_micros(100);
+/// How long a request waits for its commit before it is answered 429: a disk that stalls must
+/// not hold webhooks (and HighLevel's connections) open. If the commit lands after all, the
+/// redelivery is a duplicate.
+const COMMIT_WAIT: Duration = Duration::from_secs(10);
 /// How many requests may wait for the writer before new ones are refused (429).
 const QUEUE_DEPTH: usize = 16 * 1024;
-/// Below this much free disk space, new events are refused (429).
-const DISK_RESERVE_BYTES: u64 = 64 * 1024 * 1024;
+/// New events are refused (429) while the data disk has less free space than this share of its
+/// size, kept within [`RESERVE_MIN`, `RESERVE_MAX`]: sled needs room to finish what it writes,
+/// and a fixed reserve would be all of a small volume.
+const RESERVE_SHARE: u64 = 20;
+const RESERVE_MIN: u64 = 2 * 1024 * 1024;
+const RESERVE_MAX: u64 = 64 * 1024 * 1024;
 /// How many just-committed entries the store keeps in memory for the relay (about 4 MB of
 /// 1.5 KB events): while the relay keeps up it never reads sled, whose reads keep what they
 /// page in (sled issue 1036).
@@ -89,6 +97,50 @@ pub enum StoreError {
     Corrupt(u64),
     #[error("write failed: {0}")]
     Write(String),
+    #[error("the outbox holds {0} unpublished events")]
+    OutboxFull(u64),
+    #[error("the data disk has {free} bytes free, under its reserve of {reserve} and what the batch needs")]
+    DiskLow { free: u64, reserve: u64 },
+    #[error("the store did not commit within {0:?}")]
+    Stalled(Duration),
+}
+
+/// The data disk's free space and the part of it new events must leave free.
+#[derive(Clone, Copy)]
+struct Disk {
+    free: u64,
+    reserve: u64,
+}
+
+impl Disk {
+    /// Whether a batch writing `bytes` of entries leaves the reserve free. sled writes more than
+    /// the entries (its log framing, at times a new segment), and it never finishes a flush
+    /// after a write error: it must not run out of space, so it gets twice what it is given.
+    fn takes(&self, bytes: u64) -> Result<(), StoreError> {
+        if self.free >= self.reserve.saturating_add(bytes.saturating_mul(2)) {
+            Ok(())
+        } else {
+            Err(StoreError::DiskLow {
+                free: self.free,
+                reserve: self.reserve,
+            })
+        }
+    }
+}
+
+/// What an entry costs on disk beyond its body, at most (its header fields are bounded by the
+/// request's size, not by this; it only needs to keep the estimate on the safe side for
+/// typical events).
+const ENTRY_OVERHEAD: u64 = 512;
+
+fn disk_bytes(entries: &[Entry]) -> u64 {
+    entries
+        .iter()
+        .map(|e| {
+            let fields = e.dedup_key.len() + e.event_type.len() + e.tenant.len();
+            (e.body.len() + fields + e.signature.len()) as u64 + ENTRY_OVERHEAD
+        })
+        .sum()
 }
 
 /// A request of the current batch waiting for the flush.
@@ -134,6 +186,8 @@ pub struct SweepReport {
 }
 
 struct Shared {
+    /// The data dir, whose free space is checked before each batch.
+    dir: PathBuf,
     meta_db: sled::Db,
     meta: sled::Tree,
     events_dir: PathBuf,
@@ -150,15 +204,34 @@ struct Shared {
     recent: Mutex<VecDeque<Entry>>,
     /// The outbox gained entries.
     appended: Notify,
-    /// Set by the disk check; refuses new events while true.
+    /// Above this many unpublished events, new deliveries are refused.
+    outbox_limit: AtomicU64,
+    /// What the last disk check found; for readiness (the writer checks before each batch).
     disk_low: AtomicBool,
-    /// Set when the last write failed; cleared by the next good one.
+    /// Set when the last write failed; cleared by the next good one. For readiness only: every
+    /// batch is tried, so that the store takes events again as soon as the disk lets it.
     write_failed: AtomicBool,
+    /// When the commit being written began (unix ms), 0 between commits.
+    writing_since: AtomicU64,
     /// fsync each group commit; only benchmarks turn it off.
     flush_on_commit: AtomicBool,
 }
 
 impl Shared {
+    /// The data disk's free space and reserve, recorded for readiness. `None` when it cannot
+    /// be read: the write itself then tells.
+    fn check_disk(&self) -> Option<Disk> {
+        let free = fs2::available_space(&self.dir).ok();
+        let total = fs2::total_space(&self.dir).ok();
+        let disk = free.zip(total).map(|(free, total)| Disk {
+            free,
+            reserve: (total / RESERVE_SHARE).clamp(RESERVE_MIN, RESERVE_MAX),
+        });
+        let low = disk.is_some_and(|d| d.free < d.reserve);
+        self.disk_low.store(low, Ordering::Relaxed);
+        disk
+    }
+
     fn buckets(&self) -> Vec<Arc<Bucket>> {
         self.buckets.read().expect("bucket list").clone()
     }
@@ -251,6 +324,7 @@ impl Store {
         }
         let buckets: Vec<Arc<Bucket>> = buckets.into_iter().map(Arc::new).collect();
         let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
             meta_db,
             meta,
             events_dir,
@@ -261,8 +335,10 @@ impl Store {
             published: AtomicU64::new(published),
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
             appended: Notify::new(),
+            outbox_limit: AtomicU64::new(u64::MAX),
             disk_low: AtomicBool::new(false),
             write_failed: AtomicBool::new(false),
+            writing_since: AtomicU64::new(0),
             flush_on_commit: AtomicBool::new(true),
         });
         let (sender, receiver) = mpsc::sync_channel(QUEUE_DEPTH);
@@ -272,7 +348,7 @@ impl Store {
             .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let store = Store { shared, sender };
-        store.check_disk(dir);
+        store.check_disk();
         Ok(store)
     }
 
@@ -299,18 +375,31 @@ impl Store {
         self.shared.published.load(Ordering::Acquire)
     }
 
-    /// True while new events can be stored (disk has room, last write worked).
+    /// New deliveries are refused while the outbox holds `max` unpublished events or more
+    /// (duplicates are still answered as such).
+    pub fn limit_outbox(&self, max: u64) {
+        self.shared.outbox_limit.store(max, Ordering::Relaxed);
+    }
+
+    /// True while new events can be stored (disk has room, last write worked), as of the last
+    /// batch or disk check.
     pub fn writable(&self) -> bool {
         !self.shared.disk_low.load(Ordering::Relaxed)
             && !self.shared.write_failed.load(Ordering::Relaxed)
+            && self.stuck_for() < COMMIT_WAIT
     }
 
-    /// Re-reads the free space of the data dir.
-    pub fn check_disk(&self, dir: &Path) {
-        let low = fs2::available_space(dir)
-            .map(|free| free < DISK_RESERVE_BYTES)
-            .unwrap_or(false);
-        self.shared.disk_low.store(low, Ordering::Relaxed);
+    /// How long the commit being written has taken so far; zero between commits.
+    pub fn stuck_for(&self) -> Duration {
+        match self.shared.writing_since.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(now_ms().saturating_sub(since)),
+        }
+    }
+
+    /// Re-reads the free space of the data dir, for readiness while no events come.
+    pub fn check_disk(&self) {
+        self.shared.check_disk();
     }
 
     /// Resolves when entries were appended since the last call.
@@ -328,7 +417,10 @@ impl Store {
             Err(TrySendError::Full(_)) => return Err(StoreError::Busy),
             Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
         }
-        rx.await.map_err(|_| StoreError::Closed)?
+        match tokio::time::timeout(COMMIT_WAIT, rx).await {
+            Ok(answer) => answer.map_err(|_| StoreError::Closed)?,
+            Err(_) => Err(StoreError::Stalled(COMMIT_WAIT)),
+        }
     }
 
     /// Records a delivery: dedup key and outbox entries in one batch, flushed before returning.
@@ -641,6 +733,8 @@ impl Writer {
         };
         let mut seen = HashSet::new();
         let mut sweeps = Vec::new();
+        let stores = commands.iter().any(|c| !matches!(c, Command::Sweep { .. }));
+        let disk = stores.then(|| self.shared.check_disk()).flatten();
 
         for command in commands {
             match command {
@@ -666,6 +760,12 @@ impl Writer {
                             .push(Waiting::Accept(reply, AcceptOutcome::Duplicate));
                         continue;
                     }
+                    // Only after dedup: a redelivery of what is stored is a duplicate even
+                    // while new deliveries are refused.
+                    if let Err(e) = self.room(disk, &commit, &entries) {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
                     let count = entries.len();
                     let mut first_seq = 0;
                     for (i, entry) in entries.into_iter().enumerate() {
@@ -685,6 +785,10 @@ impl Writer {
                     ));
                 }
                 Command::Append { entries, reply } => {
+                    if let Err(e) = self.room(disk, &commit, &entries) {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
                     let count = entries.len();
                     for mut entry in entries {
                         entry.replay = true;
@@ -705,6 +809,25 @@ impl Writer {
         }
     }
 
+    /// Whether `entries` may join `commit`: the disk has room for the batch with them, and the
+    /// outbox (with what this batch added so far) is under its limit.
+    fn room(
+        &self,
+        disk: Option<Disk>,
+        commit: &Commit,
+        entries: &[Entry],
+    ) -> Result<(), StoreError> {
+        if let Some(disk) = disk {
+            disk.takes(commit.bytes + disk_bytes(entries))?;
+        }
+        let published = self.shared.published.load(Ordering::Acquire);
+        let depth = (self.next_seq - 1).saturating_sub(published);
+        if depth >= self.shared.outbox_limit.load(Ordering::Relaxed) {
+            return Err(StoreError::OutboxFull(depth));
+        }
+        Ok(())
+    }
+
     /// Applies and flushes one commit's batch, then answers its requests.
     fn write(&mut self, commit: Commit, now: u64) {
         let Commit {
@@ -721,6 +844,9 @@ impl Writer {
             self.current()
         };
         let flush = self.shared.flush_on_commit.load(Ordering::Relaxed);
+        self.shared
+            .writing_since
+            .store(now.max(1), Ordering::Relaxed);
         let result = bucket.with_db(|db| {
             db.apply_batch(batch)?;
             if flush {
@@ -728,11 +854,15 @@ impl Writer {
             }
             Ok(())
         });
+        self.shared.writing_since.store(0, Ordering::Relaxed);
         if let Err(e) = &result {
             tracing::error!(error = %e, "store write failed");
             self.shared.write_failed.store(true, Ordering::Relaxed);
             // Nothing of this batch is on record: hand its seqs out again.
             self.next_seq = start_seq;
+            // sled refuses every later operation of a database that saw an I/O error; the
+            // next write opens it afresh, so a disk that has room again takes events again.
+            bucket.close();
         } else {
             self.shared.write_failed.store(false, Ordering::Relaxed);
             self.current_keys.extend(key_hashes);

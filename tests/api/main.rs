@@ -7,6 +7,7 @@ mod durability;
 mod helpers;
 mod highlevel;
 mod poison;
+mod refusals;
 mod schema;
 mod tokens;
 mod webhook;
