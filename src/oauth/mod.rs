@@ -75,6 +75,22 @@ impl TokenError {
     }
 }
 
+/// Why a callback's code was not exchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The app-wide request budget is spent: anyone can call `/oauth/callback`, so a flood of
+    /// made-up codes must not spend the app's credentials (or the refreshes' budget) at will.
+    #[error("too many install attempts at once; try again in {} s", retry_after_secs(*.0))]
+    Busy(Duration),
+    #[error(transparent)]
+    OAuth(#[from] OAuthError),
+}
+
+/// Whole seconds to wait, rounded up, at least one (for `Retry-After`).
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_millis() as u64).div_ceil(1000).max(1)
+}
+
 /// A token as served to consumers.
 #[derive(Clone, Serialize)]
 pub struct ServedToken {
@@ -252,17 +268,19 @@ impl TokenService {
         }
     }
 
-    /// `/oauth/callback`: exchanges the code, stores the pair under its tenant, and retries the
-    /// INSTALLs that were waiting for this agency's token.
+    /// `/oauth/callback`: exchanges the code (within the app-wide budget, without waiting for
+    /// it), stores the pair under its tenant, and retries the INSTALLs that were waiting for this
+    /// agency's token.
     pub async fn complete_install(
         self: &Arc<Self>,
         code: &str,
         kind: TenantKind,
-    ) -> Result<TokenRecord, OAuthError> {
+    ) -> Result<TokenRecord, InstallError> {
         let client = self
             .client
             .as_ref()
             .ok_or_else(|| OAuthError::Unexpected("the token module is off".into()))?;
+        self.budget.try_acquire_app().map_err(InstallError::Busy)?;
         let response = client.exchange_code(code, kind).await?;
         let tenant = match (
             &response.location_id,
@@ -279,7 +297,8 @@ impl TokenService {
             (None, None, _) => {
                 return Err(OAuthError::Unexpected(
                     "the token answer names neither a location nor a company".into(),
-                ))
+                )
+                .into())
             }
         };
         let record = self.record_from(&tenant, response, kind);
