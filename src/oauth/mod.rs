@@ -14,6 +14,7 @@ pub mod vault;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,11 @@ use crate::store::{Entry, KeyedTree};
 const RETRY_BASE_SECS: i64 = 1;
 /// Longest delay between retries of an inactive location or a failing refresh.
 const RETRY_MAX_SECS: i64 = 900;
+/// How long the Reconnect API is left alone once HighLevel said it was removed.
+const RECONNECT_PAUSE_SECS: i64 = 3600;
+/// `last_error` of a tenant that lost its refresh token while the Reconnect API is gone.
+pub const RECONNECT_UNAVAILABLE: &str =
+    "reconnect is unavailable at HighLevel (its Reconnect API has been removed)";
 
 pub fn now_secs() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
@@ -163,6 +169,9 @@ pub struct TokenService {
     metrics: Arc<Metrics>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     budget: RateBudget,
+    /// Unix seconds before which the Reconnect API is not called, for any tenant: HighLevel
+    /// answered that it was removed.
+    reconnect_paused_until: AtomicI64,
 }
 
 impl std::fmt::Debug for TokenService {
@@ -198,6 +207,7 @@ impl TokenService {
             metrics: p.metrics,
             locks: Mutex::new(HashMap::new()),
             budget: RateBudget::new(100, Duration::from_secs(10)),
+            reconnect_paused_until: AtomicI64::new(0),
         }
     }
 
@@ -408,7 +418,7 @@ impl TokenService {
 
     /// Tokens lost: a location under a stored agency gets a new location token; otherwise the
     /// Reconnect API gives a code to exchange. What cannot be recovered is `needs_reauth`.
-    async fn recover(&self, mut record: TokenRecord) -> Result<TokenRecord, TokenError> {
+    async fn recover(&self, record: TokenRecord) -> Result<TokenRecord, TokenError> {
         let kind = TenantKind::from_user_type(&record.user_type);
         if kind == TenantKind::Location {
             if let Some(company_id) = record.company_id.clone() {
@@ -419,12 +429,27 @@ impl TokenService {
             }
         }
         let client = self.oauth()?;
+        let paused_until = self.reconnect_paused_until.load(Ordering::Relaxed);
+        if paused_until > now_secs() {
+            let until = rfc3339(paused_until).unwrap_or_default();
+            let why = format!("{RECONNECT_UNAVAILABLE}; not asked again before {until}");
+            return self.needs_reauth(record, why);
+        }
         self.budget.acquire(&record.tenant).await;
-        let result = match client.reconnect(&record.tenant, kind).await {
-            Ok(code) => client.exchange_code(&code, kind).await,
-            Err(e) => Err(e),
+        let code = match client.reconnect(&record.tenant, kind).await {
+            Ok(code) => code,
+            Err(OAuthError::EndpointRemoved) => {
+                let until = now_secs() + RECONNECT_PAUSE_SECS;
+                self.reconnect_paused_until.store(until, Ordering::Relaxed);
+                warn!(
+                    until = rfc3339(until),
+                    "HighLevel has removed the Reconnect API; not calling it again within the hour"
+                );
+                return self.needs_reauth(record, RECONNECT_UNAVAILABLE.into());
+            }
+            Err(e) => return self.recovery_failed(record, e),
         };
-        match result {
+        match client.exchange_code(&code, kind).await {
             Ok(response) => {
                 let mut fresh = self.record_from(&record.tenant, response, kind);
                 fresh.location_id = fresh.location_id.or(record.location_id);
@@ -434,21 +459,38 @@ impl TokenService {
                 info!(tenant = %fresh.tenant, "tokens recovered through the Reconnect API");
                 Ok(fresh)
             }
-            Err(e) if e.is_transient() => {
-                self.failed(&mut record, &e.to_string())?;
-                self.metrics.token_refresh("error");
-                Err(TokenError::Unavailable(e.to_string()))
-            }
-            Err(e) => {
-                record.state = TenantState::NeedsReauth;
-                record.last_error = Some(format!("reconnect failed: {e}"));
-                record.updated_at = now_secs();
-                self.vault.put(&record)?;
-                self.metrics.token_refresh("needs_reauth");
-                warn!(tenant = %record.tenant, error = %e, "tokens cannot be recovered; the app must be installed again");
-                Err(TokenError::NeedsReauth)
-            }
+            Err(e) => self.recovery_failed(record, e),
         }
+    }
+
+    /// A reconnect or its code exchange failed: retry later when that may help, else
+    /// `needs_reauth`.
+    fn recovery_failed(
+        &self,
+        mut record: TokenRecord,
+        e: OAuthError,
+    ) -> Result<TokenRecord, TokenError> {
+        if e.is_transient() {
+            self.failed(&mut record, &e.to_string())?;
+            self.metrics.token_refresh("error");
+            return Err(TokenError::Unavailable(e.to_string()));
+        }
+        self.needs_reauth(record, format!("reconnect failed: {e}"))
+    }
+
+    /// Nothing more can be done for the tenant: someone must install the app again.
+    fn needs_reauth(
+        &self,
+        mut record: TokenRecord,
+        why: String,
+    ) -> Result<TokenRecord, TokenError> {
+        warn!(tenant = %record.tenant, reason = %why, "tokens cannot be recovered; the app must be installed again");
+        record.state = TenantState::NeedsReauth;
+        record.last_error = Some(why);
+        record.updated_at = now_secs();
+        self.vault.put(&record)?;
+        self.metrics.token_refresh("needs_reauth");
+        Err(TokenError::NeedsReauth)
     }
 
     /// Mints and stores a location token with the agency's company token.

@@ -296,6 +296,96 @@ async fn unrecoverable_tenants_are_reported_needs_reauth() {
 }
 
 #[tokio::test]
+async fn a_removed_reconnect_api_is_asked_once_and_tenants_go_needs_reauth_saying_why() {
+    let standin = StandIn::start().await;
+    standin.with(|s| {
+        s.expires_in = 600; // shorter than the 15 min a served token must have: GET refreshes
+        s.reconnect_removed = true;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (ed, rsa) = (Signer::ed25519(), Signer::rsa());
+    let mut env = process_env(dir.path(), &unique("test.reconnect"), &ed, &rsa);
+    env.extend(
+        standin
+            .settings()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+    );
+    env.insert("HLGATE_LOG".into(), "debug".into());
+    env.insert("HLGATE_TOKEN_REFRESH_BEFORE".into(), "1m".into());
+    let mut process = spawn_process(&env, Stdio::piped());
+    process.wait_ready().await;
+    let http = reqwest::Client::new();
+    let get = |url: String| http.get(url).send();
+    for tenant in ["locRemovedA", "locRemovedB"] {
+        let code = standin.code_for(tenant, "Location");
+        let url = format!("http://{}/oauth/callback?code={code}", process.public);
+        assert_eq!(get(url).await.unwrap().status(), 200);
+        standin.lose_refresh_tokens(tenant);
+    }
+
+    // Both refresh tokens are refused; only the first tenant's recovery asks the Reconnect API.
+    for tenant in ["locRemovedA", "locRemovedB"] {
+        let r = get(format!("http://{}/v1/tokens/{tenant}", process.admin))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "needs_reauth");
+    }
+    assert_eq!(
+        standin.with(|s| (s.refresh_calls, s.reconnect_calls)),
+        (2, 1)
+    );
+    let listing: Value = get(format!("http://{}/v1/tenants", process.admin))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = listing["tenants"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    for t in listed {
+        assert_eq!(t["state"], "needs_reauth", "{t}");
+        let why = t["last_error"].as_str().unwrap();
+        assert!(
+            why.contains("reconnect is unavailable at HighLevel"),
+            "{why}"
+        );
+    }
+    let metrics = get(format!("http://{}/metrics", process.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&metrics, "hlgate_tenants{state=\"needs_reauth\"}"),
+        2.0
+    );
+
+    process.signal("TERM");
+    assert!(process.child.wait().unwrap().success());
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut process.child.stderr.take().unwrap(), &mut logs).unwrap();
+    assert!(logs.contains("removed the Reconnect API"), "{logs}");
+    let mut secrets = standin.with(|s| s.issued.clone());
+    assert_eq!(secrets.len(), 4);
+    secrets.push(CLIENT_SECRET.to_string());
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "{secret} in the logs");
+        assert!(
+            !metrics.contains(secret.as_str()),
+            "{secret} in the metrics"
+        );
+        assert!(
+            !listing.to_string().contains(secret.as_str()),
+            "{secret} listed"
+        );
+    }
+}
+
+#[tokio::test]
 async fn highlevel_outages_are_retried_with_backoff_and_nothing_is_lost() {
     let standin = StandIn::start().await;
     standin.with(|s| s.expires_in = 600);
