@@ -580,12 +580,7 @@ impl TokenService {
     }
 
     pub fn pending_installs(&self) -> Vec<PendingInstall> {
-        self.installs
-            .list()
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-            .collect()
+        pending_installs(&self.installs)
     }
 
     /// An UNINSTALL: the tenant's tokens are deleted.
@@ -619,35 +614,7 @@ impl TokenService {
 
     /// Every tenant, without tokens.
     pub fn tenants(&self) -> Result<Vec<TenantView>, VaultError> {
-        Ok(self
-            .vault
-            .list()?
-            .into_iter()
-            .map(|r| match r {
-                Ok(r) => TenantView {
-                    tenant: r.tenant,
-                    user_type: r.user_type,
-                    state: r.state.as_str(),
-                    expires_at: r.expires_at.and_then(rfc3339),
-                    location_id: r.location_id,
-                    company_id: r.company_id,
-                    scope: r.scope,
-                    last_error: r.last_error,
-                    updated_at: rfc3339(r.updated_at),
-                },
-                Err(tenant) => TenantView {
-                    tenant,
-                    user_type: String::new(),
-                    state: TenantState::NeedsReauth.as_str(),
-                    expires_at: None,
-                    location_id: None,
-                    company_id: None,
-                    scope: None,
-                    last_error: Some("the record cannot be decrypted".into()),
-                    updated_at: None,
-                },
-            })
-            .collect())
+        tenant_views(&self.vault)
     }
 
     /// Tenants by state, for `hlgate_tenants{state}`.
@@ -691,6 +658,49 @@ impl TokenService {
         self.retry_pending_installs(None).await;
         count
     }
+}
+
+/// Every tenant in `vault`, without tokens (also read by `hlgate tenants` from a stopped
+/// gateway's store).
+pub fn tenant_views(vault: &Vault) -> Result<Vec<TenantView>, VaultError> {
+    Ok(vault
+        .list()?
+        .into_iter()
+        .map(|r| match r {
+            Ok(r) => TenantView {
+                tenant: r.tenant,
+                user_type: r.user_type,
+                state: r.state.as_str(),
+                expires_at: r.expires_at.and_then(rfc3339),
+                location_id: r.location_id,
+                company_id: r.company_id,
+                scope: r.scope,
+                last_error: r.last_error,
+                updated_at: rfc3339(r.updated_at),
+            },
+            Err(tenant) => TenantView {
+                tenant,
+                user_type: String::new(),
+                state: TenantState::NeedsReauth.as_str(),
+                expires_at: None,
+                location_id: None,
+                company_id: None,
+                scope: None,
+                last_error: Some("the record cannot be decrypted".into()),
+                updated_at: None,
+            },
+        })
+        .collect())
+}
+
+/// The INSTALLs in `installs` still waiting for their agency's token.
+pub fn pending_installs(installs: &KeyedTree) -> Vec<PendingInstall> {
+    installs
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+        .collect()
 }
 
 /// Seconds an access token is still valid for.
