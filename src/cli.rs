@@ -261,7 +261,11 @@ fn stored_tenants(settings: &Settings) -> Result<serde_json::Value, String> {
             .map_err(|e| format!("cannot read the token vault: {e}"))?,
         // No key was ever generated, so nothing was ever sealed, unless the key file was lost.
         None if records.list().map_err(|e| e.to_string())?.is_empty() => Vec::new(),
-        None => return Err("tokens are stored but there is no token key: set HLGATE_TOKEN_KEY or restore token.key in the data dir".into()),
+        None => {
+            return Err("tokens are stored but there is no token key: \
+                        set HLGATE_TOKEN_KEY or restore token.key in the data dir"
+                .into())
+        }
     };
     Ok(serde_json::json!({
         "tenants": tenants,

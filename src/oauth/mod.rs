@@ -38,7 +38,7 @@ const RETRY_MAX_SECS: i64 = 900;
 /// How long the Reconnect API is left alone once HighLevel said it was removed.
 const RECONNECT_PAUSE_SECS: i64 = 3600;
 /// `last_error` of a tenant that lost its refresh token while the Reconnect API is gone.
-pub const RECONNECT_UNAVAILABLE: &str =
+const RECONNECT_UNAVAILABLE: &str =
     "reconnect is unavailable at HighLevel (its Reconnect API has been removed)";
 
 pub fn now_secs() -> i64 {
