@@ -10,6 +10,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair, RsaKeyPair, RSA_PKCS1_SHA256};
 
 use crate::config::Settings;
+use crate::oauth;
 pub use crate::verify::ed25519_public_pem;
 use crate::verify::pem;
 
@@ -232,18 +233,44 @@ pub async fn outbox(settings: &Settings) -> Result<(), String> {
     Ok(())
 }
 
-/// `hlgate tenants`.
+/// `hlgate tenants`: asks the running gateway, else reads the vault in the data dir.
 pub async fn tenants(settings: &Settings) -> Result<(), String> {
-    match admin_get(settings, "/v1/tenants").await? {
-        Some(text) => {
-            println!("{text}");
-            Ok(())
-        }
-        None => Err(format!(
-            "hlgate is not running on {}; start it to list tenants",
-            settings.admin_listen
-        )),
+    if let Some(text) = admin_get(settings, "/v1/tenants").await? {
+        println!("{text}");
+        return Ok(());
     }
+    println!("{}", stored_tenants(settings)?);
+    eprintln!("hlgate is not running: tenants read from the store");
+    Ok(())
+}
+
+/// What `GET /v1/tenants` would answer, from the store and the token key: never a token.
+fn stored_tenants(settings: &Settings) -> Result<serde_json::Value, String> {
+    let store = crate::store::Store::open(&settings.data_dir, settings.dedup_retention)
+        .map_err(|e| format!("hlgate is not running and the store cannot be opened: {e}"))?;
+    let tree = |name| {
+        store
+            .keyed_tree(name)
+            .map_err(|e| format!("cannot read the {name} tree: {e}"))
+    };
+    let (records, installs) = (tree("tokens")?, tree("installs")?);
+    let key = oauth::vault::load_key(settings.token_key.as_ref(), &settings.data_dir)
+        .map_err(|e| e.to_string())?;
+    let tenants = match key {
+        Some(key) => oauth::tenant_views(&oauth::Vault::new(records, &key))
+            .map_err(|e| format!("cannot read the token vault: {e}"))?,
+        // No key was ever generated, so nothing was ever sealed, unless the key file was lost.
+        None if records.list().map_err(|e| e.to_string())?.is_empty() => Vec::new(),
+        None => {
+            return Err("tokens are stored but there is no token key: \
+                        set HLGATE_TOKEN_KEY or restore token.key in the data dir"
+                .into())
+        }
+    };
+    Ok(serde_json::json!({
+        "tenants": tenants,
+        "pending_installs": oauth::pending_installs(&installs),
+    }))
 }
 
 /// `hlgate healthcheck`.

@@ -7,7 +7,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use super::ApiError;
-use crate::oauth::{TenantKind, TokenService};
+use crate::oauth::{retry_after_secs, InstallError, TenantKind, TokenService};
 
 /// Registers the install routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -92,7 +92,24 @@ async fn callback(
             };
             Ok(page(StatusCode::OK, "Connected", &what))
         }
-        Err(e) => {
+        Err(InstallError::Busy(wait)) => {
+            tracing::warn!("install callback refused: the app's request budget is spent");
+            let mut response = page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Try again shortly",
+                &format!(
+                    "Too many installs are being completed right now. \
+                     Please go back and try again in {} seconds.",
+                    retry_after_secs(wait)
+                ),
+            );
+            response.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                retry_after_secs(wait).into(),
+            );
+            Ok(response)
+        }
+        Err(InstallError::OAuth(e)) => {
             tracing::warn!(error = %e, "code exchange failed");
             Ok(page(
                 StatusCode::BAD_REQUEST,

@@ -50,6 +50,9 @@ pub enum OAuthError {
     /// `Location is not active`: keep the refresh token and try again later.
     #[error("location is not active")]
     LocationInactive,
+    /// `API endpoint has been removed`: the Reconnect API since September 2026.
+    #[error("HighLevel has removed this endpoint")]
+    EndpointRemoved,
     /// Any other 4xx, with HighLevel's message.
     #[error("HighLevel refused the request ({status}): {message}")]
     Rejected { status: u16, message: String },
@@ -155,13 +158,13 @@ pub fn classify(status: u16, body: &str) -> OAuthError {
         return OAuthError::Server(status);
     }
     let message = message_of(body);
-    if message.to_ascii_lowercase().starts_with("invalid grant") {
+    let lower = message.to_ascii_lowercase();
+    if lower.starts_with("invalid grant") {
         OAuthError::InvalidGrant(message)
-    } else if message
-        .to_ascii_lowercase()
-        .contains("location is not active")
-    {
+    } else if lower.contains("location is not active") {
         OAuthError::LocationInactive
+    } else if lower.contains("endpoint has been removed") {
+        OAuthError::EndpointRemoved
     } else {
         OAuthError::Rejected { status, message }
     }
@@ -336,6 +339,13 @@ mod tests {
                 status: 422,
                 message: "Unprocessable Entity".into()
             }
+        );
+        assert_eq!(
+            classify(
+                400,
+                r#"{"message":"API endpoint has been removed","statusCode":400}"#
+            ),
+            OAuthError::EndpointRemoved
         );
         assert_eq!(classify(502, "bad gateway"), OAuthError::Server(502));
         assert!(classify(503, "").is_transient());

@@ -14,6 +14,7 @@ pub mod vault;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,11 @@ use crate::store::{Entry, KeyedTree};
 const RETRY_BASE_SECS: i64 = 1;
 /// Longest delay between retries of an inactive location or a failing refresh.
 const RETRY_MAX_SECS: i64 = 900;
+/// How long the Reconnect API is left alone once HighLevel said it was removed.
+const RECONNECT_PAUSE_SECS: i64 = 3600;
+/// `last_error` of a tenant that lost its refresh token while the Reconnect API is gone.
+const RECONNECT_UNAVAILABLE: &str =
+    "reconnect is unavailable at HighLevel (its Reconnect API has been removed)";
 
 pub fn now_secs() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
@@ -73,6 +79,22 @@ impl TokenError {
             TokenError::Vault(_) => "vault_error",
         }
     }
+}
+
+/// Why a callback's code was not exchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The app-wide request budget is spent: anyone can call `/oauth/callback`, so a flood of
+    /// made-up codes must not spend the app's credentials (or the refreshes' budget) at will.
+    #[error("too many install attempts at once; try again in {} s", retry_after_secs(*.0))]
+    Busy(Duration),
+    #[error(transparent)]
+    OAuth(#[from] OAuthError),
+}
+
+/// Whole seconds to wait, rounded up, at least one (for `Retry-After`).
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_millis() as u64).div_ceil(1000).max(1)
 }
 
 /// A token as served to consumers.
@@ -147,6 +169,9 @@ pub struct TokenService {
     metrics: Arc<Metrics>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     budget: RateBudget,
+    /// Unix seconds before which the Reconnect API is not called, for any tenant: HighLevel
+    /// answered that it was removed.
+    reconnect_paused_until: AtomicI64,
 }
 
 impl std::fmt::Debug for TokenService {
@@ -182,6 +207,7 @@ impl TokenService {
             metrics: p.metrics,
             locks: Mutex::new(HashMap::new()),
             budget: RateBudget::new(100, Duration::from_secs(10)),
+            reconnect_paused_until: AtomicI64::new(0),
         }
     }
 
@@ -252,17 +278,19 @@ impl TokenService {
         }
     }
 
-    /// `/oauth/callback`: exchanges the code, stores the pair under its tenant, and retries the
-    /// INSTALLs that were waiting for this agency's token.
+    /// `/oauth/callback`: exchanges the code (within the app-wide budget, without waiting for
+    /// it), stores the pair under its tenant, and retries the INSTALLs that were waiting for this
+    /// agency's token.
     pub async fn complete_install(
         self: &Arc<Self>,
         code: &str,
         kind: TenantKind,
-    ) -> Result<TokenRecord, OAuthError> {
+    ) -> Result<TokenRecord, InstallError> {
         let client = self
             .client
             .as_ref()
             .ok_or_else(|| OAuthError::Unexpected("the token module is off".into()))?;
+        self.budget.try_acquire_app().map_err(InstallError::Busy)?;
         let response = client.exchange_code(code, kind).await?;
         let tenant = match (
             &response.location_id,
@@ -279,7 +307,8 @@ impl TokenService {
             (None, None, _) => {
                 return Err(OAuthError::Unexpected(
                     "the token answer names neither a location nor a company".into(),
-                ))
+                )
+                .into())
             }
         };
         let record = self.record_from(&tenant, response, kind);
@@ -389,7 +418,7 @@ impl TokenService {
 
     /// Tokens lost: a location under a stored agency gets a new location token; otherwise the
     /// Reconnect API gives a code to exchange. What cannot be recovered is `needs_reauth`.
-    async fn recover(&self, mut record: TokenRecord) -> Result<TokenRecord, TokenError> {
+    async fn recover(&self, record: TokenRecord) -> Result<TokenRecord, TokenError> {
         let kind = TenantKind::from_user_type(&record.user_type);
         if kind == TenantKind::Location {
             if let Some(company_id) = record.company_id.clone() {
@@ -400,12 +429,27 @@ impl TokenService {
             }
         }
         let client = self.oauth()?;
+        let paused_until = self.reconnect_paused_until.load(Ordering::Relaxed);
+        if paused_until > now_secs() {
+            let until = rfc3339(paused_until).unwrap_or_default();
+            let why = format!("{RECONNECT_UNAVAILABLE}; not asked again before {until}");
+            return self.needs_reauth(record, why);
+        }
         self.budget.acquire(&record.tenant).await;
-        let result = match client.reconnect(&record.tenant, kind).await {
-            Ok(code) => client.exchange_code(&code, kind).await,
-            Err(e) => Err(e),
+        let code = match client.reconnect(&record.tenant, kind).await {
+            Ok(code) => code,
+            Err(OAuthError::EndpointRemoved) => {
+                let until = now_secs() + RECONNECT_PAUSE_SECS;
+                self.reconnect_paused_until.store(until, Ordering::Relaxed);
+                warn!(
+                    until = rfc3339(until),
+                    "HighLevel has removed the Reconnect API; not calling it again within the hour"
+                );
+                return self.needs_reauth(record, RECONNECT_UNAVAILABLE.into());
+            }
+            Err(e) => return self.recovery_failed(record, e),
         };
-        match result {
+        match client.exchange_code(&code, kind).await {
             Ok(response) => {
                 let mut fresh = self.record_from(&record.tenant, response, kind);
                 fresh.location_id = fresh.location_id.or(record.location_id);
@@ -415,21 +459,38 @@ impl TokenService {
                 info!(tenant = %fresh.tenant, "tokens recovered through the Reconnect API");
                 Ok(fresh)
             }
-            Err(e) if e.is_transient() => {
-                self.failed(&mut record, &e.to_string())?;
-                self.metrics.token_refresh("error");
-                Err(TokenError::Unavailable(e.to_string()))
-            }
-            Err(e) => {
-                record.state = TenantState::NeedsReauth;
-                record.last_error = Some(format!("reconnect failed: {e}"));
-                record.updated_at = now_secs();
-                self.vault.put(&record)?;
-                self.metrics.token_refresh("needs_reauth");
-                warn!(tenant = %record.tenant, error = %e, "tokens cannot be recovered; the app must be installed again");
-                Err(TokenError::NeedsReauth)
-            }
+            Err(e) => self.recovery_failed(record, e),
         }
+    }
+
+    /// A reconnect or its code exchange failed: retry later when that may help, else
+    /// `needs_reauth`.
+    fn recovery_failed(
+        &self,
+        mut record: TokenRecord,
+        e: OAuthError,
+    ) -> Result<TokenRecord, TokenError> {
+        if e.is_transient() {
+            self.failed(&mut record, &e.to_string())?;
+            self.metrics.token_refresh("error");
+            return Err(TokenError::Unavailable(e.to_string()));
+        }
+        self.needs_reauth(record, format!("reconnect failed: {e}"))
+    }
+
+    /// Nothing more can be done for the tenant: someone must install the app again.
+    fn needs_reauth(
+        &self,
+        mut record: TokenRecord,
+        why: String,
+    ) -> Result<TokenRecord, TokenError> {
+        warn!(tenant = %record.tenant, reason = %why, "tokens cannot be recovered; the app must be installed again");
+        record.state = TenantState::NeedsReauth;
+        record.last_error = Some(why);
+        record.updated_at = now_secs();
+        self.vault.put(&record)?;
+        self.metrics.token_refresh("needs_reauth");
+        Err(TokenError::NeedsReauth)
     }
 
     /// Mints and stores a location token with the agency's company token.
@@ -519,12 +580,7 @@ impl TokenService {
     }
 
     pub fn pending_installs(&self) -> Vec<PendingInstall> {
-        self.installs
-            .list()
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-            .collect()
+        pending_installs(&self.installs)
     }
 
     /// An UNINSTALL: the tenant's tokens are deleted.
@@ -558,35 +614,7 @@ impl TokenService {
 
     /// Every tenant, without tokens.
     pub fn tenants(&self) -> Result<Vec<TenantView>, VaultError> {
-        Ok(self
-            .vault
-            .list()?
-            .into_iter()
-            .map(|r| match r {
-                Ok(r) => TenantView {
-                    tenant: r.tenant,
-                    user_type: r.user_type,
-                    state: r.state.as_str(),
-                    expires_at: r.expires_at.and_then(rfc3339),
-                    location_id: r.location_id,
-                    company_id: r.company_id,
-                    scope: r.scope,
-                    last_error: r.last_error,
-                    updated_at: rfc3339(r.updated_at),
-                },
-                Err(tenant) => TenantView {
-                    tenant,
-                    user_type: String::new(),
-                    state: TenantState::NeedsReauth.as_str(),
-                    expires_at: None,
-                    location_id: None,
-                    company_id: None,
-                    scope: None,
-                    last_error: Some("the record cannot be decrypted".into()),
-                    updated_at: None,
-                },
-            })
-            .collect())
+        tenant_views(&self.vault)
     }
 
     /// Tenants by state, for `hlgate_tenants{state}`.
@@ -630,6 +658,49 @@ impl TokenService {
         self.retry_pending_installs(None).await;
         count
     }
+}
+
+/// Every tenant in `vault`, without tokens (also read by `hlgate tenants` from a stopped
+/// gateway's store).
+pub fn tenant_views(vault: &Vault) -> Result<Vec<TenantView>, VaultError> {
+    Ok(vault
+        .list()?
+        .into_iter()
+        .map(|r| match r {
+            Ok(r) => TenantView {
+                tenant: r.tenant,
+                user_type: r.user_type,
+                state: r.state.as_str(),
+                expires_at: r.expires_at.and_then(rfc3339),
+                location_id: r.location_id,
+                company_id: r.company_id,
+                scope: r.scope,
+                last_error: r.last_error,
+                updated_at: rfc3339(r.updated_at),
+            },
+            Err(tenant) => TenantView {
+                tenant,
+                user_type: String::new(),
+                state: TenantState::NeedsReauth.as_str(),
+                expires_at: None,
+                location_id: None,
+                company_id: None,
+                scope: None,
+                last_error: Some("the record cannot be decrypted".into()),
+                updated_at: None,
+            },
+        })
+        .collect())
+}
+
+/// The INSTALLs in `installs` still waiting for their agency's token.
+pub fn pending_installs(installs: &KeyedTree) -> Vec<PendingInstall> {
+    installs
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+        .collect()
 }
 
 /// Seconds an access token is still valid for.

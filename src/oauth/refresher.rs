@@ -31,33 +31,42 @@ impl RateBudget {
 
     /// Waits until a request for `key` fits in the budget, then counts it.
     pub async fn acquire(&self, key: &str) {
-        loop {
-            let wait = {
-                let mut sent = self.sent.lock().expect("budget lock");
-                let now = Instant::now();
-                let mut wait = None;
-                for k in [key, ALL] {
-                    let times = sent.entry(k.to_string()).or_default();
-                    while times.front().is_some_and(|t| now - *t >= self.window) {
-                        times.pop_front();
-                    }
-                    if times.len() >= self.max {
-                        let until = *times.front().expect("non-empty") + self.window;
-                        wait = Some(wait.map_or(until, |w: Instant| w.max(until)));
-                    }
-                }
-                if wait.is_none() {
-                    for k in [key, ALL] {
-                        sent.get_mut(k).expect("present").push_back(now);
-                    }
-                }
-                wait
-            };
-            match wait {
-                None => return,
-                Some(until) => tokio::time::sleep_until(until).await,
+        while let Some(until) = self.take(&[key, ALL]) {
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
+    /// Counts a request that belongs to no tenant yet (a code exchange) against the app-wide
+    /// budget, without waiting: when it is spent, `Err` says how long until it has room.
+    pub fn try_acquire_app(&self) -> Result<(), Duration> {
+        match self.take(&[ALL]) {
+            None => Ok(()),
+            Some(until) => Err(until - Instant::now()),
+        }
+    }
+
+    /// Counts a request against every key in `keys` when it fits all of them; otherwise counts
+    /// nothing and returns when it would fit.
+    fn take(&self, keys: &[&str]) -> Option<Instant> {
+        let mut sent = self.sent.lock().expect("budget lock");
+        let now = Instant::now();
+        let mut wait = None;
+        for k in keys {
+            let times = sent.entry(k.to_string()).or_default();
+            while times.front().is_some_and(|t| now - *t >= self.window) {
+                times.pop_front();
+            }
+            if times.len() >= self.max {
+                let until = *times.front().expect("non-empty") + self.window;
+                wait = Some(wait.map_or(until, |w: Instant| w.max(until)));
             }
         }
+        if wait.is_none() {
+            for k in keys {
+                sent.get_mut(*k).expect("present").push_back(now);
+            }
+        }
+        wait
     }
 }
 
@@ -104,5 +113,18 @@ mod tests {
         // "d" has used nothing of its own, but the app-wide budget is spent.
         budget.acquire("d").await;
         assert!(Instant::now() - start >= window);
+    }
+
+    #[tokio::test]
+    async fn app_requests_are_refused_not_delayed_when_the_budget_is_spent() {
+        let window = Duration::from_secs(60);
+        let budget = RateBudget::new(3, window);
+        budget.acquire("a").await;
+        assert_eq!(budget.try_acquire_app(), Ok(()));
+        assert_eq!(budget.try_acquire_app(), Ok(()));
+        // Spent (the tenant's request counts app-wide too): the answer is how long until the
+        // oldest request leaves the window.
+        let wait = budget.try_acquire_app().unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= window, "{wait:?}");
     }
 }

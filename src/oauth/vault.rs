@@ -8,6 +8,7 @@ use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use crate::config::TokenKey;
 use crate::store::{KeyedTree, StoreError};
@@ -109,32 +110,56 @@ pub fn load_or_create_key(
     configured: Option<&TokenKey>,
     data_dir: &Path,
 ) -> Result<TokenKey, VaultError> {
-    if let Some(key) = configured {
-        return Ok(key.clone());
+    if let Some(key) = load_key(configured, data_dir)? {
+        return Ok(key);
     }
     let path = data_dir.join(KEY_FILE);
-    let err = |reason: String| VaultError::KeyFile {
+    let mut key = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| key_file_error(&path, "no randomness".into()))?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    crate::cli::write_private(&path, b64.encode(key).as_bytes())
+        .map_err(|e| key_file_error(&path, e))?;
+    Ok(TokenKey(key))
+}
+
+/// The configured key, else the one in `data_dir`; `None` when neither exists. A key file that
+/// group or others can read is warned about: whoever reads it can decrypt every stored token.
+pub fn load_key(
+    configured: Option<&TokenKey>,
+    data_dir: &Path,
+) -> Result<Option<TokenKey>, VaultError> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(key) = configured {
+        return Ok(Some(key.clone()));
+    }
+    let path = data_dir.join(KEY_FILE);
+    let err = |reason: String| key_file_error(&path, reason);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    let mode = std::fs::metadata(&path)
+        .map_err(|e| err(e.to_string()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777),
+            "the token key file is readable by group or others; make it 0600 (chmod 600)");
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| err("not base64".into()))?;
+    let key: [u8; 32] = bytes.try_into().map_err(|_| err("not 32 bytes".into()))?;
+    Ok(Some(TokenKey(key)))
+}
+
+fn key_file_error(path: &Path, reason: String) -> VaultError {
+    VaultError::KeyFile {
         path: path.display().to_string(),
         reason,
-    };
-    let b64 = base64::engine::general_purpose::STANDARD;
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let bytes = b64
-                .decode(text.trim())
-                .map_err(|_| err("not base64".into()))?;
-            let key: [u8; 32] = bytes.try_into().map_err(|_| err("not 32 bytes".into()))?;
-            Ok(TokenKey(key))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut key = [0u8; 32];
-            SystemRandom::new()
-                .fill(&mut key)
-                .map_err(|_| err("no randomness".into()))?;
-            crate::cli::write_private(&path, b64.encode(key).as_bytes()).map_err(err)?;
-            Ok(TokenKey(key))
-        }
-        Err(e) => Err(err(e.to_string())),
     }
 }
 

@@ -1,4 +1,5 @@
-//! The binary's other faces: check-config, sign, keygen, outbox, and what it writes to its logs.
+//! The binary's other faces: check-config, sign, keygen, outbox, tenants, and what it writes to
+//! its logs.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -166,35 +167,20 @@ async fn outbox_reports_the_running_gateway_or_the_store() {
 
     let mut cli_env: Vec<(String, String)> = env.clone().into_iter().collect();
     cli_env.push(("HLGATE_ADMIN_LISTEN".into(), process.admin.to_string()));
-    let run = |cli_env: Vec<(String, String)>| {
-        let refs: Vec<(&str, &str)> = cli_env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        hlgate(&["outbox"], &refs)
-    };
-    let (code, out, _) = run(cli_env.clone());
+    let (code, out, _) = hlgate_env(&["outbox"], &cli_env);
     assert_eq!(code, 0);
     assert!(out.contains("outbox_depth=1"), "{out}");
     assert!(out.contains("broker=disconnected"), "{out}");
 
-    let refs: Vec<(&str, &str)> = cli_env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let (code, out, _) = hlgate(&["healthcheck"], &refs);
+    let (code, out, _) = hlgate_env(&["healthcheck"], &cli_env);
     assert_eq!((code, out.trim()), (0, "ok"));
 
     process.signal("TERM");
     assert!(process.child.wait().unwrap().success());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let refs: Vec<(&str, &str)> = cli_env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let (code, _, err) = hlgate(&["healthcheck"], &refs);
+    let (code, _, err) = hlgate_env(&["healthcheck"], &cli_env);
     assert_eq!(code, 1, "nothing listens any more: {err}");
-    let (code, out, _) = run(cli_env);
+    let (code, out, _) = hlgate_env(&["outbox"], &cli_env);
     assert_eq!(code, 0);
     assert!(out.contains("outbox_depth=1"), "{out}");
     assert!(out.contains("hlgate is not running"), "{out}");
@@ -270,4 +256,79 @@ async fn logs_are_json_one_line_per_request_and_hold_no_secret() {
     ] {
         assert!(!logs.contains(secret), "{secret} in logs");
     }
+}
+
+/// `hlgate ARGS` with an owned environment.
+fn hlgate_env(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    hlgate(args, &refs)
+}
+
+#[tokio::test]
+async fn tenants_reads_the_store_when_the_gateway_is_not_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ed, rsa) = (Signer::ed25519(), Signer::rsa());
+    let env = process_env(dir.path(), &unique("test.tenants"), &ed, &rsa);
+    let mut process = spawn_process(&env, Stdio::null());
+    process.wait_ready().await;
+    let r = reqwest::Client::new()
+        .put(format!(
+            "http://{}/v1/tenants/locCliPit/private-token",
+            process.admin
+        ))
+        .json(&serde_json::json!({"token": "pit-cli-s3cret"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    process.signal("TERM");
+    assert!(process.child.wait().unwrap().success());
+
+    // Nothing listens on the admin address any more: the vault is read from the data dir.
+    let mut cli_env: Vec<(String, String)> = env.into_iter().collect();
+    cli_env.push(("HLGATE_ADMIN_LISTEN".into(), process.admin.to_string()));
+    let (code, out, err) = hlgate_env(&["tenants"], &cli_env);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("hlgate is not running"), "{err}");
+    let listing: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listing["tenants"][0]["tenant"], "locCliPit", "{out}");
+    assert_eq!(listing["tenants"][0]["state"], "private", "{out}");
+    assert!(!out.contains("pit-cli-s3cret") && !err.contains("pit-cli-s3cret"));
+}
+
+#[tokio::test]
+async fn a_token_key_readable_by_others_is_warned_about_without_the_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (ed, rsa) = (Signer::ed25519(), Signer::rsa());
+    let env = process_env(dir.path(), &unique("test.keymode"), &ed, &rsa);
+    let run = |env| async move {
+        let mut process = spawn_process(env, Stdio::piped());
+        process.wait_ready().await;
+        process.signal("TERM");
+        assert!(process.child.wait().unwrap().success());
+        let mut logs = String::new();
+        let mut stderr = process.child.stderr.take().unwrap();
+        stderr.read_to_string(&mut logs).unwrap();
+        logs
+    };
+    let warnings = |logs: &str| -> Vec<serde_json::Value> {
+        logs.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|l| l.to_string().contains("token key file"))
+            .collect()
+    };
+    // The key hlgate generates is its owner's alone: nothing to warn about.
+    let logs = run(&env).await;
+    assert!(warnings(&logs).is_empty(), "{logs}");
+
+    let key_path = dir.path().join("data/token.key");
+    let key = std::fs::read_to_string(&key_path).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let logs = run(&env).await;
+    let found = warnings(&logs);
+    assert_eq!(found.len(), 1, "{logs}");
+    assert_eq!(found[0]["level"], "WARN", "{logs}");
+    assert_eq!(found[0]["mode"], "644", "{logs}");
+    assert!(!logs.contains(key.trim()), "the key is in the logs");
 }

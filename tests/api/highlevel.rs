@@ -1,7 +1,7 @@
 //! A local stand-in for HighLevel's OAuth endpoints that behaves like the real ones:
 //! form-encoded `/oauth/token` with single-use rotating refresh tokens and HighLevel's real 400
 //! messages, `/oauth/locationToken` wanting the `Version` header and an agency token, and
-//! `/oauth/reconnect`.
+//! `/oauth/reconnect` (working, failing, or removed as HighLevel did in September 2026).
 
 use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
@@ -29,6 +29,8 @@ pub struct State {
     pub expires_in: i64,
     pub camel_case: bool,
     pub reconnect_fails: bool,
+    /// Answer `/oauth/reconnect` as HighLevel has since it removed the endpoint.
+    pub reconnect_removed: bool,
     /// Answer every `/oauth/token` call with this status (a HighLevel outage).
     pub outage: Option<u16>,
     pub refresh_calls: usize,
@@ -173,6 +175,11 @@ async fn reconnect(
 ) -> HttpResponse {
     let mut s = state.lock().unwrap();
     s.reconnect_calls += 1;
+    if s.reconnect_removed {
+        return HttpResponse::BadRequest()
+            .content_type("application/json")
+            .body(r#"{"message":"API endpoint has been removed","statusCode":400}"#);
+    }
     if body["clientKey"] != CLIENT_ID || body["clientSecret"] != CLIENT_SECRET {
         return error(401, "Invalid client: client credentials are invalid");
     }

@@ -18,13 +18,8 @@ async fn app_with(standin: &StandIn, extra: &[(&str, &str)]) -> TestApp {
 }
 
 async fn callback(app: &TestApp, query: &str) -> (u16, String) {
-    let r = app
-        .http
-        .get(app.url(&format!("/oauth/callback?{query}")))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
+    let (status, _, _, page) = callback_answer(app, query.to_string()).await;
+    (status, page)
 }
 
 async fn install(app: &TestApp, standin: &StandIn, tenant: &str, user_type: &str) {
@@ -120,6 +115,63 @@ async fn install_flow_redirects_exchanges_and_stores() {
     let (status, v) = get_token(&app, "nobody").await;
     assert_eq!((status, v["error"].as_str()), (404, Some("not_found")));
     assert_eq!(standin.with(|s| s.refresh_calls), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_callback_codes_cannot_spend_more_than_the_apps_budget() {
+    let standin = StandIn::start().await;
+    let app = app_with(&standin, &[]).await;
+    // 150 callbacks at once, far less time than the budget's 10 s window takes on any machine:
+    // HighLevel may see at most 100 exchanges (100 per 10 s per app).
+    let attempts = (0..150).map(|i| callback_answer(&app, format!("code=made-up-{i}")));
+    let answers = futures_util::future::join_all(attempts).await;
+    let exchanges = standin.with(|s| s.code_calls);
+    assert!(exchanges <= 100, "{exchanges} code exchanges at HighLevel");
+    let refused: Vec<_> = answers.iter().filter(|a| a.0 == 429).collect();
+    assert!(!refused.is_empty(), "no callback was refused");
+    // Each refused one was answered without calling HighLevel; the others were exchanged.
+    let failed = answers.iter().filter(|a| a.0 == 400).count();
+    assert_eq!((failed, failed + refused.len()), (exchanges, 150));
+    for (_, retry_after, content_type, page) in refused {
+        let seconds: u64 = retry_after
+            .as_deref()
+            .expect("Retry-After")
+            .parse()
+            .unwrap();
+        assert!((1..=10).contains(&seconds), "Retry-After: {seconds}");
+        assert!(content_type.starts_with("text/html"), "{content_type}");
+        assert!(
+            page.contains("Too many installs") && page.contains(&format!("in {seconds} seconds")),
+            "{page}"
+        );
+    }
+    assert!(tenants(&app).await["tenants"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+/// A callback's status, `Retry-After`, content type and page.
+async fn callback_answer(app: &TestApp, query: String) -> (u16, Option<String>, String, String) {
+    let r = app
+        .http
+        .get(app.url(&format!("/oauth/callback?{query}")))
+        .send()
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let (retry_after, content_type) = (header("retry-after"), header("content-type"));
+    let status = r.status().as_u16();
+    (
+        status,
+        retry_after,
+        content_type.unwrap_or_default(),
+        r.text().await.unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -241,6 +293,96 @@ async fn unrecoverable_tenants_are_reported_needs_reauth() {
         standin.with(|s| (s.refresh_calls, s.reconnect_calls)),
         calls
     );
+}
+
+#[tokio::test]
+async fn a_removed_reconnect_api_is_asked_once_and_tenants_go_needs_reauth_saying_why() {
+    let standin = StandIn::start().await;
+    standin.with(|s| {
+        s.expires_in = 600; // shorter than the 15 min a served token must have: GET refreshes
+        s.reconnect_removed = true;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (ed, rsa) = (Signer::ed25519(), Signer::rsa());
+    let mut env = process_env(dir.path(), &unique("test.reconnect"), &ed, &rsa);
+    env.extend(
+        standin
+            .settings()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+    );
+    env.insert("HLGATE_LOG".into(), "debug".into());
+    env.insert("HLGATE_TOKEN_REFRESH_BEFORE".into(), "1m".into());
+    let mut process = spawn_process(&env, Stdio::piped());
+    process.wait_ready().await;
+    let http = reqwest::Client::new();
+    let get = |url: String| http.get(url).send();
+    for tenant in ["locRemovedA", "locRemovedB"] {
+        let code = standin.code_for(tenant, "Location");
+        let url = format!("http://{}/oauth/callback?code={code}", process.public);
+        assert_eq!(get(url).await.unwrap().status(), 200);
+        standin.lose_refresh_tokens(tenant);
+    }
+
+    // Both refresh tokens are refused; only the first tenant's recovery asks the Reconnect API.
+    for tenant in ["locRemovedA", "locRemovedB"] {
+        let r = get(format!("http://{}/v1/tokens/{tenant}", process.admin))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "needs_reauth");
+    }
+    assert_eq!(
+        standin.with(|s| (s.refresh_calls, s.reconnect_calls)),
+        (2, 1)
+    );
+    let listing: Value = get(format!("http://{}/v1/tenants", process.admin))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = listing["tenants"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    for t in listed {
+        assert_eq!(t["state"], "needs_reauth", "{t}");
+        let why = t["last_error"].as_str().unwrap();
+        assert!(
+            why.contains("reconnect is unavailable at HighLevel"),
+            "{why}"
+        );
+    }
+    let metrics = get(format!("http://{}/metrics", process.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&metrics, "hlgate_tenants{state=\"needs_reauth\"}"),
+        2.0
+    );
+
+    process.signal("TERM");
+    assert!(process.child.wait().unwrap().success());
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut process.child.stderr.take().unwrap(), &mut logs).unwrap();
+    assert!(logs.contains("removed the Reconnect API"), "{logs}");
+    let mut secrets = standin.with(|s| s.issued.clone());
+    assert_eq!(secrets.len(), 4);
+    secrets.push(CLIENT_SECRET.to_string());
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "{secret} in the logs");
+        assert!(
+            !metrics.contains(secret.as_str()),
+            "{secret} in the metrics"
+        );
+        assert!(
+            !listing.to_string().contains(secret.as_str()),
+            "{secret} listed"
+        );
+    }
 }
 
 #[tokio::test]
