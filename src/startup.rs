@@ -139,6 +139,8 @@ impl Application {
         let public_state = web::Data::new(public::PublicState {
             ingest,
             max_body_bytes: settings.max_body_bytes,
+            body_timeout: settings.body_timeout,
+            bodies: public::BodyBudget::for_max_body(settings.max_body_bytes),
             tokens: Some(tokens.clone()),
         });
         let public = HttpServer::new(move || {
