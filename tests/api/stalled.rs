@@ -2,11 +2,13 @@
 //! and a stalled upload never holds up a shutdown.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::durability::{process_env, spawn_process};
 use crate::helpers::*;
 
 /// Longest any single read or write here may take: a hang guard, not a measure.
@@ -209,4 +211,53 @@ async fn unfinished_bodies_share_one_bound_and_a_signed_event_then_gets_429_neve
     tap.assert_quiet(Duration::from_millis(500)).await;
     app.wait_drained().await;
     tap.cleanup(&app.exchange).await;
+}
+
+#[tokio::test]
+async fn sigterm_exits_zero_within_the_grace_with_stalled_uploads_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = unique("test.stalled");
+    let (ed, rsa) = (Signer::ed25519(), Signer::rsa());
+    let grace = Duration::from_secs(2);
+    let mut env = process_env(dir.path(), &exchange, &ed, &rsa);
+    env.insert("HLGATE_SHUTDOWN_GRACE".into(), "2s".into());
+    let mut tap = Tap::bind(&exchange, "#").await;
+    let mut process = spawn_process(&env, Stdio::null());
+    process.wait_ready().await;
+    let (id, body) = contact_event("stalled");
+    assert_eq!(process.post_signed(&ed, body).await.status(), 200);
+
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        stalled.push(start_upload(process.public, &[], 1_048_576, b"{\"type\"").await);
+    }
+    // Served after the stalled connections were accepted, so they are in flight now.
+    let health = reqwest::get(format!("http://{}/healthz", process.public))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    process.signal("TERM");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = process.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < grace + HANG_GUARD, "did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "stopped in time and cleanly");
+
+    // The event accepted before is published, now or after the next start.
+    let mut got = tap.take_up_to(1, Duration::from_secs(3)).await;
+    if got.is_empty() {
+        let mut process = spawn_process(&env, Stdio::null());
+        process.wait_ready().await;
+        got = tap.take(1).await;
+        process.signal("TERM");
+        process.child.wait().unwrap();
+    }
+    assert_eq!(message_id(&got[0]), id);
+    drop(stalled);
+    tap.cleanup(&exchange).await;
 }
