@@ -105,6 +105,8 @@ pub struct Settings {
     pub accept_legacy_rsa: bool,
     /// Larger bodies get 413 (bytes).
     pub max_body_bytes: usize,
+    /// A body not received in full within this time gets 408.
+    pub body_timeout: Duration,
     /// How long a dedup key and the archived event are kept.
     pub dedup_retention: Duration,
     /// Events whose `timestamp` is further in the future are refused.
@@ -398,6 +400,16 @@ impl Settings {
             )?,
             accept_legacy_rsa: s.parsed("HLGATE_ACCEPT_LEGACY_RSA", true, parse_bool)?,
             max_body_bytes: s.parsed("HLGATE_MAX_BODY_BYTES", 1_048_576, parse_positive)?,
+            body_timeout: s.parsed("HLGATE_BODY_TIMEOUT", Duration::from_secs(30), |t| {
+                // No body could arrive in no time: zero would refuse every webhook.
+                parse_duration(t).and_then(|d| {
+                    if d.is_zero() {
+                        Err(format!("{t:?} must be longer than zero"))
+                    } else {
+                        Ok(d)
+                    }
+                })
+            })?,
             dedup_retention: s.parsed(
                 "HLGATE_DEDUP_RETENTION",
                 Duration::from_secs(7 * 86_400),
@@ -493,6 +505,7 @@ impl Settings {
                 self.accept_legacy_rsa.to_string(),
             ),
             ("HLGATE_MAX_BODY_BYTES", self.max_body_bytes.to_string()),
+            ("HLGATE_BODY_TIMEOUT", format_duration(self.body_timeout)),
             (
                 "HLGATE_DEDUP_RETENTION",
                 format_duration(self.dedup_retention),
@@ -590,7 +603,19 @@ mod tests {
         assert_eq!(s.ed25519_keys.len(), 1);
         assert_eq!(s.rsa_keys.len(), 1);
         assert_eq!(s.schema_mode, SchemaMode::Warn);
+        assert_eq!(s.body_timeout, Duration::from_secs(30));
         assert!(s.oauth.is_none());
+    }
+
+    #[test]
+    fn body_timeout_is_a_duration_from_env_or_file_and_shown() {
+        let s = Settings::load(Some("body_timeout = \"1500ms\"\n"), &HashMap::new()).unwrap();
+        assert_eq!(s.body_timeout, Duration::from_millis(1500));
+        let s = Settings::load(None, &env(&[("HLGATE_BODY_TIMEOUT", "2m")])).unwrap();
+        assert_eq!(s.body_timeout, Duration::from_secs(120));
+        assert!(s
+            .describe()
+            .contains(&("HLGATE_BODY_TIMEOUT", "2m".to_string())));
     }
 
     #[test]
@@ -607,6 +632,8 @@ mod tests {
             ("HLGATE_DEDUP_RETENTION", "7 days"),
             ("HLGATE_LISTEN", "nowhere"),
             ("HLGATE_MAX_BODY_BYTES", "-1"),
+            ("HLGATE_BODY_TIMEOUT", "30"),
+            ("HLGATE_BODY_TIMEOUT", "0s"),
             ("HLGATE_SCHEMA_MODE", "strict"),
             ("HLGATE_ACCEPT_LEGACY_RSA", "maybe"),
             ("HLGATE_ED25519_PUBLIC_KEYS", "no pem here"),

@@ -16,10 +16,11 @@ pub enum WebhookOutcome {
     StaleTimestamp,
     TooLarge,
     Overloaded,
+    BodyTimeout,
 }
 
 impl WebhookOutcome {
-    const ALL: [WebhookOutcome; 7] = [
+    const ALL: [WebhookOutcome; 8] = [
         WebhookOutcome::Accepted,
         WebhookOutcome::Duplicate,
         WebhookOutcome::InvalidSignature,
@@ -27,6 +28,7 @@ impl WebhookOutcome {
         WebhookOutcome::StaleTimestamp,
         WebhookOutcome::TooLarge,
         WebhookOutcome::Overloaded,
+        WebhookOutcome::BodyTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +40,7 @@ impl WebhookOutcome {
             WebhookOutcome::StaleTimestamp => "stale_timestamp",
             WebhookOutcome::TooLarge => "too_large",
             WebhookOutcome::Overloaded => "overloaded",
+            WebhookOutcome::BodyTimeout => "body_timeout",
         }
     }
 }
@@ -93,7 +96,7 @@ impl Histogram {
 /// Every metric hlgate exports.
 #[derive(Default)]
 pub struct Metrics {
-    webhooks: [AtomicU64; 7],
+    webhooks: [AtomicU64; WebhookOutcome::ALL.len()],
     pub signature_fallback: AtomicU64,
     publish: [AtomicU64; 4],
     pub publish_seconds: Histogram,

@@ -141,6 +141,8 @@ impl Application {
         let public_state = web::Data::new(public::PublicState {
             ingest,
             max_body_bytes: settings.max_body_bytes,
+            body_timeout: settings.body_timeout,
+            bodies: public::BodyBudget::for_max_body(settings.max_body_bytes),
             tokens: Some(tokens.clone()),
         });
         let public = HttpServer::new(move || {
@@ -271,6 +273,7 @@ impl Application {
                 [public_task, admin_task],
                 relay_task,
                 &store,
+                settings.shutdown_grace,
             ),
         )
         .await;
@@ -292,16 +295,36 @@ impl Application {
     }
 }
 
+/// The part of the grace requests in flight get to finish; the rest is for the relay's batch
+/// and the final flush.
+fn requests_deadline(grace: Duration) -> Duration {
+    grace * 3 / 4
+}
+
 async fn drain(
     public: ServerHandle,
     admin: ServerHandle,
     servers: [JoinHandle<std::io::Result<()>>; 2],
     relay: JoinHandle<()>,
     store: &Store,
+    grace: Duration,
 ) {
     // Stop taking webhooks first, finishing the requests in flight; their events are stored.
-    public.stop(true).await;
-    admin.stop(true).await;
+    let finish = async {
+        public.stop(true).await;
+        admin.stop(true).await;
+    };
+    if tokio::time::timeout(requests_deadline(grace), finish)
+        .await
+        .is_err()
+    {
+        // A stalled upload would hold the stop for ever. Dropping a server stops its workers at
+        // once, with the connections they still hold.
+        warn!("requests still unfinished at the deadline; closing their connections");
+        for server in &servers {
+            server.abort();
+        }
+    }
     for server in servers {
         let _ = server.await;
     }

@@ -67,6 +67,10 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             response.insert_header(("Retry-After", RETRY_AFTER_SECONDS.to_string()));
         }
+        // The rest of a timed-out body may never come: waiting on it would keep the connection.
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            response.force_close();
+        }
         response.json(Body {
             error: self.code,
             message: &self.message,

@@ -9,5 +9,6 @@ mod highlevel;
 mod poison;
 mod refusals;
 mod schema;
+mod stalled;
 mod tokens;
 mod webhook;
