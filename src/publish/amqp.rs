@@ -142,6 +142,9 @@ pub fn properties(entry: &Entry, attached: &Attached) -> BasicProperties {
     );
     h.insert("x-hl-signature-scheme".into(), text(entry.scheme.as_str()));
     h.insert("x-hl-signature".into(), text(&entry.signature));
+    if entry.compact {
+        h.insert("x-hl-signature-form".into(), text("compact"));
+    }
     h.insert(
         "x-hl-sequence".into(),
         AMQPValue::LongLongInt(entry.seq as i64),

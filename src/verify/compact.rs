@@ -390,7 +390,12 @@ mod tests {
         for case in cases {
             let input = case["input"].as_str().unwrap();
             let expected = case["compact"].as_str();
-            assert_eq!(js(input.as_bytes()).as_deref(), expected, "{}", case["name"]);
+            assert_eq!(
+                js(input.as_bytes()).as_deref(),
+                expected,
+                "{}",
+                case["name"]
+            );
         }
     }
 
@@ -401,7 +406,10 @@ mod tests {
         assert_eq!(fixtures.len(), 92);
         for f in fixtures {
             let name = f["fixture"].as_str().unwrap();
-            let path = format!("{}/tests/fixtures/highlevel/{name}", env!("CARGO_MANIFEST_DIR"));
+            let path = format!(
+                "{}/tests/fixtures/highlevel/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            );
             let text = std::fs::read_to_string(path).unwrap();
             let expected = f["compact"].as_str();
             assert_eq!(js(text.as_bytes()).as_deref(), expected, "{name}");
