@@ -1,5 +1,5 @@
 //! Which form of a body counts: the compact form when only it verified (dedup key, fields,
-//! `x-hl-signature-form`).
+//! `x-hl-signature-form`), and what is JSON at all (invalid UTF-8, lone surrogates).
 
 use std::time::Duration;
 
@@ -106,4 +106,48 @@ async fn only_an_event_verified_over_its_compact_form_says_so() {
         Some("compact")
     );
     tap.cleanup(&app.exchange).await;
+}
+
+/// Starts the app with schemas checked (the default) and with them off: the two parse paths.
+async fn both_parse_paths() -> [TestApp; 2] {
+    [
+        spawn_app().await,
+        spawn_app_with(&[("HLGATE_SCHEMA_MODE", "off")]).await,
+    ]
+}
+
+#[tokio::test]
+async fn invalid_utf8_is_routed_as_malformed() {
+    for app in both_parse_paths().await {
+        let mut tap = Tap::bind(&app.exchange, "#").await;
+        let body = b"{\"type\":\"BadUtf8\",\"locationId\":\"L1\",\"note\":\"caf\xe9\"}";
+        let (status, v) = json(app.post_signed(body).await).await;
+        assert_eq!(status, 200);
+        assert_eq!(v["status"], "accepted");
+        assert_eq!(v["id"], sha256_key(body).as_str());
+        let d = tap.take(1).await.remove(0);
+        assert_eq!(d.routing_key.as_str(), "_malformed.none");
+        assert_eq!(header(&d, "x-hl-event-type").as_deref(), Some("_malformed"));
+        assert_eq!(header(&d, "x-hl-tenant-id").as_deref(), Some("none"));
+        assert_eq!(header(&d, "x-hl-schema").as_deref(), Some("unknown"));
+        assert_eq!(d.data, body.to_vec());
+        tap.cleanup(&app.exchange).await;
+    }
+}
+
+#[tokio::test]
+async fn a_lone_surrogate_escape_is_json_and_routed_by_its_type() {
+    for app in both_parse_paths().await {
+        let mut tap = Tap::bind(&app.exchange, "#").await;
+        // A message cut in the middle of an emoji, as JavaScript's JSON.stringify writes it.
+        let body = br#"{"type":"InboundMessage","locationId":"L2","body":"cut \ud83d"}"#;
+        let (status, v) = json(app.post_signed(body).await).await;
+        assert_eq!(status, 200);
+        assert_eq!(v["status"], "accepted");
+        let d = tap.take(1).await.remove(0);
+        assert_eq!(d.routing_key.as_str(), "InboundMessage.L2");
+        assert_eq!(header(&d, "x-hl-tenant-id").as_deref(), Some("L2"));
+        assert_eq!(d.data, body.to_vec());
+        tap.cleanup(&app.exchange).await;
+    }
 }
