@@ -470,6 +470,8 @@ mod tests {
         let got = v.verify(pretty, h).unwrap();
         assert!(got.used_fallback());
         assert_eq!(got.scheme(), Scheme::Ed25519);
+        assert_eq!(got.body(), pretty);
+        assert_eq!(got.signed_form(), compact);
     }
 
     #[test]
