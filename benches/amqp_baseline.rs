@@ -76,6 +76,7 @@ fn entry(seq: u64, body: &[u8]) -> Entry {
         accepted_ms: now_ms(),
         replay: false,
         scheme: Scheme::Ed25519,
+        compact: false,
         schema: Outcome::Unknown,
         dedup_key: key.clone(),
         index: None,

@@ -272,6 +272,7 @@ fn entry(key: &str, body: &[u8]) -> Entry {
         accepted_ms: 0,
         replay: false,
         scheme: Scheme::Ed25519,
+        compact: false,
         schema: Outcome::Unknown,
         dedup_key: key.to_string(),
         index: None,

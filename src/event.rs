@@ -122,6 +122,15 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// A body that is not JSON: one `_malformed` event, keyed by its hash.
+    fn malformed(body: &[u8]) -> Delivery {
+        Delivery {
+            dedup_key: dedup_key(None, body),
+            is_array: false,
+            events: vec![Event::malformed(body)],
+        }
+    }
+
     /// The `message_id` of event `index`: the dedup key, or `<key>/<index>` for arrays.
     pub fn message_id(&self, index: usize) -> String {
         if self.is_array {
@@ -134,6 +143,10 @@ impl Delivery {
 
 /// Parses a body once into a [`Delivery`]. Never fails: what is not JSON is `_malformed`.
 pub fn parse_delivery(body: &[u8]) -> Delivery {
+    // JSON is UTF-8 (RFC 8259), and serde_json does not check the strings it skips.
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Delivery::malformed(body);
+    };
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
         if let Ok(elements) = serde_json::from_slice::<Vec<&RawValue>>(body) {
@@ -146,10 +159,10 @@ pub fn parse_delivery(body: &[u8]) -> Delivery {
             };
         }
     }
-    let event = match serde_json::from_slice::<Fields>(body) {
+    let event = match serde_json::from_str::<Fields>(text) {
         Ok(fields) => Event::from_fields(fields, body.to_vec()),
         // JSON, but not an object (a string, a number…): no fields to read.
-        Err(_) if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() => {
+        Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
             Event::from_fields(Fields::default(), body.to_vec())
         }
         Err(_) => Event::malformed(body),
@@ -180,7 +193,11 @@ impl Fields {
 /// Like [`parse_delivery`], and also hands back each event's parsed JSON (for schema
 /// validation), so the body is parsed once. `values` is empty for a body that is not JSON.
 pub fn parse_delivery_with_values(body: &[u8]) -> (Delivery, Vec<Value>) {
-    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return (Delivery::malformed(body), Vec::new());
+    };
+    // Not JSON, or JSON a `Value` cannot hold (a lone surrogate escape): the fields alone.
+    let Ok(value) = serde_json::from_str::<Value>(text) else {
         return (parse_delivery(body), Vec::new());
     };
     match value {
@@ -220,7 +237,7 @@ fn element_event(raw: &RawValue) -> Event {
     Event::from_fields(fields, compact)
 }
 
-/// `webhookId` when present, else `sha256:<hex of the raw body>`.
+/// `webhookId` when present, else `sha256:<hex of body>` (the form that verified).
 pub fn dedup_key(webhook_id: Option<&str>, body: &[u8]) -> String {
     match webhook_id {
         Some(id) if id.len() <= MAX_PLAIN_KEY => id.to_string(),
@@ -325,6 +342,27 @@ mod tests {
         );
         assert_eq!(d.events[1].tenant, "C2");
         assert_eq!(d.message_id(1), "w/1");
+    }
+
+    #[test]
+    fn invalid_utf8_is_malformed_on_both_paths() {
+        let body = b"{\"type\":\"BadUtf8\",\"locationId\":\"L\",\"note\":\"\xff\"}";
+        let (with_values, values) = parse_delivery_with_values(body);
+        assert!(values.is_empty());
+        for d in [parse_delivery(body), with_values] {
+            assert_eq!(d.events[0].routing_key(), "_malformed.none");
+            assert_eq!(d.events[0].body, body.to_vec());
+            assert_eq!(d.dedup_key, dedup_key(None, body));
+        }
+    }
+
+    #[test]
+    fn a_lone_surrogate_escape_is_json_on_both_paths() {
+        let body = br#"{"type":"InboundMessage","locationId":"L","body":"cut \ud83d"}"#;
+        let (with_values, _) = parse_delivery_with_values(body);
+        for d in [parse_delivery(body), with_values] {
+            assert_eq!(d.events[0].routing_key(), "InboundMessage.L");
+        }
     }
 
     #[test]

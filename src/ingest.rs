@@ -63,11 +63,11 @@ impl Ingest {
                 .fetch_add(1, Ordering::Relaxed);
         }
         // With schemas to check, parse into JSON values once and read the fields from them;
-        // without, read only the fields.
+        // without, read only the fields. Both from the form that verified.
         let (delivery, values) = if self.schemas.is_empty() {
-            (parse_delivery(verified.body()), Vec::new())
+            (parse_delivery(verified.signed_form()), Vec::new())
         } else {
-            parse_delivery_with_values(verified.body())
+            parse_delivery_with_values(verified.signed_form())
         };
         self.check_timestamps(&delivery, OffsetDateTime::now_utc())?;
 
@@ -126,6 +126,7 @@ impl Ingest {
                     accepted_ms: 0,
                     replay: false,
                     scheme: verified.scheme(),
+                    compact: verified.used_fallback(),
                     schema,
                     dedup_key: delivery.dedup_key.clone(),
                     index: is_array.then_some(i as u32),
@@ -135,9 +136,19 @@ impl Ingest {
                     company_id: event.company_id,
                     webhook_id: event.webhook_id,
                     signature: verified.signature().to_string(),
-                    body: event.body,
+                    body: published_body(verified, is_array, event.body),
                 }
             })
             .collect()
+    }
+}
+
+/// The bytes to publish: as received even when the event was read from its compact form; an
+/// array element's own compact JSON.
+fn published_body(verified: &Verified<'_>, is_array: bool, parsed: Vec<u8>) -> Vec<u8> {
+    if verified.used_fallback() && !is_array {
+        verified.body().to_vec()
+    } else {
+        parsed
     }
 }

@@ -192,6 +192,9 @@ pub fn properties(entry: &Entry, attached: &Attached) -> BasicProperties {
     h.put("x-hl-received-at", text(&rfc3339_ms(entry.accepted_ms)));
     h.put("x-hl-signature-scheme", text(entry.scheme.as_str()));
     h.put("x-hl-signature", text(&entry.signature));
+    if entry.compact {
+        h.put("x-hl-signature-form", text("compact"));
+    }
     h.put("x-hl-sequence", AMQPValue::LongLongInt(entry.seq as i64));
     h.put("x-hl-schema", text(entry.schema.as_str()));
     match attached {
@@ -228,6 +231,9 @@ pub fn quarantine_properties(entry: &Entry, why: &str) -> BasicProperties {
     h.put("x-hl-received-at", text(&rfc3339_ms(entry.accepted_ms)));
     h.put("x-hl-signature-scheme", text(entry.scheme.as_str()));
     h.put("x-hl-signature", text(&entry.signature));
+    if entry.compact {
+        h.put("x-hl-signature-form", text("compact"));
+    }
     persistent(entry, &entry.message_id()).with_headers(h.finish())
 }
 

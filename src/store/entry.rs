@@ -5,6 +5,8 @@ use crate::verify::Scheme;
 
 const VERSION: u8 = 1;
 const FLAG_REPLAY: u8 = 1;
+/// Entries written before this flag have it clear: they verified over their raw bytes.
+const FLAG_COMPACT: u8 = 2;
 const NO_INDEX: u32 = u32::MAX;
 const NONE: u32 = u32::MAX;
 
@@ -19,6 +21,8 @@ pub struct Entry {
     /// A republished copy made by `/v1/replay`.
     pub replay: bool,
     pub scheme: Scheme,
+    /// The signature verified only over the body's compact form, not the bytes as received.
+    pub compact: bool,
     pub schema: Outcome,
     pub dedup_key: String,
     /// Position in a top-level array delivery.
@@ -62,6 +66,9 @@ impl Entry {
         if self.replay {
             flags |= FLAG_REPLAY;
         }
+        if self.compact {
+            flags |= FLAG_COMPACT;
+        }
         out.extend_from_slice(&[VERSION, flags, self.scheme.to_u8(), self.schema.to_u8()]);
         out.extend_from_slice(&self.accepted_ms.to_be_bytes());
         out.extend_from_slice(&self.index.unwrap_or(NO_INDEX).to_be_bytes());
@@ -99,6 +106,7 @@ impl Entry {
             accepted_ms,
             replay: flags & FLAG_REPLAY != 0,
             scheme: Scheme::from_u8(scheme),
+            compact: flags & FLAG_COMPACT != 0,
             schema: Outcome::from_u8(schema),
             dedup_key,
             index: (index != NO_INDEX).then_some(index),
@@ -147,6 +155,7 @@ mod tests {
             accepted_ms: 1_700_000_000_123,
             replay: true,
             scheme: Scheme::RsaSha256,
+            compact: true,
             schema: Outcome::Invalid,
             dedup_key: "k".into(),
             index: Some(3),
@@ -161,5 +170,32 @@ mod tests {
         assert_eq!(Entry::decode(9, &e.encode()), Some(e.clone()));
         assert_eq!(e.message_id(), "k/3");
         assert_eq!(Entry::decode(9, &e.encode()[..10]), None);
+    }
+
+    #[test]
+    fn an_entry_written_before_the_compact_flag_is_not_compact() {
+        let e = Entry {
+            seq: 1,
+            accepted_ms: 0,
+            replay: true,
+            scheme: Scheme::Ed25519,
+            compact: true,
+            schema: Outcome::Unknown,
+            dedup_key: "k".into(),
+            index: None,
+            event_type: "T".into(),
+            tenant: "none".into(),
+            location_id: None,
+            company_id: None,
+            webhook_id: None,
+            signature: "sig".into(),
+            body: b"{}".to_vec(),
+        };
+        let mut old = e.encode();
+        assert_eq!(old[1], FLAG_REPLAY | FLAG_COMPACT);
+        // The only flag an older hlgate wrote.
+        old[1] = FLAG_REPLAY;
+        let decoded = Entry::decode(1, &old).unwrap();
+        assert!(decoded.replay && !decoded.compact);
     }
 }

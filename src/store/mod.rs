@@ -996,6 +996,7 @@ mod tests {
             accepted_ms: 0,
             replay: false,
             scheme: Scheme::Ed25519,
+            compact: false,
             schema: Outcome::Unknown,
             dedup_key: key.into(),
             index: None,

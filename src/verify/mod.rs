@@ -6,7 +6,10 @@
 //! verifies with. Only a [`Verified`] body may reach the store, and only this module can make
 //! one.
 
+mod compact;
 pub mod pem;
+
+pub use compact::compact_json;
 
 use base64::Engine;
 use ring::signature::{self, UnparsedPublicKey};
@@ -251,12 +254,20 @@ pub struct Verified<'a> {
     body: &'a [u8],
     scheme: Scheme,
     signature: &'a str,
-    used_fallback: bool,
+    /// The compact re-serialisation, when only it verified.
+    compact: Option<Vec<u8>>,
 }
 
 impl<'a> Verified<'a> {
+    /// The body as received.
     pub fn body(&self) -> &'a [u8] {
         self.body
+    }
+    /// The bytes the signature covers: the body, or its compact form when only that verified.
+    /// Everything read from the body (and its dedup key) comes from these bytes, so that a
+    /// re-indented copy of a signed event is the same event.
+    pub fn signed_form(&self) -> &[u8] {
+        self.compact.as_deref().unwrap_or(self.body)
     }
     pub fn scheme(&self) -> Scheme {
         self.scheme
@@ -267,7 +278,7 @@ impl<'a> Verified<'a> {
     }
     /// True when only the compact re-serialisation verified.
     pub fn used_fallback(&self) -> bool {
-        self.used_fallback
+        self.compact.is_some()
     }
 }
 
@@ -275,8 +286,8 @@ impl Verifier {
     /// Checks a body against its signature headers.
     ///
     /// `X-GHL-Signature` wins when present (no RSA fallback when it fails); otherwise
-    /// `X-WH-Signature` when legacy RSA is accepted. When the raw bytes fail, the compact
-    /// re-serialisation of the parsed JSON gets one more try.
+    /// `X-WH-Signature` when legacy RSA is accepted. When the raw bytes fail, their compact form
+    /// (`JSON.stringify(JSON.parse(body))`, [`compact_json`]) gets one more try.
     pub fn verify<'a>(
         &self,
         body: &'a [u8],
@@ -292,27 +303,22 @@ impl Verifier {
         let sig = base64::engine::general_purpose::STANDARD
             .decode(header)
             .map_err(|_| VerifyError::Invalid)?;
-        let verified = |used_fallback| Verified {
+        let verified = |compact| Verified {
             body,
             scheme,
             signature: header,
-            used_fallback,
+            compact,
         };
         if keys.verifies(body, &sig) {
-            return Ok(verified(false));
+            return Ok(verified(None));
         }
         match compact_json(body) {
-            Some(compact) if compact != body && keys.verifies(&compact, &sig) => Ok(verified(true)),
+            Some(compact) if compact != body && keys.verifies(&compact, &sig) => {
+                Ok(verified(Some(compact)))
+            }
             _ => Err(VerifyError::Invalid),
         }
     }
-}
-
-/// The body re-serialised the way `JSON.stringify(JSON.parse(body))` would: key order kept,
-/// no whitespace. `None` when the body is not JSON.
-pub fn compact_json(body: &[u8]) -> Option<Vec<u8>> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    serde_json::to_vec(&value).ok()
 }
 
 #[cfg(test)]
@@ -464,6 +470,8 @@ mod tests {
         let got = v.verify(pretty, h).unwrap();
         assert!(got.used_fallback());
         assert_eq!(got.scheme(), Scheme::Ed25519);
+        assert_eq!(got.body(), pretty);
+        assert_eq!(got.signed_form(), compact);
     }
 
     #[test]
