@@ -473,7 +473,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Moves the watermark to `through` once every seq from `first` to `through` is confirmed.
+    /// Moves the watermark to `through` once every seq from `first` to `through` is confirmed,
+    /// and flushes it.
     /// Only a prefix that continues the watermark moves it (after a nack the relay starts over
     /// from the oldest unconfirmed entry); returns whether it moved.
     pub fn mark_published(&self, first: u64, through: u64) -> Result<bool, StoreError> {
@@ -482,6 +483,9 @@ impl Store {
             return Ok(false);
         }
         self.shared.meta.insert(WATERMARK, &through.to_be_bytes())?;
+        // Flushed with every confirmed window: a crash then publishes again only what was in
+        // flight, not every window confirmed since sled's last background flush.
+        self.shared.meta_db.flush()?;
         self.shared.published.store(through, Ordering::Release);
         Ok(true)
     }
