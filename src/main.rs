@@ -41,6 +41,9 @@ async fn main() -> ExitCode {
 
 async fn serve(settings: hlgate::config::Settings) -> ExitCode {
     hlgate::telemetry::init(&settings.log, settings.log_format);
+    // What the gateway writes (events, tokens, keys) is for its own user only: sled creates its
+    // files as the umask lets it.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {

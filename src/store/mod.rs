@@ -296,6 +296,12 @@ fn seq_of(k: &[u8]) -> u64 {
 impl Store {
     /// Opens (or creates) the store in `dir` and starts the writer thread.
     pub fn open(dir: &Path, retention: Duration) -> Result<Store, StoreError> {
+        // A data dir made by an older version or by hand may be open to others.
+        std::fs::create_dir_all(dir)
+            .and_then(|()| {
+                std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            })
+            .map_err(sled::Error::Io)?;
         let meta_db = sled::Config::new()
             .path(dir.join("sled"))
             .cache_capacity(4 * 1024 * 1024)

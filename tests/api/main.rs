@@ -4,6 +4,7 @@ mod admin;
 mod amqp;
 mod cli;
 mod durability;
+mod files;
 mod forms;
 mod helpers;
 mod highlevel;
