@@ -31,6 +31,9 @@ const WINDOW: usize = 2000;
 /// confirms and the next. The store keeps the buckets holding those seqs open
 /// (`Store::close_idle`).
 pub const READ_AHEAD: u64 = 2 * WINDOW as u64;
+/// A window whose confirms have not all come within this time means a stalled link (a broker
+/// that blocks publishers, a network that drops without a reset): reconnect.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -108,6 +111,30 @@ struct InFlight {
     failure: Option<String>,
 }
 
+/// Why a window could not be settled.
+enum LinkDown {
+    /// The broker closed the channel or the connection, or a publish failed.
+    Failed(String),
+    /// Confirms stopped coming: no entry's fault.
+    Stalled,
+}
+
+impl LinkDown {
+    /// The stop it means for a link on which entries up to `handed_through` were handed over.
+    fn stop(self, handed_through: u64) -> Stop {
+        match self {
+            LinkDown::Failed(why) => Stop::Broken {
+                why,
+                handed_through,
+            },
+            LinkDown::Stalled => Stop::Broken {
+                why: format!("no confirm within {CONFIRM_TIMEOUT:?}: the link is stalled"),
+                handed_through: 0,
+            },
+        }
+    }
+}
+
 enum Stop {
     /// The connection or channel failed; reconnect. `handed_through` is the last seq handed to
     /// the broker on it.
@@ -169,7 +196,15 @@ impl Relay {
         info!("relay stopped");
     }
 
-    async fn open(&self) -> Result<Link, lapin::Error> {
+    async fn open(&self) -> Result<Link, String> {
+        // A broker that takes the TCP connection but never answers must not hold the relay.
+        tokio::time::timeout(CONFIRM_TIMEOUT, self.connect())
+            .await
+            .map_err(|_| format!("no answer within {CONFIRM_TIMEOUT:?}"))?
+            .map_err(|e| e.to_string())
+    }
+
+    async fn connect(&self) -> Result<Link, lapin::Error> {
         let link = amqp::connect(&self.config.amqp_url).await?;
         if self.config.declare_topology {
             amqp::declare_topology(&link.channel, &self.config.exchange).await?;
@@ -251,12 +286,7 @@ impl Relay {
                         }
                         continue;
                     }
-                    Err(why) => {
-                        return Stop::Broken {
-                            why,
-                            handed_through: last_seq,
-                        }
-                    }
+                    Err(down) => return down.stop(last_seq),
                 }
             }
             match sent {
@@ -330,12 +360,7 @@ impl Relay {
                         () = shutdown.cancelled() => return Some(Stop::Shutdown),
                     }
                 }
-                Err(why) => {
-                    return Some(Stop::Broken {
-                        why,
-                        handed_through,
-                    })
-                }
+                Err(down) => return Some(down.stop(handed_through)),
             }
         }
         None
@@ -361,8 +386,10 @@ impl Relay {
                 amqp::quarantine_properties(&entry, why),
             )
             .await
-            .map_err(|e| format!("quarantine publish: {e}"))?
+            .map_err(|e| format!("quarantine publish: {e}"))?;
+        let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
             .await
+            .map_err(|_| "no confirm for the quarantine publish".to_string())?
             .map_err(|e| format!("quarantine confirm: {e}"))?;
         // Returned as unroutable (no quarantine queue) is no better than refused.
         if !matches!(confirm, Confirmation::Ack(None)) {
@@ -435,14 +462,23 @@ impl Relay {
 
     /// Awaits a batch's confirms in order and moves the outbox watermark over the confirmed
     /// prefix. `Ok(false)` when something was nacked.
-    async fn settle(&self, in_flight: InFlight) -> Result<bool, String> {
-        let mut failure = in_flight.failure;
+    async fn settle(&self, in_flight: InFlight) -> Result<bool, LinkDown> {
+        let mut failure = in_flight.failure.map(LinkDown::Failed);
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
         let first = in_flight.confirms.first().map(|(e, _)| e.seq);
         let mut acked = Vec::with_capacity(in_flight.confirms.len());
         let mut prefix_end = None;
         let mut all_acked = true;
         for (entry, confirm) in in_flight.confirms {
-            match confirm.await {
+            let Ok(confirmed) = tokio::time::timeout_at(deadline, confirm).await else {
+                // Readiness says so at once; the reconnect follows.
+                self.metrics
+                    .broker_connected
+                    .store(false, Ordering::Relaxed);
+                failure.get_or_insert(LinkDown::Stalled);
+                break;
+            };
+            match confirmed {
                 Ok(c) if c.is_ack() => {
                     if all_acked && failure.is_none() {
                         prefix_end = Some(entry.seq);
@@ -459,7 +495,7 @@ impl Relay {
                 }
                 Err(e) => {
                     self.metrics.publish(PublishResult::Error, 1);
-                    failure.get_or_insert_with(|| format!("confirm: {e}"));
+                    failure.get_or_insert_with(|| LinkDown::Failed(format!("confirm: {e}")));
                 }
             }
         }
@@ -477,7 +513,9 @@ impl Relay {
             let moved =
                 tokio::task::spawn_blocking(move || store.mark_published(first, through)).await;
             if !matches!(moved, Ok(Ok(_))) {
-                return Err("cannot record confirmed entries in the outbox".into());
+                return Err(LinkDown::Failed(
+                    "cannot record confirmed entries in the outbox".into(),
+                ));
             }
         }
         debug!(count = acked.len(), "published");

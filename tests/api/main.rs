@@ -11,6 +11,7 @@ mod highlevel;
 mod poison;
 mod refusals;
 mod schema;
+mod stall;
 mod stalled;
 mod tokens;
 mod webhook;
