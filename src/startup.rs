@@ -9,7 +9,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Settings;
 use crate::http::{admin, error, public};
@@ -40,6 +40,19 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+impl StartupError {
+    /// The data dir is damaged so that starting would hide it.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            StartupError::Store {
+                source: StoreError::Damaged(_),
+                ..
+            }
+        )
+    }
 }
 
 /// A built hlgate, listening, ready to run.
@@ -90,6 +103,19 @@ fn token_service(
     }))
 }
 
+/// Damage about events already accepted does not stop the gateway: refusing to start would
+/// lose the webhooks still coming as well. It is reported until an operator accepts it.
+fn report_damage(store: &Store) {
+    let damage = store.damage();
+    if !damage.is_empty() {
+        error!(
+            %damage,
+            "the store is damaged: events are missing; /readyz answers 503 until `hlgate store \
+             accept-loss` (see `hlgate store check`)"
+        );
+    }
+}
+
 fn listener(addr: SocketAddr) -> Result<TcpListener, StartupError> {
     TcpListener::bind(addr).map_err(|source| StartupError::Bind { addr, source })
 }
@@ -108,6 +134,7 @@ impl Application {
                     source,
                 }
             })?;
+        report_damage(&store);
         let metrics = Arc::new(Metrics::default());
         let tokens = Arc::new(token_service(&settings, &store, &metrics)?);
         let schemas = Arc::new(Schemas::embedded(settings.schema_mode)?);

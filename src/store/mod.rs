@@ -23,10 +23,12 @@
 //! closes the buckets nothing reads ([`Store::close_idle`]).
 
 mod bucket;
+mod damage;
 mod entry;
 mod keys;
 mod tokens;
 
+pub use damage::{accept_loss, check, Acceptance, Damage, Lost, Report};
 pub use entry::Entry;
 pub use tokens::KeyedTree;
 
@@ -40,6 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, Notify};
 
 use bucket::Bucket;
+use damage::Held;
 use keys::{key_hash, KeyIndex};
 
 const DEDUP: u8 = b'd';
@@ -89,6 +92,8 @@ pub enum StoreError {
     Corrupt(u64),
     #[error("write failed: {0}")]
     Write(String),
+    #[error("the store is damaged: {0}")]
+    Damaged(String),
 }
 
 /// A request of the current batch waiting for the flush.
@@ -156,6 +161,8 @@ struct Shared {
     write_failed: AtomicBool,
     /// fsync each group commit; only benchmarks turn it off.
     flush_on_commit: AtomicBool,
+    /// What the start found lost and no operator accepted yet.
+    damage: Damage,
 }
 
 impl Shared {
@@ -223,25 +230,35 @@ fn seq_of(k: &[u8]) -> u64 {
 impl Store {
     /// Opens (or creates) the store in `dir` and starts the writer thread.
     pub fn open(dir: &Path, retention: Duration) -> Result<Store, StoreError> {
+        damage::refuse_without_main_db(dir)?;
         let meta_db = sled::Config::new()
             .path(dir.join("sled"))
             .cache_capacity(4 * 1024 * 1024)
             .open()?;
         let meta = meta_db.open_tree("meta")?;
-        let published = meta
+        let accepted = damage::accepted(&meta)?;
+        let watermark = meta
             .get(WATERMARK)?
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0);
+        let published = damage::past_accepted(watermark, &accepted);
         let now = now_ms();
         let events_dir = dir.join("events");
         let mut index = KeyIndex::default();
         let mut buckets = Vec::new();
-        for (bucket, hashes) in Bucket::open_all(&events_dir, now)? {
+        let (opened, set_aside) = Bucket::open_all(&events_dir, now)?;
+        for (bucket, hashes) in opened {
             index.add(bucket.first_seq, hashes);
             buckets.push(bucket);
         }
-        // Never hand out a seq at or below the watermark, even when every bucket was removed.
-        let last_seq = buckets.last().map_or(0, |b| b.last_seq()).max(published);
+        let damage = damage_at_start(&buckets, &set_aside, published, &accepted, retention, now);
+        // Never hand out a seq at or below the watermark, even when every bucket was removed,
+        // nor one a bucket set aside holds.
+        let last_seq = buckets
+            .last()
+            .map_or(0, |b| b.last_seq())
+            .max(published)
+            .max(set_aside.iter().map(|a| a.last).max().unwrap_or(0));
         // New events go to a new bucket: one opened from disk takes none.
         if buckets
             .last()
@@ -264,6 +281,7 @@ impl Store {
             disk_low: AtomicBool::new(false),
             write_failed: AtomicBool::new(false),
             flush_on_commit: AtomicBool::new(true),
+            damage,
         });
         let (sender, receiver) = mpsc::sync_channel(QUEUE_DEPTH);
         let writer = Writer::new(shared.clone(), last_seq + 1, index);
@@ -274,6 +292,12 @@ impl Store {
         let store = Store { shared, sender };
         store.check_disk(dir);
         Ok(store)
+    }
+
+    /// What the start found lost and not yet accepted (`hlgate store accept-loss`); empty when
+    /// the store accounts for every event.
+    pub fn damage(&self) -> &Damage {
+        &self.shared.damage
     }
 
     /// A tree of opaque values by key, for the token vault (`tokens`) and the INSTALLs waiting
@@ -508,6 +532,27 @@ impl Store {
             .map_err(|e| StoreError::Write(e.to_string()))??;
         Ok(())
     }
+}
+
+/// What the buckets' bounds, read at start, say is lost.
+fn damage_at_start(
+    buckets: &[Bucket],
+    set_aside: &[damage::SetAside],
+    watermark: u64,
+    accepted: &[(u64, u64)],
+    retention: Duration,
+    now: u64,
+) -> Damage {
+    let expired_before = now.saturating_sub(retention.as_millis() as u64);
+    let held = buckets
+        .iter()
+        .map(|b| Held {
+            first: b.first_seq,
+            last: b.last_seq(),
+            expired: b.newest_ms() < expired_before,
+        })
+        .collect();
+    damage::at_start(held, set_aside, watermark, accepted)
 }
 
 /// One group commit being put together.
