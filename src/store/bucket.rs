@@ -35,6 +35,9 @@ const SUMMARY: &str = "keys";
 /// The summary's format, first eight bytes of the file.
 const SUMMARY_MAGIC: &[u8; 8] = b"hlgkeys1";
 
+/// A bucket and the hashes of its dedup keys, as a start reads them.
+pub(super) type WithKeys = (Bucket, Vec<u64>);
+
 pub(super) struct Bucket {
     /// The first seq this bucket holds (or would hold); also its directory name.
     pub first_seq: u64,
@@ -110,7 +113,7 @@ impl Bucket {
     pub fn open_all(
         events_dir: &Path,
         now_ms: u64,
-    ) -> Result<(Vec<(Bucket, Vec<u64>)>, Vec<SetAside>), StoreError> {
+    ) -> Result<(Vec<WithKeys>, Vec<SetAside>), StoreError> {
         std::fs::create_dir_all(events_dir).map_err(sled::Error::Io)?;
         let mut buckets = Vec::new();
         let mut set_aside = Vec::new();

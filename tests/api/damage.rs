@@ -207,10 +207,24 @@ async fn event_buckets_without_the_main_database_refuse_to_start_until_accepted(
     stop(process);
     std::fs::remove_dir_all(site.data().join("sled")).unwrap();
 
-    let process = spawn_process(&site.env, Stdio::piped());
-    let output = process.child.wait_with_output().unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut process = spawn_process(&site.env, Stdio::piped());
+    let mut status = None;
+    // A hang guard only: a refusal comes long before.
+    for _ in 0..300 {
+        status = process.child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if status.is_none() {
+        process.child.kill().unwrap();
+        panic!("it started without its main database");
+    }
+    assert_eq!(status.unwrap().code(), Some(2));
+    let mut stderr = String::new();
+    let mut pipe = process.child.stderr.take().unwrap();
+    pipe.read_to_string(&mut stderr).unwrap();
     assert!(stderr.contains("the main database"), "{stderr}");
     assert!(!site.data().join("sled").exists(), "it made a new one");
     let (code, out) = site.store("check");
