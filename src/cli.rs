@@ -1,5 +1,5 @@
 //! The command line: `serve` (default), `check-config`, `sign`, `keygen`, `outbox`, `tenants`,
-//! `healthcheck`.
+//! `healthcheck`, `store check` and `store accept-loss`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -58,6 +58,19 @@ pub enum Command {
     Tenants,
     /// Exit 0 when the running gateway's admin `/healthz` answers 200 (for container health checks).
     Healthcheck,
+    /// Check the data dir offline for damage, or accept what it lost (hlgate must be stopped).
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreAction {
+    /// Read every bucket; report the seqs and dedup keys lost; exit 0 only when clean.
+    Check,
+    /// Record what `check` reports as given up, so that the next start is ready.
+    AcceptLoss,
 }
 
 /// Loads settings from `--config` and the process environment.
@@ -271,6 +284,26 @@ fn stored_tenants(settings: &Settings) -> Result<serde_json::Value, String> {
         "tenants": tenants,
         "pending_installs": oauth::pending_installs(&installs),
     }))
+}
+
+/// `hlgate store check` and `hlgate store accept-loss`.
+pub fn store(settings: &Settings, action: StoreAction) -> Result<(), String> {
+    let (dir, retention) = (&settings.data_dir, settings.dedup_retention);
+    match action {
+        StoreAction::Check => {
+            let report = crate::store::check(dir, retention).map_err(|e| e.to_string())?;
+            print!("{report}");
+            if report.is_damaged() {
+                return Err("the store is damaged".into());
+            }
+        }
+        StoreAction::AcceptLoss => {
+            let acceptance =
+                crate::store::accept_loss(dir, retention).map_err(|e| e.to_string())?;
+            print!("{acceptance}");
+        }
+    }
+    Ok(())
 }
 
 /// `hlgate healthcheck`.

@@ -28,6 +28,7 @@ async fn main() -> ExitCode {
         Command::Keygen { prefix } => cli::keygen(&prefix),
         Command::Outbox => cli::outbox(&settings).await,
         Command::Tenants => cli::tenants(&settings).await,
+        Command::Store { action } => cli::store(&settings, action),
         Command::Healthcheck => cli::healthcheck(&settings).await,
     };
     match result {
@@ -49,7 +50,8 @@ async fn serve(settings: hlgate::config::Settings) -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             eprintln!("hlgate: {e}");
-            return ExitCode::FAILURE;
+            // As for a bad setting: an operator must act before a restart can help.
+            return ExitCode::from(if e.is_damage() { 2 } else { 1 });
         }
     };
     let shutdown = app.shutdown_token();

@@ -114,6 +114,8 @@ pub struct Gauges {
     /// Event buckets with their database open, and closed.
     pub buckets_open: u64,
     pub buckets_closed: u64,
+    /// The start found events it cannot account for, not yet accepted.
+    pub store_damaged: bool,
     pub tenants: Vec<(&'static str, u64)>,
 }
 
@@ -199,6 +201,16 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "hlgate_store_buckets{{state=\"{state}\"}} {n}");
         }
+        gauge(
+            &mut out,
+            "hlgate_store_damaged",
+            "1 while the store misses events that no operator accepted as lost.",
+        );
+        let _ = writeln!(
+            out,
+            "hlgate_store_damaged {}",
+            u8::from(gauges.store_damaged)
+        );
         counter(
             &mut out,
             "hlgate_publish_total",

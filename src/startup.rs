@@ -44,6 +44,19 @@ pub enum StartupError {
     },
 }
 
+impl StartupError {
+    /// The data dir is damaged so that starting would hide it.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            StartupError::Store {
+                source: StoreError::Damaged(_),
+                ..
+            }
+        )
+    }
+}
+
 /// A built hlgate, listening, ready to run.
 pub struct Application {
     public_addr: SocketAddr,
@@ -92,6 +105,19 @@ fn token_service(
     }))
 }
 
+/// Damage about events already accepted does not stop the gateway: refusing to start would
+/// lose the webhooks still coming as well. It is reported until an operator accepts it.
+fn report_damage(store: &Store) {
+    let damage = store.damage();
+    if !damage.is_empty() {
+        error!(
+            %damage,
+            "the store is damaged: events are missing; /readyz answers 503 until `hlgate store \
+             accept-loss` (see `hlgate store check`)"
+        );
+    }
+}
+
 fn listener(addr: SocketAddr) -> Result<TcpListener, StartupError> {
     TcpListener::bind(addr).map_err(|source| StartupError::Bind { addr, source })
 }
@@ -111,6 +137,7 @@ impl Application {
                 }
             })?;
         store.limit_outbox(settings.outbox_max_events);
+        report_damage(&store);
         let metrics = Arc::new(Metrics::default());
         let tokens = Arc::new(token_service(&settings, &store, &metrics)?);
         let schemas = Arc::new(Schemas::embedded(settings.schema_mode)?);

@@ -90,10 +90,16 @@ async fn readyz(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpRe
         .await
         .map_err(|_| ApiError::overloaded("busy"))?;
     let writable = state.store.writable();
+    let damaged = !state.store.damage().is_empty();
     let connected = state.metrics.broker_connected.load(Ordering::Relaxed);
-    let ready = writable && depth < state.outbox_max_events;
+    let ready = !damaged && writable && depth < state.outbox_max_events;
+    let store = match (damaged, writable) {
+        (true, _) => "damaged",
+        (false, true) => "ok",
+        (false, false) => "unwritable",
+    };
     let body = serde_json::json!({
-        "store": if writable { "ok" } else { "unwritable" },
+        "store": store,
         "broker": if connected { "connected" } else { "disconnected" },
         "outbox_depth": depth,
         "oldest_pending_seconds": oldest,
@@ -118,6 +124,7 @@ async fn metrics(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpR
         outbox_oldest_seconds,
         buckets_open: buckets_open as u64,
         buckets_closed: buckets_closed as u64,
+        store_damaged: !state.store.damage().is_empty(),
         tenants: state
             .tenant_states
             .as_ref()

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
+use super::damage::{SetAside, SET_ASIDE};
 use super::keys::key_hash;
 use super::{key, seq_of, Entry, StoreError, DEDUP, EVENT};
 
@@ -33,6 +34,9 @@ const GONE: &str = "gone";
 const SUMMARY: &str = "keys";
 /// The summary's format, first eight bytes of the file.
 const SUMMARY_MAGIC: &[u8; 8] = b"hlgkeys1";
+
+/// A bucket and the hashes of its dedup keys, as a start reads them.
+pub(super) type WithKeys = (Bucket, Vec<u64>);
 
 pub(super) struct Bucket {
     /// The first seq this bucket holds (or would hold); also its directory name.
@@ -103,10 +107,16 @@ impl Bucket {
     /// Opens every bucket under `events_dir`, oldest first, with its dedup key hashes, and
     /// removes what a crash left of buckets being created or removed. Each is left closed once
     /// its bounds and key hashes are read (from its summary where it has one): the relay opens
-    /// the ones it has to publish as it reaches them, one after the other.
-    pub fn open_all(events_dir: &Path, now_ms: u64) -> Result<Vec<(Bucket, Vec<u64>)>, StoreError> {
+    /// the ones it has to publish as it reaches them, one after the other. A directory without
+    /// its ready marker whose database holds events is not a crash's leftover: it is set aside
+    /// (renamed, never deleted) and returned as such.
+    pub fn open_all(
+        events_dir: &Path,
+        now_ms: u64,
+    ) -> Result<(Vec<WithKeys>, Vec<SetAside>), StoreError> {
         std::fs::create_dir_all(events_dir).map_err(sled::Error::Io)?;
         let mut buckets = Vec::new();
+        let mut set_aside = Vec::new();
         for item in std::fs::read_dir(events_dir).map_err(sled::Error::Io)? {
             let path = item.map_err(sled::Error::Io)?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -128,15 +138,47 @@ impl Bucket {
                     }
                     buckets.push((bucket, summary.hashes));
                 }
+                Ok(first_seq) if first_seq > 0 => {
+                    set_aside.extend(Bucket::set_aside_unless_empty(path, first_seq, now_ms)?)
+                }
                 Ok(_) => std::fs::remove_dir_all(&path).map_err(sled::Error::Io)?,
                 _ if name.ends_with(GONE) => {
                     std::fs::remove_dir_all(&path).map_err(sled::Error::Io)?
                 }
+                // Reported by `hlgate store check`, left for the operator.
+                _ if name.ends_with(SET_ASIDE) => {}
                 _ => tracing::warn!(path = %path.display(), "not a bucket, left alone"),
             }
         }
         buckets.sort_by_key(|(b, _)| b.first_seq);
-        Ok(buckets)
+        Ok((buckets, set_aside))
+    }
+
+    /// A bucket directory without its ready marker: deleted when its database holds no event
+    /// (a crash during its creation), else renamed `<name>.damaged`, bytes untouched.
+    fn set_aside_unless_empty(
+        dir: PathBuf,
+        first_seq: u64,
+        now_ms: u64,
+    ) -> Result<Option<SetAside>, StoreError> {
+        // One that cannot even be read is set aside too: nothing tells that it held nothing.
+        let last = Bucket::open(dir.clone(), first_seq, now_ms)
+            .map(|(b, _)| b.last_seq())
+            .unwrap_or(first_seq);
+        if last < first_seq {
+            std::fs::remove_dir_all(&dir).map_err(sled::Error::Io)?;
+            return Ok(None);
+        }
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let aside = SetAside {
+            name: name.to_string(),
+            first: first_seq,
+            last,
+            dedup_keys: Vec::new(),
+        };
+        std::fs::rename(&dir, dir.with_extension(SET_ASIDE)).map_err(sled::Error::Io)?;
+        sync_dir(dir.parent().unwrap_or(&dir));
+        Ok(Some(aside))
     }
 
     /// Opens a bucket from disk, reading its bounds and its keys' hashes.
@@ -251,6 +293,73 @@ impl Bucket {
         std::fs::rename(&dir, &gone)?;
         std::fs::remove_dir_all(&gone)
     }
+}
+
+/// The bucket directories under `events_dir`, by first seq: whether each is in use (has its
+/// ready marker) or is set aside (renamed, or a start would set it aside).
+pub(super) fn bucket_dirs(events_dir: &Path) -> Result<Vec<(u64, PathBuf, bool)>, StoreError> {
+    let mut dirs = Vec::new();
+    let Ok(items) = std::fs::read_dir(events_dir) else {
+        return Ok(dirs);
+    };
+    for item in items {
+        let path = item.map_err(sled::Error::Io)?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let (seq, suffix) = name.split_once('.').unwrap_or((name, ""));
+        let Some(first_seq) = seq.parse::<u64>().ok().filter(|&s| s > 0) else {
+            continue;
+        };
+        match suffix {
+            "" => dirs.push((first_seq, path.clone(), path.join(READY).exists())),
+            SET_ASIDE => dirs.push((first_seq, path, false)),
+            _ => {}
+        }
+    }
+    dirs.sort_by_key(|(seq, _, _)| *seq);
+    Ok(dirs)
+}
+
+/// What a bucket's database holds, read in full (for `hlgate store check`).
+pub(super) struct Contents {
+    /// The runs of consecutive seqs it holds, in order.
+    pub runs: Vec<(u64, u64)>,
+    /// Acceptance time of its newest entry (0 when it holds none).
+    pub newest_ms: u64,
+    /// The last seq its summary claims, when it has one.
+    pub claimed_last: Option<u64>,
+    /// Its dedup keys, when asked for.
+    pub dedup_keys: Vec<String>,
+}
+
+pub(super) fn read_contents(dir: &Path, with_keys: bool) -> Result<Contents, StoreError> {
+    let db = config(dir).open()?;
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut newest_ms = 0;
+    for item in db.scan_prefix([EVENT]) {
+        let (k, v) = item?;
+        let seq = seq_of(&k);
+        newest_ms = Entry::decode(seq, &v).map_or(newest_ms, |e| e.accepted_ms);
+        match runs.last_mut() {
+            Some(run) if run.1 + 1 == seq => run.1 = seq,
+            _ => runs.push((seq, seq)),
+        }
+    }
+    let mut dedup_keys = Vec::new();
+    if with_keys {
+        for k in db.scan_prefix([DEDUP]).keys() {
+            dedup_keys.push(String::from_utf8_lossy(&k?[1..]).into_owned());
+        }
+    }
+    let first_seq = dir
+        .file_name()
+        .and_then(|n| n.to_str()?.split('.').next()?.parse().ok())
+        .unwrap_or(0);
+    Ok(Contents {
+        runs,
+        newest_ms,
+        claimed_last: Summary::load(dir, first_seq).map(|s| s.last_seq),
+        dedup_keys,
+    })
 }
 
 /// What a start needs of a bucket without opening its database: its bounds and the hashes of
@@ -424,7 +533,7 @@ mod tests {
             hashes: sorted(vec![key_hash(b"a"), key_hash(b"b")]),
         };
         // The first start reads the database and leaves the summary for the next.
-        let opened = Bucket::open_all(events.path(), 999).unwrap();
+        let opened = Bucket::open_all(events.path(), 999).unwrap().0;
         let (bucket, hashes) = &opened[0];
         assert_eq!(
             (bucket.last_seq(), bucket.opened_ms(), bucket.newest_ms()),
@@ -436,7 +545,7 @@ mod tests {
         // Sealing again leaves it as it is.
         drop(opened);
         let before = std::fs::read(dir.join(SUMMARY)).unwrap();
-        let again = Bucket::open_all(events.path(), 999).unwrap();
+        let again = Bucket::open_all(events.path(), 999).unwrap().0;
         again[0].0.seal(999).unwrap();
         assert_eq!(std::fs::read(dir.join(SUMMARY)).unwrap(), before);
     }
@@ -448,7 +557,7 @@ mod tests {
         // A summary that differs from the database shows which of the two a start read.
         let summary = not_the_database();
         summary.write(&dir, 10).unwrap();
-        let opened = Bucket::open_all(events.path(), 999).unwrap();
+        let opened = Bucket::open_all(events.path(), 999).unwrap().0;
         let (bucket, hashes) = &opened[0];
         assert_eq!(
             (bucket.last_seq(), bucket.opened_ms(), bucket.newest_ms()),
@@ -489,7 +598,7 @@ mod tests {
         let mut bad = good;
         bad[20] ^= 0x01;
         std::fs::write(dir.join(SUMMARY), &bad).unwrap();
-        let opened = Bucket::open_all(events.path(), 999).unwrap();
+        let opened = Bucket::open_all(events.path(), 999).unwrap().0;
         assert_eq!(opened[0].0.last_seq(), 12);
         // And the start wrote a good one in its place.
         assert_eq!(Summary::load(&dir, 10).map(|s| s.last_seq), Some(12));
@@ -502,7 +611,7 @@ mod tests {
         bucket.seal(5).unwrap();
         assert!(!bucket.dir.join(SUMMARY).exists());
         drop(bucket);
-        let opened = Bucket::open_all(events.path(), 5).unwrap();
+        let opened = Bucket::open_all(events.path(), 5).unwrap().0;
         assert!(opened[0].0.is_empty());
         assert!(!opened[0].0.dir.join(SUMMARY).exists());
     }

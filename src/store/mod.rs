@@ -23,10 +23,12 @@
 //! closes the buckets nothing reads ([`Store::close_idle`]).
 
 mod bucket;
+mod damage;
 mod entry;
 mod keys;
 mod tokens;
 
+pub use damage::{accept_loss, check, Acceptance, Damage, Lost, Report};
 pub use entry::Entry;
 pub use tokens::KeyedTree;
 
@@ -40,6 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, Notify};
 
 use bucket::Bucket;
+use damage::Held;
 use keys::{key_hash, KeyIndex};
 
 const DEDUP: u8 = b'd';
@@ -103,6 +106,8 @@ pub enum StoreError {
     DiskLow { free: u64, reserve: u64 },
     #[error("the store did not commit within {0:?}")]
     Stalled(Duration),
+    #[error("the store is damaged: {0}")]
+    Damaged(String),
 }
 
 /// The data disk's free space and the part of it new events must leave free.
@@ -215,6 +220,8 @@ struct Shared {
     writing_since: AtomicU64,
     /// fsync each group commit; only benchmarks turn it off.
     flush_on_commit: AtomicBool,
+    /// What the start found lost and no operator accepted yet.
+    damage: Damage,
 }
 
 impl Shared {
@@ -302,25 +309,35 @@ impl Store {
                 std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             })
             .map_err(sled::Error::Io)?;
+        damage::refuse_without_main_db(dir)?;
         let meta_db = sled::Config::new()
             .path(dir.join("sled"))
             .cache_capacity(4 * 1024 * 1024)
             .open()?;
         let meta = meta_db.open_tree("meta")?;
-        let published = meta
+        let accepted = damage::accepted(&meta)?;
+        let watermark = meta
             .get(WATERMARK)?
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0);
+        let published = damage::past_accepted(watermark, &accepted);
         let now = now_ms();
         let events_dir = dir.join("events");
         let mut index = KeyIndex::default();
         let mut buckets = Vec::new();
-        for (bucket, hashes) in Bucket::open_all(&events_dir, now)? {
+        let (opened, set_aside) = Bucket::open_all(&events_dir, now)?;
+        for (bucket, hashes) in opened {
             index.add(bucket.first_seq, hashes);
             buckets.push(bucket);
         }
-        // Never hand out a seq at or below the watermark, even when every bucket was removed.
-        let last_seq = buckets.last().map_or(0, |b| b.last_seq()).max(published);
+        let damage = damage_at_start(&buckets, &set_aside, published, &accepted, retention, now);
+        // Never hand out a seq at or below the watermark, even when every bucket was removed,
+        // nor one a bucket set aside holds.
+        let last_seq = buckets
+            .last()
+            .map_or(0, |b| b.last_seq())
+            .max(published)
+            .max(set_aside.iter().map(|a| a.last).max().unwrap_or(0));
         // New events go to a new bucket: one opened from disk takes none.
         if buckets
             .last()
@@ -346,6 +363,7 @@ impl Store {
             write_failed: AtomicBool::new(false),
             writing_since: AtomicU64::new(0),
             flush_on_commit: AtomicBool::new(true),
+            damage,
         });
         let (sender, receiver) = mpsc::sync_channel(QUEUE_DEPTH);
         let writer = Writer::new(shared.clone(), last_seq + 1, index);
@@ -356,6 +374,12 @@ impl Store {
         let store = Store { shared, sender };
         store.check_disk();
         Ok(store)
+    }
+
+    /// What the start found lost and not yet accepted (`hlgate store accept-loss`); empty when
+    /// the store accounts for every event.
+    pub fn damage(&self) -> &Damage {
+        &self.shared.damage
     }
 
     /// A tree of opaque values by key, for the token vault (`tokens`) and the INSTALLs waiting
@@ -610,6 +634,27 @@ impl Store {
             .map_err(|e| StoreError::Write(e.to_string()))??;
         Ok(())
     }
+}
+
+/// What the buckets' bounds, read at start, say is lost.
+fn damage_at_start(
+    buckets: &[Bucket],
+    set_aside: &[damage::SetAside],
+    watermark: u64,
+    accepted: &[(u64, u64)],
+    retention: Duration,
+    now: u64,
+) -> Damage {
+    let expired_before = now.saturating_sub(retention.as_millis() as u64);
+    let held = buckets
+        .iter()
+        .map(|b| Held {
+            first: b.first_seq,
+            last: b.last_seq(),
+            expired: b.newest_ms() < expired_before,
+        })
+        .collect();
+    damage::at_start(held, set_aside, watermark, accepted)
 }
 
 /// One group commit being put together.

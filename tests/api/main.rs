@@ -3,6 +3,7 @@
 mod admin;
 mod amqp;
 mod cli;
+mod damage;
 mod durability;
 mod files;
 mod forms;
