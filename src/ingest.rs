@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::event::{parse_delivery, parse_delivery_with_values, Delivery};
+use crate::event::{parse_delivery, parse_delivery_with_values, Delivery, NO_TENANT, UNKNOWN};
 use crate::metrics::Metrics;
 use crate::schema::{Outcome, Schemas};
 use crate::store::{AcceptOutcome, Entry, Store, StoreError};
@@ -20,6 +20,21 @@ pub struct Receipt {
     pub event_type: String,
     pub tenant: String,
     pub webhook_id: Option<String>,
+}
+
+impl Receipt {
+    /// Named after the delivery's first event. An empty array has none: its dedup key is
+    /// still recorded, so it reads as a delivery of no event of no tenant.
+    fn of(delivery: &Delivery) -> Receipt {
+        let first = delivery.events.first();
+        Receipt {
+            duplicate: false,
+            dedup_key: delivery.dedup_key.clone(),
+            event_type: first.map_or(UNKNOWN, |e| e.event_type.as_str()).to_string(),
+            tenant: first.map_or(NO_TENANT, |e| e.tenant.as_str()).to_string(),
+            webhook_id: first.and_then(|e| e.webhook_id.clone()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,14 +94,7 @@ impl Ingest {
         if !self.store.writable() {
             return Err(StoreError::Write("the data disk is full or failing".into()).into());
         }
-        let first = &delivery.events[0];
-        let receipt = Receipt {
-            duplicate: false,
-            dedup_key: delivery.dedup_key.clone(),
-            event_type: first.event_type.clone(),
-            tenant: first.tenant.clone(),
-            webhook_id: first.webhook_id.clone(),
-        };
+        let receipt = Receipt::of(&delivery);
         let entries = self.entries(&verified, delivery, &values);
         match self
             .store

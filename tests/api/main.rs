@@ -7,5 +7,6 @@ mod durability;
 mod helpers;
 mod highlevel;
 mod schema;
+mod shapes;
 mod tokens;
 mod webhook;
