@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::event::{parse_delivery, parse_delivery_with_values, Delivery, NO_TENANT, UNKNOWN};
+use crate::event::{parse_delivery, parse_delivery_checked, Delivery, NO_TENANT, UNKNOWN};
 use crate::metrics::Metrics;
 use crate::schema::{Outcome, Schemas};
 use crate::store::{AcceptOutcome, Entry, Store, StoreError};
@@ -78,13 +78,7 @@ impl Ingest {
                 .signature_fallback
                 .fetch_add(1, Ordering::Relaxed);
         }
-        // With schemas to check, parse into JSON values once and read the fields from them;
-        // without, read only the fields.
-        let (delivery, values) = if self.schemas.is_empty() {
-            (parse_delivery(verified.body()), Vec::new())
-        } else {
-            parse_delivery_with_values(verified.body())
-        };
+        let (delivery, schema) = parse(verified.body(), &self.schemas);
         self.check_timestamps(&delivery, OffsetDateTime::now_utc())?;
 
         let depth = self.store.depth();
@@ -95,7 +89,7 @@ impl Ingest {
             return Err(StoreError::Write("the data disk is full or failing".into()).into());
         }
         let receipt = Receipt::of(&delivery);
-        let entries = self.entries(&verified, delivery, &values);
+        let entries = entries(&verified, delivery, schema);
         match self
             .store
             .accept(receipt.dedup_key.clone(), entries)
@@ -118,40 +112,47 @@ impl Ingest {
         }
         Ok(())
     }
+}
 
-    fn entries(
-        &self,
-        verified: &Verified<'_>,
-        delivery: Delivery,
-        values: &[serde_json::Value],
-    ) -> Vec<Entry> {
-        let is_array = delivery.is_array;
-        delivery
-            .events
-            .into_iter()
-            .enumerate()
-            .map(|(i, event)| {
-                let schema = match values.get(i) {
-                    Some(value) => self.schemas.validate_value(&event.event_type, value),
-                    None => Outcome::Unknown,
-                };
-                Entry {
-                    seq: 0,
-                    accepted_ms: 0,
-                    replay: false,
-                    scheme: verified.scheme(),
-                    schema,
-                    dedup_key: delivery.dedup_key.clone(),
-                    index: is_array.then_some(i as u32),
-                    event_type: event.event_type,
-                    tenant: event.tenant,
-                    location_id: event.location_id,
-                    company_id: event.company_id,
-                    webhook_id: event.webhook_id,
-                    signature: verified.signature().to_string(),
-                    body: event.body,
-                }
-            })
-            .collect()
+/// Parses a verified body once. With schemas to check, each event is validated while its
+/// parsed JSON is at hand (one outcome per event); without, only the fields are read and the
+/// outcomes are left empty (`unknown`).
+pub fn parse(body: &[u8], schemas: &Schemas) -> (Delivery, Vec<Outcome>) {
+    if schemas.is_empty() {
+        return (parse_delivery(body), Vec::new());
     }
+    parse_delivery_checked(body, |event, value| match value {
+        Some(value) => schemas.validate_value(&event.event_type, value),
+        None => Outcome::Unknown,
+    })
+}
+
+/// The outbox entries of a verified delivery, one per event, with the outcomes of [`parse`].
+pub fn entries(verified: &Verified<'_>, delivery: Delivery, schema: Vec<Outcome>) -> Vec<Entry> {
+    let Delivery {
+        dedup_key,
+        is_array,
+        events,
+    } = delivery;
+    let mut schema = schema.into_iter();
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| Entry {
+            seq: 0,
+            accepted_ms: 0,
+            replay: false,
+            scheme: verified.scheme(),
+            schema: schema.next().unwrap_or(Outcome::Unknown),
+            dedup_key: dedup_key.clone(),
+            index: is_array.then_some(i as u32),
+            event_type: event.event_type,
+            tenant: event.tenant,
+            location_id: event.location_id,
+            company_id: event.company_id,
+            webhook_id: event.webhook_id,
+            signature: verified.signature().to_string(),
+            body: event.body,
+        })
+        .collect()
 }
