@@ -147,17 +147,8 @@ pub fn parse_delivery(body: &[u8]) -> Delivery {
     let Ok(text) = std::str::from_utf8(body) else {
         return Delivery::malformed(body);
     };
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    if first == Some(&b'[') {
-        if let Ok(elements) = serde_json::from_slice::<Vec<&RawValue>>(body) {
-            let events: Vec<Event> = elements.iter().map(|raw| element_event(raw)).collect();
-            let webhook_id = events.iter().find_map(|e| e.webhook_id.clone());
-            return Delivery {
-                dedup_key: dedup_key(webhook_id.as_deref(), body),
-                is_array: true,
-                events,
-            };
-        }
+    if let Some(delivery) = parse_array(body, |_, _| ()).0 {
+        return delivery;
     }
     let event = match serde_json::from_str::<Fields>(text) {
         Ok(fields) => Event::from_fields(fields, body.to_vec()),
@@ -190,51 +181,88 @@ impl Fields {
     }
 }
 
-/// Like [`parse_delivery`], and also hands back each event's parsed JSON (for schema
-/// validation), so the body is parsed once. `values` is empty for a body that is not JSON.
-pub fn parse_delivery_with_values(body: &[u8]) -> (Delivery, Vec<Value>) {
+/// Like [`parse_delivery`], and hands each event with its parsed JSON to `check` (schema
+/// validation) while that JSON is at hand: one parse of the body, and no event's tree outlives
+/// its turn, so an array costs one element's tree at a time. `check` sees `None` for an event
+/// that has no tree (not JSON, or nested too deeply to parse into one).
+pub fn parse_delivery_checked<T>(
+    body: &[u8],
+    mut check: impl FnMut(&Event, Option<&Value>) -> T,
+) -> (Delivery, Vec<T>) {
     let Ok(text) = std::str::from_utf8(body) else {
-        return (Delivery::malformed(body), Vec::new());
+        let delivery = Delivery::malformed(body);
+        let checked = delivery.events.iter().map(|e| check(e, None)).collect();
+        return (delivery, checked);
     };
+    if let (Some(delivery), checked) = parse_array(body, &mut check) {
+        return (delivery, checked);
+    }
     // Not JSON, or JSON a `Value` cannot hold (a lone surrogate escape): the fields alone.
     let Ok(value) = serde_json::from_str::<Value>(text) else {
-        return (parse_delivery(body), Vec::new());
+        let delivery = parse_delivery(body);
+        let checked = delivery.events.iter().map(|e| check(e, None)).collect();
+        return (delivery, checked);
     };
-    match value {
-        Value::Array(items) => {
-            let events: Vec<Event> = items
-                .iter()
-                .map(|item| {
-                    let compact = serde_json::to_vec(item).expect("a Value serialises");
-                    Event::from_fields(Fields::from_value(item), compact)
-                })
-                .collect();
-            let webhook_id = events.iter().find_map(|e| e.webhook_id.clone());
-            let delivery = Delivery {
-                dedup_key: dedup_key(webhook_id.as_deref(), body),
-                is_array: true,
-                events,
-            };
-            (delivery, items)
-        }
-        value => {
-            let event = Event::from_fields(Fields::from_value(&value), body.to_vec());
-            let delivery = Delivery {
-                dedup_key: dedup_key(event.webhook_id.as_deref(), body),
-                is_array: false,
-                events: vec![event],
-            };
-            (delivery, vec![value])
-        }
-    }
+    let event = Event::from_fields(Fields::from_value(&value), body.to_vec());
+    let checked = vec![check(&event, Some(&value))];
+    let delivery = Delivery {
+        dedup_key: dedup_key(event.webhook_id.as_deref(), body),
+        is_array: false,
+        events: vec![event],
+    };
+    (delivery, checked)
 }
 
-fn element_event(raw: &RawValue) -> Event {
-    let compact = serde_json::from_str::<Value>(raw.get())
-        .and_then(|v| serde_json::to_vec(&v))
-        .unwrap_or_else(|_| raw.get().as_bytes().to_vec());
-    let fields = serde_json::from_str::<Fields>(raw.get()).unwrap_or_default();
-    Event::from_fields(fields, compact)
+/// A top-level array, element by element; `None` when the body is not one.
+fn parse_array<T>(
+    body: &[u8],
+    mut check: impl FnMut(&Event, Option<&Value>) -> T,
+) -> (Option<Delivery>, Vec<T>) {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    // Borrowed slices of the body: the elements are parsed one at a time below.
+    let elements = match first {
+        Some(b'[') => serde_json::from_slice::<Vec<&RawValue>>(body).ok(),
+        _ => None,
+    };
+    let Some(elements) = elements else {
+        return (None, Vec::new());
+    };
+    let mut checked = Vec::with_capacity(elements.len());
+    let mut events = Vec::with_capacity(elements.len());
+    for raw in elements {
+        let (event, value) = element_event(raw);
+        checked.push(check(&event, value.as_ref()));
+        events.push(event);
+    }
+    let key = dedup_key(events.iter().find_map(|e| e.webhook_id.as_deref()), body);
+    let delivery = Delivery {
+        dedup_key: key,
+        is_array: true,
+        events,
+    };
+    (Some(delivery), checked)
+}
+
+/// One array element, from one parse: its fields and its compact JSON. One nested too deeply
+/// for a tree keeps its text as it is, and its fields are read without one.
+fn element_event(raw: &RawValue) -> (Event, Option<Value>) {
+    match serde_json::from_str::<Value>(raw.get()) {
+        Ok(value) => {
+            let compact = serde_json::to_vec(&value).expect("a Value serialises");
+            (
+                Event::from_fields(Fields::from_value(&value), compact),
+                Some(value),
+            )
+        }
+        Err(_) => {
+            // Only an object has fields (serde would read an array's items as them).
+            let fields = Some(raw.get())
+                .filter(|text| text.starts_with('{'))
+                .and_then(|text| serde_json::from_str::<Fields>(text).ok());
+            let event = Event::from_fields(fields.unwrap_or_default(), raw.get().into());
+            (event, None)
+        }
+    }
 }
 
 /// `webhookId` when present, else `sha256:<hex of body>` (the form that verified).
@@ -342,14 +370,18 @@ mod tests {
         );
         assert_eq!(d.events[1].tenant, "C2");
         assert_eq!(d.message_id(1), "w/1");
+        // An element that is an array has no fields, though serde would read seven items as them.
+        let d = parse_delivery(br#"[["ContactCreate","L",null,null,null,"w",null]]"#);
+        assert_eq!(d.events[0].routing_key(), "unknown.none");
+        assert!(d.dedup_key.starts_with("sha256:"));
     }
 
     #[test]
     fn invalid_utf8_is_malformed_on_both_paths() {
         let body = b"{\"type\":\"BadUtf8\",\"locationId\":\"L\",\"note\":\"\xff\"}";
-        let (with_values, values) = parse_delivery_with_values(body);
-        assert!(values.is_empty());
-        for d in [parse_delivery(body), with_values] {
+        let (checked, trees) = parse_delivery_checked(body, |_, value| value.is_some());
+        assert_eq!(trees, [false], "no JSON tree for a body that is not UTF-8");
+        for d in [parse_delivery(body), checked] {
             assert_eq!(d.events[0].routing_key(), "_malformed.none");
             assert_eq!(d.events[0].body, body.to_vec());
             assert_eq!(d.dedup_key, dedup_key(None, body));
@@ -359,8 +391,8 @@ mod tests {
     #[test]
     fn a_lone_surrogate_escape_is_json_on_both_paths() {
         let body = br#"{"type":"InboundMessage","locationId":"L","body":"cut \ud83d"}"#;
-        let (with_values, _) = parse_delivery_with_values(body);
-        for d in [parse_delivery(body), with_values] {
+        let (checked, _) = parse_delivery_checked(body, |_, _| ());
+        for d in [parse_delivery(body), checked] {
             assert_eq!(d.events[0].routing_key(), "InboundMessage.L");
         }
     }
@@ -437,11 +469,14 @@ mod properties {
         ) {
             let one = serde_json::json!({"type": kind, "locationId": location, "altId": alt,
                                          "altType": "location", "companyId": company});
-            let body = if array { serde_json::json!([one, one]) } else { one };
+            // An element that is itself an array has no fields, whatever its items are.
+            let items = serde_json::json!([kind, location, alt, "location", company, "w", null]);
+            let body = if array { serde_json::json!([one, one, items]) } else { one };
             let bytes = serde_json::to_vec_pretty(&body).unwrap();
-            let (with_values, values) = parse_delivery_with_values(&bytes);
-            prop_assert_eq!(&with_values, &parse_delivery(&bytes));
-            prop_assert_eq!(values.len(), with_values.events.len());
+            let (checked, values) = parse_delivery_checked(&bytes, |_, value| value.is_some());
+            prop_assert_eq!(&checked, &parse_delivery(&bytes));
+            prop_assert_eq!(values.len(), checked.events.len());
+            prop_assert!(values.iter().all(|&had_value| had_value));
         }
 
         #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::event::{parse_delivery, parse_delivery_with_values, Delivery};
+use crate::event::{parse_delivery, parse_delivery_checked, Delivery, NO_TENANT, UNKNOWN};
 use crate::metrics::Metrics;
 use crate::schema::{Outcome, Schemas};
 use crate::store::{AcceptOutcome, Entry, Store, StoreError};
@@ -20,6 +20,21 @@ pub struct Receipt {
     pub event_type: String,
     pub tenant: String,
     pub webhook_id: Option<String>,
+}
+
+impl Receipt {
+    /// Named after the delivery's first event. An empty array has none: its dedup key is
+    /// still recorded, so it reads as a delivery of no event of no tenant.
+    fn of(delivery: &Delivery) -> Receipt {
+        let first = delivery.events.first();
+        Receipt {
+            duplicate: false,
+            dedup_key: delivery.dedup_key.clone(),
+            event_type: first.map_or(UNKNOWN, |e| e.event_type.as_str()).to_string(),
+            tenant: first.map_or(NO_TENANT, |e| e.tenant.as_str()).to_string(),
+            webhook_id: first.and_then(|e| e.webhook_id.clone()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,24 +77,12 @@ impl Ingest {
                 .signature_fallback
                 .fetch_add(1, Ordering::Relaxed);
         }
-        // With schemas to check, parse into JSON values once and read the fields from them;
-        // without, read only the fields. Both from the form that verified.
-        let (delivery, values) = if self.schemas.is_empty() {
-            (parse_delivery(verified.signed_form()), Vec::new())
-        } else {
-            parse_delivery_with_values(verified.signed_form())
-        };
+        // Fields and the dedup key come from the form that verified.
+        let (delivery, schema) = parse(verified.signed_form(), &self.schemas);
         self.check_timestamps(&delivery, OffsetDateTime::now_utc())?;
 
-        let first = &delivery.events[0];
-        let receipt = Receipt {
-            duplicate: false,
-            dedup_key: delivery.dedup_key.clone(),
-            event_type: first.event_type.clone(),
-            tenant: first.tenant.clone(),
-            webhook_id: first.webhook_id.clone(),
-        };
-        let entries = self.entries(&verified, delivery, &values);
+        let receipt = Receipt::of(&delivery);
+        let entries = entries(&verified, delivery, schema);
         // The store answers a duplicate before it refuses for a full outbox or disk.
         let outcome = match self.store.accept(receipt.dedup_key.clone(), entries).await {
             Ok(outcome) => outcome,
@@ -104,43 +107,50 @@ impl Ingest {
         }
         Ok(())
     }
+}
 
-    fn entries(
-        &self,
-        verified: &Verified<'_>,
-        delivery: Delivery,
-        values: &[serde_json::Value],
-    ) -> Vec<Entry> {
-        let is_array = delivery.is_array;
-        delivery
-            .events
-            .into_iter()
-            .enumerate()
-            .map(|(i, event)| {
-                let schema = match values.get(i) {
-                    Some(value) => self.schemas.validate_value(&event.event_type, value),
-                    None => Outcome::Unknown,
-                };
-                Entry {
-                    seq: 0,
-                    accepted_ms: 0,
-                    replay: false,
-                    scheme: verified.scheme(),
-                    compact: verified.used_fallback(),
-                    schema,
-                    dedup_key: delivery.dedup_key.clone(),
-                    index: is_array.then_some(i as u32),
-                    event_type: event.event_type,
-                    tenant: event.tenant,
-                    location_id: event.location_id,
-                    company_id: event.company_id,
-                    webhook_id: event.webhook_id,
-                    signature: verified.signature().to_string(),
-                    body: published_body(verified, is_array, event.body),
-                }
-            })
-            .collect()
+/// Parses a verified body once. With schemas to check, each event is validated while its
+/// parsed JSON is at hand (one outcome per event); without, only the fields are read and the
+/// outcomes are left empty (`unknown`).
+pub fn parse(body: &[u8], schemas: &Schemas) -> (Delivery, Vec<Outcome>) {
+    if schemas.is_empty() {
+        return (parse_delivery(body), Vec::new());
     }
+    parse_delivery_checked(body, |event, value| match value {
+        Some(value) => schemas.validate_value(&event.event_type, value),
+        None => Outcome::Unknown,
+    })
+}
+
+/// The outbox entries of a verified delivery, one per event, with the outcomes of [`parse`].
+pub fn entries(verified: &Verified<'_>, delivery: Delivery, schema: Vec<Outcome>) -> Vec<Entry> {
+    let Delivery {
+        dedup_key,
+        is_array,
+        events,
+    } = delivery;
+    let mut schema = schema.into_iter();
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| Entry {
+            seq: 0,
+            accepted_ms: 0,
+            replay: false,
+            scheme: verified.scheme(),
+            compact: verified.used_fallback(),
+            schema: schema.next().unwrap_or(Outcome::Unknown),
+            dedup_key: dedup_key.clone(),
+            index: is_array.then_some(i as u32),
+            event_type: event.event_type,
+            tenant: event.tenant,
+            location_id: event.location_id,
+            company_id: event.company_id,
+            webhook_id: event.webhook_id,
+            signature: verified.signature().to_string(),
+            body: published_body(verified, is_array, event.body),
+        })
+        .collect()
 }
 
 /// The bytes to publish: as received even when the event was read from its compact form; an

@@ -12,6 +12,7 @@ mod highlevel;
 mod poison;
 mod refusals;
 mod schema;
+mod shapes;
 mod stall;
 mod stalled;
 mod tokens;
