@@ -948,7 +948,13 @@ impl Writer {
     fn remember(&self, written: Vec<Entry>) {
         let published = self.shared.published.load(Ordering::Acquire);
         let mut recent = self.shared.recent.lock().expect("recent entries");
-        recent.extend(written);
+        // A large array delivery keeps only its newest entries, and never grows the buffer
+        // past its size (a deque does not give memory back); the seqs in it stay consecutive.
+        let skip = written.len().saturating_sub(RECENT);
+        if skip > 0 {
+            recent.clear();
+        }
+        recent.extend(written.into_iter().skip(skip));
         while recent
             .front()
             .is_some_and(|e| recent.len() > RECENT || e.seq <= published)
@@ -1063,6 +1069,31 @@ mod tests {
             signature: "sig".into(),
             body: body.as_bytes().to_vec(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_large_delivery_keeps_only_its_newest_entries_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Duration::from_secs(60)).unwrap();
+        store
+            .accept("a".into(), vec![entry("a", "1")])
+            .await
+            .unwrap();
+        let count = 4 * RECENT + 500;
+        let many: Vec<Entry> = (0..count).map(|_| entry("big", "2")).collect();
+        store.accept("big".into(), many).await.unwrap();
+        let capacity = store.shared.recent.lock().unwrap().capacity();
+        assert!(
+            capacity <= 2 * RECENT,
+            "room for {capacity} entries kept in memory"
+        );
+        // Reads are whole and in order, from memory or from disk.
+        let all = store.pending_after(0, 100_000).unwrap();
+        let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=count as u64 + 1).collect::<Vec<_>>());
+        let tail = store.pending_after(count as u64 - 10, 100_000).unwrap();
+        assert_eq!(tail.first().map(|e| e.seq), Some(count as u64 - 9));
+        assert_eq!(tail.len(), 11);
     }
 
     #[tokio::test]
