@@ -20,24 +20,12 @@ const PRETTY: &[u8] = br#"{
 }"#;
 const REINDENTED: &[u8] = b"{\"type\":\t\"NoteCreate\",\"locationId\":\"loc-forms\",\r\n\t\"id\":\"n1\",\"body\":\"Jos\xc3\xa9 / caf\\u00e9\",\"score\":10e-1,\"customFields\":{\"2\":\"b\",\"1\":\"a\"}}";
 
-async fn json(r: reqwest::Response) -> (u16, Value) {
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
-}
-
-fn sha256_key(body: &[u8]) -> String {
-    format!(
-        "sha256:{}",
-        hlgate::event::hex(ring::digest::digest(&ring::digest::SHA256, body).as_ref())
-    )
-}
-
 #[tokio::test]
 async fn a_reindented_copy_of_a_compact_signed_event_is_a_duplicate() {
     let app = spawn_app().await;
     let mut tap = Tap::bind(&app.exchange, "#").await;
     let (sig_header, sig) = app.ed.sign(COMPACT);
-    let key = sha256_key(COMPACT);
+    let key = hlgate::event::dedup_key(None, COMPACT);
 
     let (status, v) = json(app.post(PRETTY, &[(sig_header, &sig)]).await).await;
     assert_eq!(status, 200, "{v}");
@@ -89,7 +77,7 @@ async fn only_an_event_verified_over_its_compact_form_says_so() {
     let (status, _) = json(app.post_signed(COMPACT).await).await;
     assert_eq!(status, 200);
     let d = tap.take(1).await.remove(0);
-    assert_eq!(message_id(&d), sha256_key(COMPACT));
+    assert_eq!(message_id(&d), hlgate::event::dedup_key(None, COMPACT));
     assert_eq!(header(&d, "x-hl-signature-form"), None);
 
     // Verifies only over its compact form.
@@ -124,7 +112,7 @@ async fn invalid_utf8_is_routed_as_malformed() {
         let (status, v) = json(app.post_signed(body).await).await;
         assert_eq!(status, 200);
         assert_eq!(v["status"], "accepted");
-        assert_eq!(v["id"], sha256_key(body).as_str());
+        assert_eq!(v["id"], hlgate::event::dedup_key(None, body).as_str());
         let d = tap.take(1).await.remove(0);
         assert_eq!(d.routing_key.as_str(), "_malformed.none");
         assert_eq!(header(&d, "x-hl-event-type").as_deref(), Some("_malformed"));

@@ -366,6 +366,12 @@ impl Tap {
     }
 }
 
+/// An answer's status and JSON body.
+pub async fn json(r: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
 /// A header of a delivery as text.
 pub fn header(d: &Delivery, name: &str) -> Option<String> {
     let headers = d.properties.headers().as_ref()?;

@@ -6,24 +6,12 @@ use std::time::Duration;
 use crate::helpers::*;
 use serde_json::Value;
 
-async fn json(r: reqwest::Response) -> (u16, Value) {
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
-}
-
-fn body_hash_key(body: &[u8]) -> String {
-    format!(
-        "sha256:{}",
-        hlgate::event::hex(ring::digest::digest(&ring::digest::SHA256, body).as_ref())
-    )
-}
-
 #[tokio::test]
 async fn an_empty_array_is_accepted_deduplicated_and_publishes_nothing() {
     let app = spawn_app().await;
     let mut tap = Tap::bind(&app.exchange, "#").await;
     for body in [&b"[]"[..], b"[ ]", b"[\n]"] {
-        let key = body_hash_key(body);
+        let key = hlgate::event::dedup_key(None, body);
         let (status, v) = json(app.post_signed(body).await).await;
         assert_eq!(status, 200, "{body:?}");
         assert_eq!(v, serde_json::json!({"status": "accepted", "id": key}));
@@ -108,7 +96,11 @@ async fn an_array_element_that_is_an_array_has_no_fields() {
         let mut tap = Tap::bind(&app.exchange, "#").await;
         let (status, v) = json(app.post_signed(body.as_bytes()).await).await;
         assert_eq!(status, 200);
-        assert_eq!(v["id"], body_hash_key(body.as_bytes()), "{mode}");
+        assert_eq!(
+            v["id"],
+            hlgate::event::dedup_key(None, body.as_bytes()),
+            "{mode}"
+        );
         let got = tap.take(2).await;
         assert_eq!(
             routing_keys(&got),

@@ -8,11 +8,6 @@ use serde_json::Value;
 
 const QUIET: Duration = Duration::from_millis(700);
 
-async fn json(r: reqwest::Response) -> (u16, Value) {
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
-}
-
 #[tokio::test]
 async fn accepted_then_duplicate_publishes_exactly_once() {
     let app = spawn_app().await;
