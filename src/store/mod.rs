@@ -228,11 +228,9 @@ impl Shared {
     /// The data disk's free space and reserve, recorded for readiness. `None` when it cannot
     /// be read: the write itself then tells.
     fn check_disk(&self) -> Option<Disk> {
-        let free = fs2::available_space(&self.dir).ok();
-        let total = fs2::total_space(&self.dir).ok();
-        let disk = free.zip(total).map(|(free, total)| Disk {
-            free,
-            reserve: (total / RESERVE_SHARE).clamp(RESERVE_MIN, RESERVE_MAX),
+        let disk = fs2::statvfs(&self.dir).ok().map(|stats| Disk {
+            free: stats.available_space(),
+            reserve: (stats.total_space() / RESERVE_SHARE).clamp(RESERVE_MIN, RESERVE_MAX),
         });
         let low = disk.is_some_and(|d| d.free < d.reserve);
         self.disk_low.store(low, Ordering::Relaxed);
