@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use super::bucket;
@@ -18,6 +19,9 @@ use super::{now_ms, StoreError, WATERMARK};
 pub(super) const SET_ASIDE: &str = "damaged";
 /// `meta` key of the accepted losses: (first, last) seq pairs, u64 BE each.
 const ACCEPTED: &[u8] = b"lost";
+/// `meta` key of the last seq committed when the store was last stopped cleanly (u64 BE): the
+/// newest bucket has no summary, so only this tells that it was cut short.
+pub(super) const STOPPED_AT: &[u8] = b"last";
 
 /// Seqs the store should hold and does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,27 +135,36 @@ pub(super) fn missing(held: &[Held], watermark: u64, through: u64) -> Vec<Lost> 
     lost
 }
 
-/// Everything set aside counts as lost, confirmed or not.
-fn set_aside_lost(aside: &[SetAside], watermark: u64) -> Vec<Lost> {
+/// Seqs `first..=last`, all lost, told apart at the watermark.
+fn split_at(first: u64, last: u64, watermark: u64) -> Vec<Lost> {
     let mut lost = Vec::new();
-    for a in aside.iter().filter(|a| a.last >= a.first) {
-        let split = watermark.clamp(a.first - 1, a.last);
-        if split >= a.first {
-            lost.push(Lost {
-                first: a.first,
-                last: split,
-                published: true,
-            });
-        }
-        if split < a.last {
-            lost.push(Lost {
-                first: split + 1,
-                last: a.last,
-                published: false,
-            });
-        }
+    if last < first {
+        return lost;
+    }
+    let split = watermark.clamp(first - 1, last);
+    if split >= first {
+        lost.push(Lost {
+            first,
+            last: split,
+            published: true,
+        });
+    }
+    if split < last {
+        lost.push(Lost {
+            first: split + 1,
+            last,
+            published: false,
+        });
     }
     lost
+}
+
+/// Everything set aside counts as lost, confirmed or not.
+fn set_aside_lost(aside: &[SetAside], watermark: u64) -> Vec<Lost> {
+    aside
+        .iter()
+        .flat_map(|a| split_at(a.first, a.last, watermark))
+        .collect()
 }
 
 /// `lost` without the seqs of `accepted`.
@@ -181,6 +194,16 @@ fn subtract(lost: Vec<Lost>, accepted: &[(u64, u64)]) -> Vec<Lost> {
     left
 }
 
+/// Whether the ranges `by` hold every seq of `first..=last`.
+fn covered(first: u64, last: u64, by: &[(u64, u64)]) -> bool {
+    let range = Lost {
+        first,
+        last,
+        published: false,
+    };
+    subtract(vec![range], by).is_empty()
+}
+
 /// All the losses of a store: the gaps of `held` and what is set aside, minus what was accepted.
 fn all_lost(
     mut held: Vec<Held>,
@@ -201,17 +224,26 @@ fn all_lost(
     subtract(lost, accepted)
 }
 
-/// What a start reports, from the bounds it read.
+/// What a start reports, from the bounds it read; `through` is the last seq known committed.
 pub(super) fn at_start(
     held: Vec<Held>,
     aside: &[SetAside],
     watermark: u64,
+    through: u64,
     accepted: &[(u64, u64)],
 ) -> Damage {
     Damage {
-        lost: all_lost(held, aside, watermark, watermark, accepted),
+        lost: all_lost(held, aside, watermark, through, accepted),
         set_aside: aside.iter().map(|a| a.name.clone()).collect(),
     }
+}
+
+/// A `meta` value that is a u64 (BE), 0 when absent.
+pub(super) fn meta_u64(meta: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
+    Ok(meta
+        .get(key)?
+        .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0))
 }
 
 /// The losses an operator accepted.
@@ -226,12 +258,94 @@ pub(super) fn accepted(meta: &sled::Tree) -> Result<Vec<(u64, u64)>, StoreError>
 
 /// The watermark moved past the accepted losses that follow it: nothing there will ever be
 /// confirmed, and the relay must not wait for it.
-pub(super) fn past_accepted(watermark: u64, accepted: &[(u64, u64)]) -> u64 {
+fn past_accepted(watermark: u64, accepted: &[(u64, u64)]) -> u64 {
     let mut w = watermark;
     while let Some(&(_, last)) = accepted.iter().find(|(a, b)| *a <= w + 1 && *b > w) {
         w = last;
     }
     w
+}
+
+/// The losses of a running store: what an operator accepted, what the start found, and what
+/// reading the buckets found since (a database holding less than its summary claims, a hole
+/// in the outbox). Shared by the store and its buckets.
+#[derive(Default)]
+pub(super) struct Ledger {
+    accepted: Vec<(u64, u64)>,
+    at_start: OnceLock<Damage>,
+    /// (first, last) seq ranges found missing while serving.
+    found: Mutex<Vec<(u64, u64)>>,
+}
+
+impl Ledger {
+    pub fn new(accepted: Vec<(u64, u64)>) -> Ledger {
+        Ledger {
+            accepted,
+            ..Ledger::default()
+        }
+    }
+
+    pub fn accepted(&self) -> &[(u64, u64)] {
+        &self.accepted
+    }
+
+    /// Records what the start found (once).
+    pub fn started(&self, damage: Damage) {
+        let _ = self.at_start.set(damage);
+    }
+
+    /// The watermark moved over the accepted losses that follow it.
+    pub fn past_accepted(&self, watermark: u64) -> u64 {
+        past_accepted(watermark, &self.accepted)
+    }
+
+    /// Whether every seq of `first..=last` was given up by an operator.
+    pub fn is_accepted(&self, first: u64, last: u64) -> bool {
+        covered(first, last, &self.accepted)
+    }
+
+    /// Seqs `first..=last` that bucket `bucket` should hold and does not. What is news (not
+    /// accepted, not reported yet) marks the store damaged, with one ERROR line.
+    pub fn found(&self, bucket: u64, first: u64, last: u64) {
+        let mut found = self.found.lock().expect("damage ledger");
+        let mut known = self.known();
+        known.extend(found.iter().copied());
+        if covered(first, last, &known) {
+            return;
+        }
+        found.push((first, last));
+        tracing::error!(
+            bucket,
+            first_seq = first,
+            last_seq = last,
+            "the store is damaged: bucket {bucket} does not hold seqs {first}..{last}; the relay \
+             stops before them and /readyz answers 503 until `hlgate store accept-loss` (see \
+             `hlgate store check`)"
+        );
+    }
+
+    /// What was accepted or reported at start.
+    fn known(&self) -> Vec<(u64, u64)> {
+        let start = self.at_start.get().map(|d| d.lost.as_slice()).unwrap_or(&[]);
+        let mut known = self.accepted.clone();
+        known.extend(start.iter().map(|l| (l.first, l.last)));
+        known
+    }
+
+    /// Everything lost and not accepted, told apart at `watermark`.
+    pub fn damage(&self, watermark: u64) -> Damage {
+        let mut damage = self.at_start.get().cloned().unwrap_or_default();
+        let found: Vec<Lost> = {
+            let found = self.found.lock().expect("damage ledger");
+            found
+                .iter()
+                .flat_map(|&(a, b)| split_at(a, b, watermark))
+                .collect()
+        };
+        damage.lost.extend(subtract(found, &self.known()));
+        damage.lost.sort_by_key(|l| l.first);
+        damage
+    }
 }
 
 /// Refuses a store whose event buckets lost their main database: without the watermark
@@ -377,21 +491,18 @@ fn check_with(
     main: Option<&sled::Db>,
     retention: Duration,
 ) -> Result<Report, StoreError> {
-    let (watermark, accepted) = match main {
+    let (watermark, stopped_at, accepted) = match main {
         Some(db) => {
             let meta = db.open_tree("meta")?;
-            let w = meta
-                .get(WATERMARK)?
-                .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-                .unwrap_or(0);
-            (w, self::accepted(&meta)?)
+            let w = meta_u64(&meta, WATERMARK)?;
+            (w, meta_u64(&meta, STOPPED_AT)?, self::accepted(&meta)?)
         }
-        None => (0, Vec::new()),
+        None => (0, 0, Vec::new()),
     };
     let expired_before = now_ms().saturating_sub(retention.as_millis() as u64);
     let mut held = Vec::new();
     let mut set_aside = Vec::new();
-    let mut through = 0;
+    let mut through = stopped_at;
     let events_dir = dir.join("events");
     for (first_seq, path, in_use) in bucket::bucket_dirs(&events_dir)? {
         let contents = bucket::read_contents(&path, !in_use)?;
