@@ -638,6 +638,53 @@ mod tests {
         assert_eq!(read, 3);
     }
 
+    fn lost_seqs(ledger: &Ledger) -> Vec<(u64, u64)> {
+        ledger
+            .damage(0)
+            .lost
+            .iter()
+            .map(|l| (l.first, l.last))
+            .collect()
+    }
+
+    #[test]
+    fn a_database_holding_less_than_its_summary_is_reported_when_it_opens() {
+        let events = tempfile::tempdir().unwrap();
+        let dir = bucket_with_events(events.path());
+        // The summary claims seqs 10..51; the database holds 10..12.
+        not_the_database().write(&dir, 10).unwrap();
+        let ledger = Arc::new(Ledger::default());
+        let opened = Bucket::open_all(events.path(), 999, &ledger).unwrap().0;
+        let bucket = &opened[0].0;
+        assert_eq!(lost_seqs(&ledger), []);
+        bucket.with_db(|_| Ok(())).unwrap();
+        assert_eq!(lost_seqs(&ledger), [(13, 51)]);
+        // The next start reads the database instead, and no seal writes the summary again.
+        assert!(!dir.join(SUMMARY).exists());
+        bucket.close();
+        bucket.seal(999).unwrap();
+        assert!(!dir.join(SUMMARY).exists());
+        bucket.with_db(|_| Ok(())).unwrap();
+        assert_eq!(lost_seqs(&ledger), [(13, 51)]);
+    }
+
+    #[test]
+    fn a_database_without_its_first_seqs_is_reported_at_start_and_gets_no_summary() {
+        let events = tempfile::tempdir().unwrap();
+        let dir = bucket_with_events(events.path());
+        {
+            let db = config(&dir).open().unwrap();
+            db.remove(key(EVENT, 10)).unwrap();
+            db.flush().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let ledger = Arc::new(Ledger::default());
+        let opened = Bucket::open_all(events.path(), 999, &ledger).unwrap().0;
+        assert_eq!(opened[0].0.last_seq(), 12);
+        assert_eq!(lost_seqs(&ledger), [(10, 10)]);
+        assert!(!dir.join(SUMMARY).exists());
+    }
+
     #[test]
     fn a_damaged_or_foreign_summary_is_ignored_and_the_database_read() {
         let events = tempfile::tempdir().unwrap();

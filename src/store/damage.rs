@@ -625,3 +625,172 @@ pub fn accept_loss(dir: &Path, retention: Duration) -> Result<Acceptance, StoreE
     main.flush()?;
     Ok(acceptance)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(first: u64, last: u64) -> Held {
+        Held {
+            first,
+            last,
+            expired: false,
+        }
+    }
+
+    fn expired(first: u64, last: u64) -> Held {
+        Held {
+            expired: true,
+            ..held(first, last)
+        }
+    }
+
+    fn lost(first: u64, last: u64) -> Lost {
+        Lost {
+            first,
+            last,
+            published: false,
+        }
+    }
+
+    fn published(first: u64, last: u64) -> Lost {
+        Lost {
+            published: true,
+            ..lost(first, last)
+        }
+    }
+
+    #[test]
+    fn missing_finds_nothing_in_an_empty_store_or_adjacent_buckets() {
+        assert_eq!(missing(&[], 0, 0), []);
+        assert_eq!(missing(&[], 10, 20), []);
+        assert_eq!(missing(&[held(1, 10), held(11, 20)], 5, 20), []);
+        // An empty newest bucket right after the last event.
+        assert_eq!(missing(&[held(1, 10), held(11, 10)], 10, 10), []);
+    }
+
+    #[test]
+    fn missing_finds_gaps_between_buckets_split_at_the_watermark() {
+        assert_eq!(missing(&[held(1, 10), held(21, 30)], 0, 30), [lost(11, 20)]);
+        assert_eq!(
+            missing(&[held(1, 10), held(21, 30)], 15, 30),
+            [published(11, 15), lost(16, 20)]
+        );
+        assert_eq!(
+            missing(&[held(1, 10), held(21, 30)], 30, 30),
+            [published(11, 20)]
+        );
+    }
+
+    #[test]
+    fn missing_excuses_a_confirmed_gap_after_an_expired_bucket_only() {
+        // The sweeper removes expired confirmed buckets in any order.
+        assert_eq!(missing(&[expired(1, 10), held(21, 30)], 30, 30), []);
+        // What is not confirmed yet is never swept.
+        assert_eq!(
+            missing(&[expired(1, 10), held(21, 30)], 15, 30),
+            [lost(16, 20)]
+        );
+        // Below the oldest bucket, confirmed seqs are the sweeper's; others are lost.
+        assert_eq!(missing(&[held(11, 20)], 10, 20), []);
+        assert_eq!(missing(&[held(11, 20)], 5, 20), [lost(6, 10)]);
+    }
+
+    #[test]
+    fn missing_finds_the_newest_bucket_cut_short_below_the_watermark_or_the_last_commit() {
+        // The watermark says 15 was confirmed, so it was written.
+        assert_eq!(missing(&[held(1, 10)], 15, 15), [published(11, 15)]);
+        // A clean stop recorded 20 as committed.
+        assert_eq!(missing(&[held(1, 10)], 0, 20), [lost(11, 20)]);
+        assert_eq!(
+            missing(&[held(1, 10)], 15, 20),
+            [published(11, 15), lost(16, 20)]
+        );
+        // A newest bucket that lost everything.
+        assert_eq!(missing(&[held(1, 0)], 0, 20), [lost(1, 20)]);
+    }
+
+    #[test]
+    fn split_at_tells_published_from_unpublished() {
+        assert_eq!(split_at(5, 4, 0), []);
+        assert_eq!(split_at(5, 9, 0), [lost(5, 9)]);
+        assert_eq!(split_at(5, 9, 4), [lost(5, 9)]);
+        assert_eq!(split_at(5, 9, 5), [published(5, 5), lost(6, 9)]);
+        assert_eq!(split_at(5, 9, 9), [published(5, 9)]);
+        assert_eq!(split_at(5, 9, 100), [published(5, 9)]);
+    }
+
+    #[test]
+    fn subtract_removes_only_the_accepted_seqs() {
+        assert_eq!(subtract(vec![], &[(1, 10)]), []);
+        assert_eq!(subtract(vec![lost(5, 9)], &[]), [lost(5, 9)]);
+        // Adjacent on either side: nothing in common.
+        assert_eq!(subtract(vec![lost(5, 9)], &[(1, 4), (10, 20)]), [lost(5, 9)]);
+        // Exactly, or covering.
+        assert_eq!(subtract(vec![lost(5, 9)], &[(5, 9)]), []);
+        assert_eq!(subtract(vec![lost(5, 9)], &[(1, 20)]), []);
+        // Overlapping one end, the other, or the middle.
+        assert_eq!(subtract(vec![lost(5, 9)], &[(1, 6)]), [lost(7, 9)]);
+        assert_eq!(subtract(vec![lost(5, 9)], &[(8, 20)]), [lost(5, 7)]);
+        assert_eq!(
+            subtract(vec![lost(5, 9)], &[(7, 7)]),
+            [lost(5, 6), lost(8, 9)]
+        );
+        // Several ranges, in any order, keeping whether each was published.
+        assert_eq!(
+            subtract(
+                vec![lost(20, 29), published(1, 9)],
+                &[(25, 40), (3, 4), (4, 5)]
+            ),
+            [published(1, 2), published(6, 9), lost(20, 24)]
+        );
+        // The ends of the seq space.
+        assert_eq!(subtract(vec![lost(1, 5)], &[(0, 2)]), [lost(3, 5)]);
+        assert_eq!(
+            subtract(vec![lost(u64::MAX - 5, u64::MAX)], &[(u64::MAX - 1, u64::MAX)]),
+            [lost(u64::MAX - 5, u64::MAX - 2)]
+        );
+    }
+
+    #[test]
+    fn the_watermark_moves_over_accepted_losses_that_follow_it() {
+        assert_eq!(past_accepted(10, &[]), 10);
+        // Not adjacent: there is an unconfirmed seq between.
+        assert_eq!(past_accepted(10, &[(12, 20)]), 10);
+        assert_eq!(past_accepted(10, &[(11, 20)]), 20);
+        // Below or reaching back under it.
+        assert_eq!(past_accepted(10, &[(1, 5)]), 10);
+        assert_eq!(past_accepted(10, &[(5, 15)]), 15);
+        // Chains of adjacent or overlapping ranges, in any order.
+        assert_eq!(past_accepted(10, &[(21, 30), (11, 20), (25, 40)]), 40);
+        assert_eq!(past_accepted(0, &[(1, 1), (2, 2), (4, 4)]), 2);
+    }
+
+    #[test]
+    fn the_ledger_reports_what_is_news_once_split_at_the_current_watermark() {
+        let ledger = Ledger::new(vec![(31, 40)]);
+        ledger.started(Damage {
+            lost: vec![lost(41, 45)],
+            set_aside: Vec::new(),
+        });
+        assert!(ledger.is_accepted(31, 40) && ledger.is_accepted(35, 35));
+        assert!(!ledger.is_accepted(30, 40));
+        // Accepted or known from the start: not news.
+        ledger.found(31, 32, 44);
+        assert_eq!(ledger.damage(0).lost, [lost(41, 45)]);
+        // Partly news: what is new is reported, once.
+        ledger.found(1, 5, 12);
+        ledger.found(1, 5, 12);
+        ledger.found(1, 6, 8);
+        assert_eq!(ledger.damage(0).lost, [lost(5, 12), lost(41, 45)]);
+        assert_eq!(
+            ledger.damage(8).lost,
+            [published(5, 8), lost(9, 12), lost(41, 45)]
+        );
+        ledger.found(1, 25, 35);
+        assert_eq!(
+            ledger.damage(0).lost,
+            [lost(5, 12), lost(25, 30), lost(41, 45)]
+        );
+    }
+}

@@ -1154,6 +1154,98 @@ mod tests {
         );
     }
 
+    /// A store in `dir` with `n` events (seqs 1..=n, one bucket), stopped cleanly.
+    async fn stopped_with_events(dir: &Path, n: usize) {
+        let store = Store::open(dir, Duration::from_secs(60)).unwrap();
+        for i in 0..n {
+            let k = format!("k{i}");
+            store.accept(k.clone(), vec![entry(&k, "1")]).await.unwrap();
+        }
+        store.flush().await.unwrap();
+        drop(store);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    /// Deletes the events `seqs` from the first bucket's database, behind the store's back.
+    fn delete_events(dir: &Path, seqs: std::ops::RangeInclusive<u64>) {
+        let db = sled::open(dir.join(format!("events/{:020}", 1))).unwrap();
+        for seq in seqs {
+            db.remove(key(EVENT, seq)).unwrap();
+        }
+        db.flush().unwrap();
+        drop(db);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    fn seqs(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|e| e.seq).collect()
+    }
+
+    fn lost_seqs(store: &Store) -> Vec<(u64, u64)> {
+        let damage = store.damage();
+        damage.lost.iter().map(|l| (l.first, l.last)).collect()
+    }
+
+    #[tokio::test]
+    async fn the_outbox_stops_before_a_hole_and_reports_it() {
+        let dir = tempfile::tempdir().unwrap();
+        stopped_with_events(dir.path(), 10).await;
+        // Its bounds are intact: only the read that reaches the hole can tell.
+        delete_events(dir.path(), 5..=6);
+        let store = Store::open(dir.path(), Duration::from_secs(60)).unwrap();
+        assert!(store.damage().is_empty());
+        assert_eq!(seqs(&store.pending_after(0, 100).unwrap()), [1, 2, 3, 4]);
+        assert_eq!(lost_seqs(&store), [(5, 6)]);
+        assert!(store.mark_published(1, 4).unwrap());
+        assert!(store.pending_after(0, 100).unwrap().is_empty());
+        assert_eq!(store.depth(), 6);
+        // Not confirmed, never passed.
+        assert!(!store.mark_published(7, 10).unwrap());
+        assert_eq!(store.published_through(), 4);
+    }
+
+    #[tokio::test]
+    async fn the_watermark_moves_over_an_accepted_hole_when_the_relay_reaches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        stopped_with_events(dir.path(), 10).await;
+        delete_events(dir.path(), 5..=6);
+        let given_up = accept_loss(dir.path(), Duration::from_secs(60)).unwrap();
+        assert_eq!(given_up.given_up.len(), 1);
+        let store = Store::open(dir.path(), Duration::from_secs(60)).unwrap();
+        assert!(store.damage().is_empty());
+        // Two windows, the second one past the hole, confirmed in order.
+        assert_eq!(seqs(&store.pending_after(0, 4).unwrap()), [1, 2, 3, 4]);
+        assert_eq!(seqs(&store.pending_after(4, 4).unwrap()), [7, 8, 9, 10]);
+        assert!(store.mark_published(1, 4).unwrap());
+        assert_eq!(store.published_through(), 6);
+        assert!(store.mark_published(7, 10).unwrap());
+        assert_eq!(store.depth(), 0);
+        assert!(store.damage().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_newest_bucket_cut_short_after_a_clean_stop_is_reported_and_its_seqs_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        stopped_with_events(dir.path(), 10).await;
+        delete_events(dir.path(), 8..=10);
+        let store = Store::open(dir.path(), Duration::from_secs(60)).unwrap();
+        assert_eq!(lost_seqs(&store), [(8, 10)]);
+        let new = store.accept("new".into(), vec![entry("new", "1")]).await;
+        assert_eq!(
+            new.unwrap(),
+            AcceptOutcome::Accepted {
+                first_seq: 11,
+                count: 1
+            }
+        );
+        // `store check` names them too, so that they can be accepted.
+        drop(store);
+        std::thread::sleep(Duration::from_millis(200));
+        let report = check(dir.path(), Duration::from_secs(60)).unwrap();
+        let lost: Vec<(u64, u64)> = report.lost.iter().map(|l| (l.first, l.last)).collect();
+        assert_eq!(lost, [(8, 10)]);
+    }
+
     fn files_under(dir: &Path) -> u64 {
         std::fs::read_dir(dir)
             .unwrap()
