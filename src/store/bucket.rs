@@ -599,7 +599,9 @@ mod tests {
             hashes: sorted(vec![key_hash(b"a"), key_hash(b"b")]),
         };
         // The first start reads the database and leaves the summary for the next.
-        let opened = Bucket::open_all(events.path(), 999, &Arc::default()).unwrap().0;
+        let opened = Bucket::open_all(events.path(), 999, &Arc::default())
+            .unwrap()
+            .0;
         let (bucket, hashes) = &opened[0];
         assert_eq!(
             (bucket.last_seq(), bucket.opened_ms(), bucket.newest_ms()),
@@ -611,7 +613,9 @@ mod tests {
         // Sealing again leaves it as it is.
         drop(opened);
         let before = std::fs::read(dir.join(SUMMARY)).unwrap();
-        let again = Bucket::open_all(events.path(), 999, &Arc::default()).unwrap().0;
+        let again = Bucket::open_all(events.path(), 999, &Arc::default())
+            .unwrap()
+            .0;
         again[0].0.seal(999).unwrap();
         assert_eq!(std::fs::read(dir.join(SUMMARY)).unwrap(), before);
     }
@@ -623,7 +627,9 @@ mod tests {
         // A summary that differs from the database shows which of the two a start read.
         let summary = not_the_database();
         summary.write(&dir, 10).unwrap();
-        let opened = Bucket::open_all(events.path(), 999, &Arc::default()).unwrap().0;
+        let opened = Bucket::open_all(events.path(), 999, &Arc::default())
+            .unwrap()
+            .0;
         let (bucket, hashes) = &opened[0];
         assert_eq!(
             (bucket.last_seq(), bucket.opened_ms(), bucket.newest_ms()),
@@ -711,7 +717,9 @@ mod tests {
         let mut bad = good;
         bad[20] ^= 0x01;
         std::fs::write(dir.join(SUMMARY), &bad).unwrap();
-        let opened = Bucket::open_all(events.path(), 999, &Arc::default()).unwrap().0;
+        let opened = Bucket::open_all(events.path(), 999, &Arc::default())
+            .unwrap()
+            .0;
         assert_eq!(opened[0].0.last_seq(), 12);
         // And the start wrote a good one in its place.
         assert_eq!(Summary::load(&dir, 10).map(|s| s.last_seq), Some(12));
@@ -724,7 +732,9 @@ mod tests {
         bucket.seal(5).unwrap();
         assert!(!bucket.dir.join(SUMMARY).exists());
         drop(bucket);
-        let opened = Bucket::open_all(events.path(), 5, &Arc::default()).unwrap().0;
+        let opened = Bucket::open_all(events.path(), 5, &Arc::default())
+            .unwrap()
+            .0;
         assert!(opened[0].0.is_empty());
         assert!(!opened[0].0.dir.join(SUMMARY).exists());
     }

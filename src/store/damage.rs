@@ -326,7 +326,11 @@ impl Ledger {
 
     /// What was accepted or reported at start.
     fn known(&self) -> Vec<(u64, u64)> {
-        let start = self.at_start.get().map(|d| d.lost.as_slice()).unwrap_or(&[]);
+        let start = self
+            .at_start
+            .get()
+            .map(|d| d.lost.as_slice())
+            .unwrap_or(&[]);
         let mut known = self.accepted.clone();
         known.extend(start.iter().map(|l| (l.first, l.last)));
         known
@@ -725,7 +729,10 @@ mod tests {
         assert_eq!(subtract(vec![], &[(1, 10)]), []);
         assert_eq!(subtract(vec![lost(5, 9)], &[]), [lost(5, 9)]);
         // Adjacent on either side: nothing in common.
-        assert_eq!(subtract(vec![lost(5, 9)], &[(1, 4), (10, 20)]), [lost(5, 9)]);
+        assert_eq!(
+            subtract(vec![lost(5, 9)], &[(1, 4), (10, 20)]),
+            [lost(5, 9)]
+        );
         // Exactly, or covering.
         assert_eq!(subtract(vec![lost(5, 9)], &[(5, 9)]), []);
         assert_eq!(subtract(vec![lost(5, 9)], &[(1, 20)]), []);
@@ -747,7 +754,10 @@ mod tests {
         // The ends of the seq space.
         assert_eq!(subtract(vec![lost(1, 5)], &[(0, 2)]), [lost(3, 5)]);
         assert_eq!(
-            subtract(vec![lost(u64::MAX - 5, u64::MAX)], &[(u64::MAX - 1, u64::MAX)]),
+            subtract(
+                vec![lost(u64::MAX - 5, u64::MAX)],
+                &[(u64::MAX - 1, u64::MAX)]
+            ),
             [lost(u64::MAX - 5, u64::MAX - 2)]
         );
     }

@@ -520,7 +520,11 @@ impl Store {
         if seq <= next || self.shared.ledger.is_accepted(next, seq - 1) {
             return true;
         }
-        let bucket = self.shared.buckets_from(next).first().map_or(0, |b| b.first_seq);
+        let bucket = self
+            .shared
+            .buckets_from(next)
+            .first()
+            .map_or(0, |b| b.first_seq);
         self.shared.ledger.found(bucket, next, seq - 1);
         false
     }
@@ -1202,6 +1206,23 @@ mod tests {
         // Not confirmed, never passed.
         assert!(!store.mark_published(7, 10).unwrap());
         assert_eq!(store.published_through(), 4);
+    }
+
+    #[tokio::test]
+    async fn the_outbox_stops_where_a_bucket_holds_less_than_its_summary_claims() {
+        let dir = tempfile::tempdir().unwrap();
+        stopped_with_events(dir.path(), 10).await;
+        // This start writes the bucket's summary; the next one reads only that.
+        drop(Store::open(dir.path(), Duration::from_secs(60)).unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+        delete_events(dir.path(), 8..=10);
+        let store = Store::open(dir.path(), Duration::from_secs(60)).unwrap();
+        assert!(store.damage().is_empty());
+        assert_eq!(
+            seqs(&store.pending_after(0, 100).unwrap()),
+            [1, 2, 3, 4, 5, 6, 7]
+        );
+        assert_eq!(lost_seqs(&store), [(8, 10)]);
     }
 
     #[tokio::test]
