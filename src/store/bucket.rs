@@ -177,6 +177,7 @@ impl Bucket {
         now_ms: u64,
     ) -> Result<Option<SetAside>, StoreError> {
         // One that cannot even be read is set aside too: nothing tells that it held nothing.
+        // Read for its bounds only: all of it counts as lost, so it reports to a ledger of its own.
         let last = Bucket::open(dir.clone(), first_seq, now_ms, &Arc::default())
             .map(|(b, _)| b.last_seq())
             .unwrap_or(first_seq);

@@ -3,9 +3,11 @@
 //! confirmed. So a seq that no bucket holds, between the oldest bucket and the newest seq (or the
 //! watermark), or anywhere above the watermark, is lost.
 //!
-//! A start checks this from the buckets' bounds alone (what it reads anyway); `hlgate store
+//! A start checks this from the buckets' bounds alone (what it reads anyway); a bucket's
+//! database and the relay's reads are checked as they happen ([`Ledger`]); `hlgate store
 //! check` reads every database in full ([`check`]). What an operator gave up with `hlgate store
-//! accept-loss` ([`accept_loss`]) is recorded in the `meta` tree and no longer reported.
+//! accept-loss` ([`accept_loss`]) is recorded in the `meta` tree, no longer reported, and
+//! counts as confirmed.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -318,9 +320,8 @@ impl Ledger {
             bucket,
             first_seq = first,
             last_seq = last,
-            "the store is damaged: bucket {bucket} does not hold seqs {first}..{last}; the relay \
-             stops before them and /readyz answers 503 until `hlgate store accept-loss` (see \
-             `hlgate store check`)"
+            "the store is damaged: bucket {bucket} does not hold seqs {first}..{last}; /readyz \
+             answers 503 until `hlgate store accept-loss` (see `hlgate store check`)"
         );
     }
 

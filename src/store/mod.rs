@@ -10,7 +10,8 @@
 //! buckets: each bucket holds the seqs from its own first one up to the next bucket's first.
 //!
 //! The `meta` tree of the main database (`sled/`) holds `w`, the published watermark (u64 BE):
-//! every seq up to it is confirmed. The outbox is every entry above it. The relay publishes in
+//! every seq up to it is confirmed; and what [`damage`] keeps: the last seq at a clean stop and
+//! the losses an operator accepted. The outbox is every entry above it. The relay publishes in
 //! seq order and moves the watermark over the confirmed prefix, so confirming a window is one
 //! small write. The main database also holds the token vault's trees.
 //!
@@ -510,6 +511,7 @@ impl Store {
                 return Ok(out);
             }
         }
+        // Committed, yet in no bucket.
         self.continues(next, committed + 1);
         Ok(out)
     }
