@@ -17,11 +17,11 @@
 //! database, reads the same from it, and writes the summary for the next start.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use super::damage::{SetAside, SET_ASIDE};
+use super::damage::{Ledger, SetAside, SET_ASIDE};
 use super::keys::key_hash;
 use super::{key, seq_of, Entry, StoreError, DEDUP, EVENT};
 
@@ -51,6 +51,11 @@ pub(super) struct Bucket {
     /// When this bucket took its first events (its creation while empty): rotation starts a
     /// new one a span later.
     opened_ms: AtomicU64,
+    /// Where what its database lacks is reported.
+    ledger: Arc<Ledger>,
+    /// Its database was found holding less than its bounds claim: it gets no summary, so that
+    /// every start reads the database and reports it.
+    short: AtomicBool,
 }
 
 fn config(dir: &Path) -> sled::Config {
@@ -82,7 +87,12 @@ fn reopen(dir: &Path) -> sled::Result<sled::Db> {
 
 impl Bucket {
     /// Creates an empty bucket whose first seq will be `first_seq`.
-    pub fn create(events_dir: &Path, first_seq: u64, now_ms: u64) -> Result<Bucket, StoreError> {
+    pub fn create(
+        events_dir: &Path,
+        first_seq: u64,
+        now_ms: u64,
+        ledger: &Arc<Ledger>,
+    ) -> Result<Bucket, StoreError> {
         let dir = events_dir.join(format!("{first_seq:020}"));
         if dir.exists() && !dir.join(READY).exists() {
             std::fs::remove_dir_all(&dir).map_err(sled::Error::Io)?;
@@ -101,6 +111,8 @@ impl Bucket {
             last_seq: AtomicU64::new(first_seq - 1),
             newest_ms: AtomicU64::new(now_ms),
             opened_ms: AtomicU64::new(now_ms),
+            ledger: ledger.clone(),
+            short: AtomicBool::new(false),
         })
     }
 
@@ -113,6 +125,7 @@ impl Bucket {
     pub fn open_all(
         events_dir: &Path,
         now_ms: u64,
+        ledger: &Arc<Ledger>,
     ) -> Result<(Vec<WithKeys>, Vec<SetAside>), StoreError> {
         std::fs::create_dir_all(events_dir).map_err(sled::Error::Io)?;
         let mut buckets = Vec::new();
@@ -123,14 +136,16 @@ impl Bucket {
             match name.parse::<u64>() {
                 Ok(first_seq) if first_seq > 0 && path.join(READY).exists() => {
                     if let Some(summary) = Summary::load(&path, first_seq) {
-                        let bucket = Bucket::new(path, first_seq, None, &summary);
+                        let bucket = Bucket::new(path, first_seq, None, &summary, ledger);
                         buckets.push((bucket, summary.hashes));
                         continue;
                     }
-                    let (bucket, summary) = Bucket::open(path, first_seq, now_ms)?;
+                    let (bucket, summary) = Bucket::open(path, first_seq, now_ms, ledger)?;
+                    // Its bounds come from the database itself: only its head can be missing.
+                    bucket.with_db(|db| bucket.check_ends(db))?;
                     bucket.close();
                     // It takes no more events: the next start need not open it.
-                    if !bucket.is_empty() {
+                    if !bucket.is_empty() && !bucket.is_short() {
                         if let Err(e) = summary.write(&bucket.dir, first_seq) {
                             let bucket = first_seq;
                             tracing::warn!(error = %e, bucket, "could not write a bucket summary");
@@ -162,7 +177,8 @@ impl Bucket {
         now_ms: u64,
     ) -> Result<Option<SetAside>, StoreError> {
         // One that cannot even be read is set aside too: nothing tells that it held nothing.
-        let last = Bucket::open(dir.clone(), first_seq, now_ms)
+        // Read for its bounds only: all of it counts as lost, so it reports to a ledger of its own.
+        let last = Bucket::open(dir.clone(), first_seq, now_ms, &Arc::default())
             .map(|(b, _)| b.last_seq())
             .unwrap_or(first_seq);
         if last < first_seq {
@@ -182,14 +198,25 @@ impl Bucket {
     }
 
     /// Opens a bucket from disk, reading its bounds and its keys' hashes.
-    fn open(dir: PathBuf, first_seq: u64, now_ms: u64) -> Result<(Bucket, Summary), StoreError> {
+    fn open(
+        dir: PathBuf,
+        first_seq: u64,
+        now_ms: u64,
+        ledger: &Arc<Ledger>,
+    ) -> Result<(Bucket, Summary), StoreError> {
         let db = config(&dir).open()?;
         let summary = Summary::read(&db, first_seq, now_ms)?;
-        let bucket = Bucket::new(dir, first_seq, Some(db), &summary);
+        let bucket = Bucket::new(dir, first_seq, Some(db), &summary, ledger);
         Ok((bucket, summary))
     }
 
-    fn new(dir: PathBuf, first_seq: u64, db: Option<sled::Db>, summary: &Summary) -> Bucket {
+    fn new(
+        dir: PathBuf,
+        first_seq: u64,
+        db: Option<sled::Db>,
+        summary: &Summary,
+        ledger: &Arc<Ledger>,
+    ) -> Bucket {
         Bucket {
             first_seq,
             dir,
@@ -197,13 +224,16 @@ impl Bucket {
             last_seq: AtomicU64::new(summary.last_seq),
             newest_ms: AtomicU64::new(summary.newest_ms),
             opened_ms: AtomicU64::new(summary.opened_ms),
+            ledger: ledger.clone(),
+            short: AtomicBool::new(false),
         }
     }
 
-    /// Writes the summary of a bucket that takes no more events, unless it is empty or has one.
+    /// Writes the summary of a bucket that takes no more events, unless it is empty, has one,
+    /// or holds less than its bounds claim.
     /// Only the store's writer adds to a bucket, and only to the newest: any other may be sealed.
     pub fn seal(&self, now_ms: u64) -> Result<(), StoreError> {
-        if self.is_empty() || self.dir.join(SUMMARY).exists() {
+        if self.is_empty() || self.is_short() || self.dir.join(SUMMARY).exists() {
             return Ok(());
         }
         let summary = self.with_db(|db| Summary::read(db, self.first_seq, now_ms))?;
@@ -225,9 +255,46 @@ impl Bucket {
         }
         let mut db = self.db.write().expect("bucket database");
         if db.is_none() {
-            *db = Some(reopen(&self.dir)?);
+            let opened = reopen(&self.dir)?;
+            self.check_ends(&opened)?;
+            *db = Some(opened);
         }
         f(db.as_ref().expect("opened above"))
+    }
+
+    /// Reports the seqs its bounds (from its summary, or from what was written) claim and its
+    /// database lacks at either end: two seeks, where counting would read every key. A hole
+    /// in the middle is found by the read that reaches it (`Store::pending_after`). The summary
+    /// goes, so that the next start reads the database and reports the loss too.
+    fn check_ends(&self, db: &sled::Db) -> Result<(), StoreError> {
+        let (first, last) = (self.first_seq, self.last_seq());
+        if last < first {
+            return Ok(());
+        }
+        let held_first = db.scan_prefix([EVENT]).keys().next().transpose()?;
+        let held_last = db.scan_prefix([EVENT]).keys().next_back().transpose()?;
+        let missing = match (held_first, held_last) {
+            (Some(a), Some(b)) => vec![(first, seq_of(&a) - 1), (seq_of(&b) + 1, last)],
+            _ => vec![(first, last)],
+        };
+        for (a, b) in missing.into_iter().filter(|(a, b)| a <= b) {
+            self.short.store(true, Ordering::Release);
+            self.ledger.found(self.first_seq, a, b);
+        }
+        if self.is_short() {
+            match std::fs::remove_file(self.dir.join(SUMMARY)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    let bucket = self.first_seq;
+                    tracing::warn!(error = %e, bucket, "could not remove a bucket summary");
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn is_short(&self) -> bool {
+        self.short.load(Ordering::Acquire)
     }
 
     /// Closes the database, giving back the memory it holds; returns whether it was open.
@@ -484,7 +551,7 @@ mod tests {
     /// A bucket at seq 10 whose database holds three events accepted at 100, 200, 300 ms and the
     /// dedup keys "a" and "b".
     fn bucket_with_events(events_dir: &Path) -> PathBuf {
-        let bucket = Bucket::create(events_dir, 10, 1).unwrap();
+        let bucket = Bucket::create(events_dir, 10, 1, &Arc::default()).unwrap();
         bucket
             .with_db(|db| {
                 for (seq, ms) in [(10, 100), (11, 200), (12, 300)] {
@@ -533,7 +600,9 @@ mod tests {
             hashes: sorted(vec![key_hash(b"a"), key_hash(b"b")]),
         };
         // The first start reads the database and leaves the summary for the next.
-        let opened = Bucket::open_all(events.path(), 999).unwrap().0;
+        let opened = Bucket::open_all(events.path(), 999, &Arc::default())
+            .unwrap()
+            .0;
         let (bucket, hashes) = &opened[0];
         assert_eq!(
             (bucket.last_seq(), bucket.opened_ms(), bucket.newest_ms()),
@@ -545,7 +614,9 @@ mod tests {
         // Sealing again leaves it as it is.
         drop(opened);
         let before = std::fs::read(dir.join(SUMMARY)).unwrap();
-        let again = Bucket::open_all(events.path(), 999).unwrap().0;
+        let again = Bucket::open_all(events.path(), 999, &Arc::default())
+            .unwrap()
+            .0;
         again[0].0.seal(999).unwrap();
         assert_eq!(std::fs::read(dir.join(SUMMARY)).unwrap(), before);
     }
@@ -557,7 +628,9 @@ mod tests {
         // A summary that differs from the database shows which of the two a start read.
         let summary = not_the_database();
         summary.write(&dir, 10).unwrap();
-        let opened = Bucket::open_all(events.path(), 999).unwrap().0;
+        let opened = Bucket::open_all(events.path(), 999, &Arc::default())
+            .unwrap()
+            .0;
         let (bucket, hashes) = &opened[0];
         assert_eq!(
             (bucket.last_seq(), bucket.opened_ms(), bucket.newest_ms()),
@@ -570,6 +643,53 @@ mod tests {
             .with_db(|db| Ok(Bucket::entries_from(db, 0).count()))
             .unwrap();
         assert_eq!(read, 3);
+    }
+
+    fn lost_seqs(ledger: &Ledger) -> Vec<(u64, u64)> {
+        ledger
+            .damage(0)
+            .lost
+            .iter()
+            .map(|l| (l.first, l.last))
+            .collect()
+    }
+
+    #[test]
+    fn a_database_holding_less_than_its_summary_is_reported_when_it_opens() {
+        let events = tempfile::tempdir().unwrap();
+        let dir = bucket_with_events(events.path());
+        // The summary claims seqs 10..51; the database holds 10..12.
+        not_the_database().write(&dir, 10).unwrap();
+        let ledger = Arc::new(Ledger::default());
+        let opened = Bucket::open_all(events.path(), 999, &ledger).unwrap().0;
+        let bucket = &opened[0].0;
+        assert_eq!(lost_seqs(&ledger), []);
+        bucket.with_db(|_| Ok(())).unwrap();
+        assert_eq!(lost_seqs(&ledger), [(13, 51)]);
+        // The next start reads the database instead, and no seal writes the summary again.
+        assert!(!dir.join(SUMMARY).exists());
+        bucket.close();
+        bucket.seal(999).unwrap();
+        assert!(!dir.join(SUMMARY).exists());
+        bucket.with_db(|_| Ok(())).unwrap();
+        assert_eq!(lost_seqs(&ledger), [(13, 51)]);
+    }
+
+    #[test]
+    fn a_database_without_its_first_seqs_is_reported_at_start_and_gets_no_summary() {
+        let events = tempfile::tempdir().unwrap();
+        let dir = bucket_with_events(events.path());
+        {
+            let db = config(&dir).open().unwrap();
+            db.remove(key(EVENT, 10)).unwrap();
+            db.flush().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let ledger = Arc::new(Ledger::default());
+        let opened = Bucket::open_all(events.path(), 999, &ledger).unwrap().0;
+        assert_eq!(opened[0].0.last_seq(), 12);
+        assert_eq!(lost_seqs(&ledger), [(10, 10)]);
+        assert!(!dir.join(SUMMARY).exists());
     }
 
     #[test]
@@ -598,7 +718,9 @@ mod tests {
         let mut bad = good;
         bad[20] ^= 0x01;
         std::fs::write(dir.join(SUMMARY), &bad).unwrap();
-        let opened = Bucket::open_all(events.path(), 999).unwrap().0;
+        let opened = Bucket::open_all(events.path(), 999, &Arc::default())
+            .unwrap()
+            .0;
         assert_eq!(opened[0].0.last_seq(), 12);
         // And the start wrote a good one in its place.
         assert_eq!(Summary::load(&dir, 10).map(|s| s.last_seq), Some(12));
@@ -607,11 +729,13 @@ mod tests {
     #[test]
     fn an_empty_bucket_gets_no_summary() {
         let events = tempfile::tempdir().unwrap();
-        let bucket = Bucket::create(events.path(), 10, 1).unwrap();
+        let bucket = Bucket::create(events.path(), 10, 1, &Arc::default()).unwrap();
         bucket.seal(5).unwrap();
         assert!(!bucket.dir.join(SUMMARY).exists());
         drop(bucket);
-        let opened = Bucket::open_all(events.path(), 5).unwrap().0;
+        let opened = Bucket::open_all(events.path(), 5, &Arc::default())
+            .unwrap()
+            .0;
         assert!(opened[0].0.is_empty());
         assert!(!opened[0].0.dir.join(SUMMARY).exists());
     }

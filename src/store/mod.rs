@@ -10,7 +10,8 @@
 //! buckets: each bucket holds the seqs from its own first one up to the next bucket's first.
 //!
 //! The `meta` tree of the main database (`sled/`) holds `w`, the published watermark (u64 BE):
-//! every seq up to it is confirmed. The outbox is every entry above it. The relay publishes in
+//! every seq up to it is confirmed; and what [`damage`] keeps: the last seq at a clean stop and
+//! the losses an operator accepted. The outbox is every entry above it. The relay publishes in
 //! seq order and moves the watermark over the confirmed prefix, so confirming a window is one
 //! small write. The main database also holds the token vault's trees.
 //!
@@ -42,7 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, Notify};
 
 use bucket::Bucket;
-use damage::Held;
+use damage::{Held, Ledger};
 use keys::{key_hash, KeyIndex};
 
 const DEDUP: u8 = b'd';
@@ -220,8 +221,8 @@ struct Shared {
     writing_since: AtomicU64,
     /// fsync each group commit; only benchmarks turn it off.
     flush_on_commit: AtomicBool,
-    /// What the start found lost and no operator accepted yet.
-    damage: Damage,
+    /// What is lost: accepted by an operator, found at start, found since.
+    ledger: Arc<Ledger>,
 }
 
 impl Shared {
@@ -313,35 +314,35 @@ impl Store {
             .cache_capacity(4 * 1024 * 1024)
             .open()?;
         let meta = meta_db.open_tree("meta")?;
-        let accepted = damage::accepted(&meta)?;
-        let watermark = meta
-            .get(WATERMARK)?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0);
-        let published = damage::past_accepted(watermark, &accepted);
+        let ledger = Arc::new(Ledger::new(damage::accepted(&meta)?));
+        let published = ledger.past_accepted(damage::meta_u64(&meta, WATERMARK)?);
+        let stopped_at = damage::meta_u64(&meta, damage::STOPPED_AT)?;
         let now = now_ms();
         let events_dir = dir.join("events");
         let mut index = KeyIndex::default();
         let mut buckets = Vec::new();
-        let (opened, set_aside) = Bucket::open_all(&events_dir, now)?;
+        let (opened, set_aside) = Bucket::open_all(&events_dir, now, &ledger)?;
         for (bucket, hashes) in opened {
             index.add(bucket.first_seq, hashes);
             buckets.push(bucket);
         }
-        let damage = damage_at_start(&buckets, &set_aside, published, &accepted, retention, now);
+        let through = published.max(stopped_at);
+        ledger.started(damage_at_start(
+            &buckets, &set_aside, published, through, &ledger, retention, now,
+        ));
         // Never hand out a seq at or below the watermark, even when every bucket was removed,
-        // nor one a bucket set aside holds.
+        // nor one a bucket set aside holds, nor one a bucket cut short lost.
         let last_seq = buckets
             .last()
             .map_or(0, |b| b.last_seq())
-            .max(published)
+            .max(through)
             .max(set_aside.iter().map(|a| a.last).max().unwrap_or(0));
         // New events go to a new bucket: one opened from disk takes none.
         if buckets
             .last()
             .is_none_or(|b| !b.is_empty() || b.first_seq != last_seq + 1)
         {
-            buckets.push(Bucket::create(&events_dir, last_seq + 1, now)?);
+            buckets.push(Bucket::create(&events_dir, last_seq + 1, now, &ledger)?);
         }
         let buckets: Vec<Arc<Bucket>> = buckets.into_iter().map(Arc::new).collect();
         let shared = Arc::new(Shared {
@@ -361,7 +362,7 @@ impl Store {
             write_failed: AtomicBool::new(false),
             writing_since: AtomicU64::new(0),
             flush_on_commit: AtomicBool::new(true),
-            damage,
+            ledger,
         });
         let (sender, receiver) = mpsc::sync_channel(QUEUE_DEPTH);
         let writer = Writer::new(shared.clone(), last_seq + 1, index);
@@ -374,10 +375,10 @@ impl Store {
         Ok(store)
     }
 
-    /// What the start found lost and not yet accepted (`hlgate store accept-loss`); empty when
-    /// the store accounts for every event.
-    pub fn damage(&self) -> &Damage {
-        &self.shared.damage
+    /// What the start, or a read since, found lost and not yet accepted (`hlgate store
+    /// accept-loss`); empty when the store accounts for every event.
+    pub fn damage(&self) -> Damage {
+        self.shared.ledger.damage(self.published_through())
     }
 
     /// A tree of opaque values by key, for the token vault (`tokens`) and the INSTALLs waiting
@@ -476,7 +477,9 @@ impl Store {
     }
 
     /// Up to `limit` outbox entries (above the watermark) after `after`, in seq order: from
-    /// memory when they were committed recently, else from disk.
+    /// memory when they were committed recently, else from disk. Seqs given up with `hlgate
+    /// store accept-loss` are skipped; the read stops before any other seq that is missing
+    /// (and reports it), so that the watermark never moves over a loss nobody accepted.
     pub fn pending_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let from = after.max(self.published_through()) + 1;
         {
@@ -486,23 +489,48 @@ impl Store {
                 return Ok(recent.iter().skip(skip).take(limit).cloned().collect());
             }
         }
+        // Every seq up to this one is committed, so a read that ends below it met a loss.
+        let committed = self.shared.last_seq.load(Ordering::Acquire);
         let mut out = Vec::with_capacity(limit.min(1024));
+        let mut next = from;
         for bucket in self.shared.buckets_from(from) {
-            bucket.with_db(|db| {
+            let stopped = bucket.with_db(|db| {
                 for entry in Bucket::entries_from(db, from).take(limit - out.len()) {
-                    out.push(entry?);
+                    let entry = entry?;
+                    if !self.continues(next, entry.seq) {
+                        return Ok(true);
+                    }
+                    next = entry.seq + 1;
+                    out.push(entry);
                 }
-                Ok(())
+                Ok(false)
             })?;
-            if out.len() == limit {
-                break;
+            if stopped || out.len() == limit {
+                return Ok(out);
             }
         }
+        // Committed, yet in no bucket.
+        self.continues(next, committed + 1);
         Ok(out)
     }
 
+    /// Whether `seq` may follow `next` in the outbox: it is `next`, or every seq between them
+    /// was given up. Otherwise the seqs between are reported lost.
+    fn continues(&self, next: u64, seq: u64) -> bool {
+        if seq <= next || self.shared.ledger.is_accepted(next, seq - 1) {
+            return true;
+        }
+        let bucket = self
+            .shared
+            .buckets_from(next)
+            .first()
+            .map_or(0, |b| b.first_seq);
+        self.shared.ledger.found(bucket, next, seq - 1);
+        false
+    }
+
     /// Moves the watermark to `through` once every seq from `first` to `through` is confirmed,
-    /// and flushes it.
+    /// and flushes it; on over the accepted losses that follow, which nothing will confirm.
     /// Only a prefix that continues the watermark moves it (after a nack the relay starts over
     /// from the oldest unconfirmed entry); returns whether it moved.
     pub fn mark_published(&self, first: u64, through: u64) -> Result<bool, StoreError> {
@@ -510,6 +538,7 @@ impl Store {
         if first > current + 1 || through <= current {
             return Ok(false);
         }
+        let through = self.shared.ledger.past_accepted(through);
         self.shared.meta.insert(WATERMARK, &through.to_be_bytes())?;
         // Flushed with every confirmed window: a crash then publishes again only what was in
         // flight, not every window confirmed since sled's last background flush.
@@ -623,23 +652,30 @@ impl Store {
             .count()
     }
 
-    /// Flushes everything to disk.
+    /// Flushes everything to disk, and records the last committed seq (after the events, so
+    /// that it never claims more than they hold): a start compares it with the newest bucket.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.shared.meta_db.flush_async().await?;
         let current = self.shared.current();
         tokio::task::spawn_blocking(move || current.with_db(|db| Ok(db.flush()?)))
             .await
             .map_err(|e| StoreError::Write(e.to_string()))??;
+        let last = self.shared.last_seq.load(Ordering::Acquire);
+        self.shared
+            .meta
+            .insert(damage::STOPPED_AT, &last.to_be_bytes())?;
+        self.shared.meta_db.flush_async().await?;
         Ok(())
     }
 }
 
-/// What the buckets' bounds, read at start, say is lost.
+/// What the buckets' bounds, read at start, say is lost; `through` is the last seq known
+/// committed.
 fn damage_at_start(
     buckets: &[Bucket],
     set_aside: &[damage::SetAside],
     watermark: u64,
-    accepted: &[(u64, u64)],
+    through: u64,
+    ledger: &Ledger,
     retention: Duration,
     now: u64,
 ) -> Damage {
@@ -652,7 +688,7 @@ fn damage_at_start(
             expired: b.newest_ms() < expired_before,
         })
         .collect();
-    damage::at_start(held, set_aside, watermark, accepted)
+    damage::at_start(held, set_aside, watermark, through, ledger.accepted())
 }
 
 /// One group commit being put together.
@@ -731,7 +767,12 @@ impl Writer {
 
     /// Starts a new bucket for the seqs from `first_seq` on.
     fn rotate(&mut self, first_seq: u64, now: u64) -> Result<Arc<Bucket>, StoreError> {
-        let bucket = Arc::new(Bucket::create(&self.shared.events_dir, first_seq, now)?);
+        let bucket = Arc::new(Bucket::create(
+            &self.shared.events_dir,
+            first_seq,
+            now,
+            &self.shared.ledger,
+        )?);
         let previous = {
             let mut all = self.shared.buckets.write().expect("bucket list");
             let previous = all.last().cloned();
@@ -1146,6 +1187,117 @@ mod tests {
                 count: 1
             }
         );
+    }
+
+    /// A store in `dir` with `n` events (seqs 1..=n, one bucket), stopped cleanly.
+    async fn stopped_with_events(dir: &Path, n: usize) {
+        let store = Store::open(dir, Duration::from_secs(60)).unwrap();
+        for i in 0..n {
+            let k = format!("k{i}");
+            store.accept(k.clone(), vec![entry(&k, "1")]).await.unwrap();
+        }
+        store.flush().await.unwrap();
+        drop(store);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    /// Deletes the events `seqs` from the first bucket's database, behind the store's back.
+    fn delete_events(dir: &Path, seqs: std::ops::RangeInclusive<u64>) {
+        let db = sled::open(dir.join(format!("events/{:020}", 1))).unwrap();
+        for seq in seqs {
+            db.remove(key(EVENT, seq)).unwrap();
+        }
+        db.flush().unwrap();
+        drop(db);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    fn seqs(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|e| e.seq).collect()
+    }
+
+    fn lost_seqs(store: &Store) -> Vec<(u64, u64)> {
+        let damage = store.damage();
+        damage.lost.iter().map(|l| (l.first, l.last)).collect()
+    }
+
+    #[tokio::test]
+    async fn the_outbox_stops_before_a_hole_and_reports_it() {
+        let dir = tempfile::tempdir().unwrap();
+        stopped_with_events(dir.path(), 10).await;
+        // Its bounds are intact: only the read that reaches the hole can tell.
+        delete_events(dir.path(), 5..=6);
+        let store = Store::open(dir.path(), Duration::from_secs(60)).unwrap();
+        assert!(store.damage().is_empty());
+        assert_eq!(seqs(&store.pending_after(0, 100).unwrap()), [1, 2, 3, 4]);
+        assert_eq!(lost_seqs(&store), [(5, 6)]);
+        assert!(store.mark_published(1, 4).unwrap());
+        assert!(store.pending_after(0, 100).unwrap().is_empty());
+        assert_eq!(store.depth(), 6);
+        // Not confirmed, never passed.
+        assert!(!store.mark_published(7, 10).unwrap());
+        assert_eq!(store.published_through(), 4);
+    }
+
+    #[tokio::test]
+    async fn the_outbox_stops_where_a_bucket_holds_less_than_its_summary_claims() {
+        let dir = tempfile::tempdir().unwrap();
+        stopped_with_events(dir.path(), 10).await;
+        // This start writes the bucket's summary; the next one reads only that.
+        drop(Store::open(dir.path(), Duration::from_secs(60)).unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+        delete_events(dir.path(), 8..=10);
+        let store = Store::open(dir.path(), Duration::from_secs(60)).unwrap();
+        assert!(store.damage().is_empty());
+        assert_eq!(
+            seqs(&store.pending_after(0, 100).unwrap()),
+            [1, 2, 3, 4, 5, 6, 7]
+        );
+        assert_eq!(lost_seqs(&store), [(8, 10)]);
+    }
+
+    #[tokio::test]
+    async fn the_watermark_moves_over_an_accepted_hole_when_the_relay_reaches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        stopped_with_events(dir.path(), 10).await;
+        delete_events(dir.path(), 5..=6);
+        let given_up = accept_loss(dir.path(), Duration::from_secs(60)).unwrap();
+        assert_eq!(given_up.given_up.len(), 1);
+        // It read the bucket: sled lets go of its lock a moment after.
+        std::thread::sleep(Duration::from_millis(200));
+        let store = Store::open(dir.path(), Duration::from_secs(60)).unwrap();
+        assert!(store.damage().is_empty());
+        // Two windows, the second one past the hole, confirmed in order.
+        assert_eq!(seqs(&store.pending_after(0, 4).unwrap()), [1, 2, 3, 4]);
+        assert_eq!(seqs(&store.pending_after(4, 4).unwrap()), [7, 8, 9, 10]);
+        assert!(store.mark_published(1, 4).unwrap());
+        assert_eq!(store.published_through(), 6);
+        assert!(store.mark_published(7, 10).unwrap());
+        assert_eq!(store.depth(), 0);
+        assert!(store.damage().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_newest_bucket_cut_short_after_a_clean_stop_is_reported_and_its_seqs_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        stopped_with_events(dir.path(), 10).await;
+        delete_events(dir.path(), 8..=10);
+        let store = Store::open(dir.path(), Duration::from_secs(60)).unwrap();
+        assert_eq!(lost_seqs(&store), [(8, 10)]);
+        let new = store.accept("new".into(), vec![entry("new", "1")]).await;
+        assert_eq!(
+            new.unwrap(),
+            AcceptOutcome::Accepted {
+                first_seq: 11,
+                count: 1
+            }
+        );
+        // `store check` names them too, so that they can be accepted.
+        drop(store);
+        std::thread::sleep(Duration::from_millis(200));
+        let report = check(dir.path(), Duration::from_secs(60)).unwrap();
+        let lost: Vec<(u64, u64)> = report.lost.iter().map(|l| (l.first, l.last)).collect();
+        assert_eq!(lost, [(8, 10)]);
     }
 
     fn files_under(dir: &Path) -> u64 {

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use crate::durability::{process_env, spawn_process, Process};
 use crate::helpers::*;
 
@@ -66,6 +68,21 @@ impl Site {
         ids
     }
 
+    /// Posts `n` events, several at a time (so in no particular order); their webhook ids.
+    async fn accept_many(&self, process: &Process, n: usize) -> Vec<String> {
+        let posts = futures_util::stream::iter((0..n).map(|_| async {
+            let (id, body) = contact_event("damage");
+            assert_eq!(process.post_signed(&self.ed, body).await.status(), 200);
+            id
+        }));
+        posts.buffer_unordered(16).collect().await
+    }
+
+    /// Starts it with the broker reachable.
+    fn broker_up(&mut self) {
+        self.env.insert("HLGATE_AMQP_URL".into(), AMQP_URL.into());
+    }
+
     /// `hlgate store ACTION`: exit code and stdout.
     fn store(&self, action: &str) -> (i32, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_hlgate"))
@@ -101,6 +118,38 @@ async fn readyz(process: &Process) -> (u16, serde_json::Value) {
         .await
         .unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// `/readyz` once `until` holds for its body (a hang guard only: it comes long before).
+async fn readyz_once(
+    process: &Process,
+    what: &str,
+    until: impl Fn(&serde_json::Value) -> bool,
+) -> (u16, serde_json::Value) {
+    let mut last = readyz(process).await;
+    for _ in 0..600 {
+        if until(&last.1) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        last = readyz(process).await;
+    }
+    panic!("never {what}: {}", last.1);
+}
+
+/// The first seq of the `LOST` range ending at `last` that `store check` printed.
+fn lost_through(check: &str, last: u64) -> u64 {
+    let line = check
+        .lines()
+        .find(|l| l.starts_with("LOST: seqs ") && l.contains(&format!("..{last} (")))
+        .unwrap_or_else(|| panic!("no lost seqs up to {last}:\n{check}"));
+    assert!(line.contains("lost before they were published"), "{line}");
+    line["LOST: seqs ".len()..]
+        .split("..")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 async fn damaged_metric(process: &Process) -> f64 {
@@ -297,4 +346,121 @@ fn bucket_names(data: &Path) -> Vec<String> {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect()
+}
+
+#[tokio::test]
+async fn a_bucket_cut_short_behind_an_intact_summary_is_found_when_it_is_read() {
+    // Buckets of 6 s, none expired before the test ends.
+    let mut site = Site::new(&[("HLGATE_DEDUP_RETENTION", "24s")]);
+    site.broker_up();
+    let mut tap = Tap::bind(&site.exchange, "#").await;
+    let process = site.start().await;
+    let mut bodies = Vec::new();
+    for _ in 0..30 {
+        let (_, body) = contact_event("damage");
+        assert_eq!(
+            process.post_signed(&site.ed, body.clone()).await.status(),
+            200
+        );
+        bodies.push(body);
+    }
+    tokio::time::sleep(Duration::from_millis(6100)).await;
+    site.accept(&process, 5).await;
+    tap.take(35).await;
+    // Published and taking no more events, the first bucket is closed with its summary.
+    let summary = site.bucket(1).join("keys");
+    for _ in 0..200 {
+        if summary.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(summary.exists(), "the first bucket was never closed");
+    stop(process);
+    truncate_to_half(&site.bucket(1).join("db"));
+    let (code, out) = site.store("check");
+    assert_ne!(code, 0);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("LOST: seqs ") && l.contains("..30 ("))
+        .unwrap_or_else(|| panic!("no lost seqs up to 30:\n{out}"));
+    assert!(
+        line.contains("published events gone from the archive"),
+        "{line}"
+    );
+
+    // The start reads the summary only; a redelivery of a lost event opens the database.
+    let process = site.start().await;
+    assert_eq!(readyz(&process).await.0, 200);
+    let redelivered = process.post_signed(&site.ed, bodies[29].clone()).await;
+    assert_eq!(redelivered.status(), 200);
+    let (status, body) = readyz(&process).await;
+    assert_eq!((status, &body["store"]), (503, &"damaged".into()), "{body}");
+    assert_eq!(damaged_metric(&process).await, 1.0);
+    let log = stop(process);
+    let range = &line["LOST: ".len()..line.find(" (").unwrap()];
+    let error = log
+        .lines()
+        .find(|l| l.contains("\"ERROR\"") && l.contains("damaged") && l.contains(range));
+    assert!(error.is_some(), "no ERROR line naming {range}:\n{log}");
+    // Reported by every start now, until accepted.
+    let process = site.start().await;
+    assert_eq!(readyz(&process).await.1["store"], "damaged");
+    stop(process);
+    assert_accepted_then_ready(&site, &format!("gave up {range}")).await;
+    tap.cleanup(&site.exchange).await;
+}
+
+#[tokio::test]
+async fn an_accepted_loss_in_the_middle_of_the_outbox_is_passed_and_the_outbox_drains() {
+    // Buckets of 2 s: a pause starts the next one.
+    let mut site = Site::new(&[("HLGATE_DEDUP_RETENTION", "8s")]);
+    let process = site.start().await;
+    // A whole window of the relay's before the loss, so that its next window starts past it.
+    let mut ids = site.accept_many(&process, 2000).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let lost = site.accept(&process, 5).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    ids.extend(site.accept(&process, 5).await);
+    stop(process);
+    assert!(site.bucket(2001).exists() && site.bucket(2006).exists());
+    std::fs::remove_dir_all(site.bucket(2001)).unwrap();
+
+    let (code, out) = site.store("check");
+    assert_ne!(code, 0);
+    assert_eq!(lost_through(&out, 2005), 2001);
+    let (code, out) = site.store("accept-loss");
+    assert_eq!(code, 0);
+    assert!(out.contains("gave up seqs 2001..2005"), "{out}");
+
+    site.broker_up();
+    let mut tap = Tap::bind(&site.exchange, "#").await;
+    let process = site.start().await;
+    let mut got: Vec<String> = tap.take(2005).await.iter().map(message_id).collect();
+    assert_eq!(got[2000..], ids[2000..]);
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids);
+    assert!(lost.iter().all(|id| !got.contains(id)));
+    let (status, body) = readyz_once(&process, "drained", |b| b["outbox_depth"] == 0).await;
+    assert_eq!((status, &body["store"]), (200, &"ok".into()), "{body}");
+    stop(process);
+    tap.cleanup(&site.exchange).await;
+}
+
+#[tokio::test]
+async fn a_newest_bucket_cut_short_after_a_clean_stop_is_reported() {
+    let site = Site::new(&[]);
+    let process = site.start().await;
+    site.accept(&process, 30).await;
+    stop(process);
+    // The only bucket, the newest: it has no summary to compare with.
+    assert!(!site.bucket(1).join("keys").exists());
+    truncate_to_half(&site.bucket(1).join("db"));
+
+    assert_started_damaged(&site).await;
+    let (code, out) = site.store("check");
+    assert_ne!(code, 0);
+    let first_lost = lost_through(&out, 30);
+    assert_accepted_then_ready(&site, &format!("gave up seqs {first_lost}..30")).await;
 }
