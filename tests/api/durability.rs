@@ -133,6 +133,14 @@ pub fn spawn_process(env: &HashMap<String, String>, stderr: Stdio) -> Process {
     }
 }
 
+impl Drop for Process {
+    /// A test that fails half-way leaves no gateway running to publish into the shared broker.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Process {
     pub async fn wait_ready(&self) {
         let client = reqwest::Client::new();
