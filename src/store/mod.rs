@@ -4,7 +4,8 @@
 //! Events live in buckets (see [`bucket`]): each one a sled database of its own covering a span
 //! of acceptance time (a quarter of the retention) or 32 MiB of events. A bucket holds
 //! - `d<dedup key>`  → acceptance time (u64 BE, unix ms)
-//! - `e<seq>`        → the encoded [`Entry`], kept for the retention window (archive, replay)
+//! - `e<seq>`        → the encoded [`Entry`], kept for the retention window (archive, replay);
+//!   or an [`ArrayRecord`]: a whole array delivery, covering one seq per element from `seq` on
 //!
 //! so a delivery's dedup key and its entries are written by one atomic batch. Seqs rise across
 //! buckets: each bucket holds the seqs from its own first one up to the next bucket's first.
