@@ -218,23 +218,15 @@ fn parse_array<T>(
     body: &[u8],
     mut check: impl FnMut(&Event, Option<&Value>) -> T,
 ) -> (Option<Delivery>, Vec<T>) {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    // Borrowed slices of the body: the elements are parsed one at a time below.
-    let elements = match first {
-        Some(b'[') => serde_json::from_slice::<Vec<&RawValue>>(body).ok(),
-        _ => None,
-    };
-    let Some(elements) = elements else {
+    let mut checked = Vec::new();
+    let mut events = Vec::new();
+    let key = walk_array(body, |event, value| {
+        checked.push(check(&event, value));
+        events.push(event);
+    });
+    let Some(key) = key else {
         return (None, Vec::new());
     };
-    let mut checked = Vec::with_capacity(elements.len());
-    let mut events = Vec::with_capacity(elements.len());
-    for raw in elements {
-        let (event, value) = element_event(raw);
-        checked.push(check(&event, value.as_ref()));
-        events.push(event);
-    }
-    let key = dedup_key(events.iter().find_map(|e| e.webhook_id.as_deref()), body);
     let delivery = Delivery {
         dedup_key: key,
         is_array: true,
@@ -243,10 +235,63 @@ fn parse_array<T>(
     (Some(delivery), checked)
 }
 
+/// Walks a top-level array once, handing each element's [`Event`] and parsed JSON to `each`
+/// and keeping none of them: an array costs one element's tree at a time. Returns the
+/// delivery's dedup key, or `None` when the body is not an array (what `each` saw then is
+/// not a delivery: a body cut short after its first elements is not an array).
+pub fn walk_array(body: &[u8], mut each: impl FnMut(Event, Option<&Value>)) -> Option<String> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'[') || std::str::from_utf8(body).is_err() {
+        return None;
+    }
+    let mut webhook_id = None;
+    for_each_element(body, |raw| {
+        let (event, value) = element_event(raw.get());
+        if webhook_id.is_none() {
+            webhook_id.clone_from(&event.webhook_id);
+        }
+        each(event, value.as_ref());
+    })?;
+    Some(dedup_key(webhook_id.as_deref(), body))
+}
+
+/// Calls `each` with every element of a top-level JSON array, in order, as a slice borrowed
+/// from `body`, without collecting them; their count, or `None` when `body` is not an array.
+pub fn for_each_element<'a>(body: &'a [u8], each: impl FnMut(&'a RawValue)) -> Option<usize> {
+    struct Elements<F>(F);
+    impl<'de, F: FnMut(&'de RawValue)> serde::de::Visitor<'de> for Elements<F> {
+        type Value = usize;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON array")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            mut self,
+            mut seq: A,
+        ) -> Result<usize, A::Error> {
+            let mut count = 0;
+            while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+                (self.0)(raw);
+                count += 1;
+            }
+            Ok(count)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let count = serde::Deserializer::deserialize_seq(&mut de, Elements(each)).ok()?;
+    de.end().ok()?;
+    Some(count)
+}
+
+/// The event of one array element, `text` being its JSON as it stands in the array: what is
+/// published for it, as [`parse_delivery`] makes it.
+pub fn element(text: &str) -> Event {
+    element_event(text).0
+}
+
 /// One array element, from one parse: its fields and its compact JSON. One nested too deeply
 /// for a tree keeps its text as it is, and its fields are read without one.
-fn element_event(raw: &RawValue) -> (Event, Option<Value>) {
-    match serde_json::from_str::<Value>(raw.get()) {
+fn element_event(text: &str) -> (Event, Option<Value>) {
+    match serde_json::from_str::<Value>(text) {
         Ok(value) => {
             let compact = serde_json::to_vec(&value).expect("a Value serialises");
             (
@@ -256,10 +301,10 @@ fn element_event(raw: &RawValue) -> (Event, Option<Value>) {
         }
         Err(_) => {
             // Only an object has fields (serde would read an array's items as them).
-            let fields = Some(raw.get())
+            let fields = Some(text)
                 .filter(|text| text.starts_with('{'))
                 .and_then(|text| serde_json::from_str::<Fields>(text).ok());
-            let event = Event::from_fields(fields.unwrap_or_default(), raw.get().into());
+            let event = Event::from_fields(fields.unwrap_or_default(), text.into());
             (event, None)
         }
     }

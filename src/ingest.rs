@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::event::{parse_delivery, parse_delivery_checked, Delivery, NO_TENANT, UNKNOWN};
+use crate::event::{
+    parse_delivery, parse_delivery_checked, walk_array, Delivery, Event, NO_TENANT, UNKNOWN,
+};
 use crate::metrics::Metrics;
 use crate::schema::{Outcome, Schemas};
-use crate::store::{AcceptOutcome, Entry, Store, StoreError};
+use crate::store::{AcceptOutcome, ArrayRecord, Entry, Store, StoreError};
 use crate::verify::{SignatureHeaders, Verified, Verifier, VerifyError};
 
 /// What a caller learns about an accepted or absorbed delivery.
@@ -26,10 +28,13 @@ impl Receipt {
     /// Named after the delivery's first event. An empty array has none: its dedup key is
     /// still recorded, so it reads as a delivery of no event of no tenant.
     fn of(delivery: &Delivery) -> Receipt {
-        let first = delivery.events.first();
+        Receipt::named(&delivery.dedup_key, delivery.events.first())
+    }
+
+    fn named(dedup_key: &str, first: Option<&Event>) -> Receipt {
         Receipt {
             duplicate: false,
-            dedup_key: delivery.dedup_key.clone(),
+            dedup_key: dedup_key.to_string(),
             event_type: first.map_or(UNKNOWN, |e| e.event_type.as_str()).to_string(),
             tenant: first.map_or(NO_TENANT, |e| e.tenant.as_str()).to_string(),
             webhook_id: first.and_then(|e| e.webhook_id.clone()),
@@ -77,14 +82,27 @@ impl Ingest {
                 .signature_fallback
                 .fetch_add(1, Ordering::Relaxed);
         }
+        let now = OffsetDateTime::now_utc();
         // Fields and the dedup key come from the form that verified.
-        let (delivery, schema) = parse(verified.signed_form(), &self.schemas);
-        self.check_timestamps(&delivery, OffsetDateTime::now_utc())?;
-
-        let receipt = Receipt::of(&delivery);
-        let entries = entries(&verified, delivery, schema);
+        let (receipt, stored) = match self.walk(&verified, now) {
+            Some(walked) => walked?,
+            None => {
+                let (delivery, schema) = parse(verified.signed_form(), &self.schemas);
+                self.check_timestamps(&delivery, now)?;
+                let receipt = Receipt::of(&delivery);
+                (
+                    receipt,
+                    Stored::Entries(entries(&verified, delivery, schema)),
+                )
+            }
+        };
+        let key = receipt.dedup_key.clone();
         // The store answers a duplicate before it refuses for a full outbox or disk.
-        let outcome = match self.store.accept(receipt.dedup_key.clone(), entries).await {
+        let accepted = match stored {
+            Stored::Entries(entries) => self.store.accept(key, entries).await,
+            Stored::Array(record) => self.store.accept_array(key, record).await,
+        };
+        let outcome = match accepted {
             Ok(outcome) => outcome,
             Err(StoreError::OutboxFull(depth)) => return Err(IngestError::OutboxFull(depth)),
             Err(e) => return Err(e.into()),
@@ -100,13 +118,77 @@ impl Ingest {
 
     /// Older than the retention or further ahead than the skew: refused. Unparseable: ignored.
     fn check_timestamps(&self, d: &Delivery, now: OffsetDateTime) -> Result<(), IngestError> {
-        for ts in d.events.iter().filter_map(|e| e.timestamp) {
-            if ts < now - self.retention || ts > now + self.max_future_skew {
-                return Err(IngestError::StaleTimestamp);
-            }
+        if d.events.iter().any(|e| self.is_stale(e, now)) {
+            return Err(IngestError::StaleTimestamp);
         }
         Ok(())
     }
+
+    fn is_stale(&self, event: &Event, now: OffsetDateTime) -> bool {
+        event
+            .timestamp
+            .is_some_and(|ts| ts < now - self.retention || ts > now + self.max_future_skew)
+    }
+
+    /// A top-level array, walked once without keeping its events: the timestamp rule, one
+    /// schema outcome per element, and what the receipt names. Several elements make one
+    /// record (the store cuts their entries from its body when they are read); one makes an
+    /// ordinary entry, none only the dedup key. `None` when the body is not an array.
+    fn walk(
+        &self,
+        verified: &Verified<'_>,
+        now: OffsetDateTime,
+    ) -> Option<Result<(Receipt, Stored), IngestError>> {
+        let body = verified.signed_form();
+        let (mut stale, mut first, mut schema) = (false, None, Vec::new());
+        let dedup_key = walk_array(body, |event, value| {
+            stale |= self.is_stale(&event, now);
+            let outcome = match value {
+                Some(value) if !self.schemas.is_empty() => {
+                    self.schemas.validate_value(&event.event_type, value)
+                }
+                _ => Outcome::Unknown,
+            };
+            schema.push(outcome.to_u8());
+            if first.is_none() {
+                first = Some(event);
+            }
+        })?;
+        if stale {
+            return Some(Err(IngestError::StaleTimestamp));
+        }
+        let receipt = Receipt::named(&dedup_key, first.as_ref());
+        let stored = match (schema.len(), first) {
+            (1, Some(event)) => {
+                let delivery = Delivery {
+                    dedup_key,
+                    is_array: true,
+                    events: vec![event],
+                };
+                let outcome = vec![Outcome::from_u8(schema[0])];
+                Stored::Entries(entries(verified, delivery, outcome))
+            }
+            (0, _) => Stored::Entries(Vec::new()),
+            _ => Stored::Array(ArrayRecord {
+                first_seq: 0,
+                accepted_ms: 0,
+                replay: false,
+                scheme: verified.scheme(),
+                compact: verified.used_fallback(),
+                dedup_key,
+                signature: verified.signature().to_string(),
+                schema,
+                body: body.to_vec(),
+            }),
+        };
+        Some(Ok((receipt, stored)))
+    }
+}
+
+/// What a delivery hands the store.
+enum Stored {
+    Entries(Vec<Entry>),
+    Array(ArrayRecord),
 }
 
 /// Parses a verified body once. With schemas to check, each event is validated while its

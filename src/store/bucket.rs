@@ -21,7 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::event::for_each_element;
+
 use super::damage::{Ledger, SetAside, SET_ASIDE};
+use super::entry::{span, ArrayRecord, Stored};
 use super::keys::key_hash;
 use super::{key, seq_of, Entry, StoreError, DEDUP, EVENT};
 
@@ -272,9 +275,9 @@ impl Bucket {
             return Ok(());
         }
         let held_first = db.scan_prefix([EVENT]).keys().next().transpose()?;
-        let held_last = db.scan_prefix([EVENT]).keys().next_back().transpose()?;
+        let held_last = db.scan_prefix([EVENT]).next_back().transpose()?;
         let missing = match (held_first, held_last) {
-            (Some(a), Some(b)) => vec![(first, seq_of(&a) - 1), (seq_of(&b) + 1, last)],
+            (Some(a), Some((b, v))) => vec![(first, seq_of(&a) - 1), (last_of(&b, &v) + 1, last)],
             _ => vec![(first, last)],
         };
         for (a, b) in missing.into_iter().filter(|(a, b)| a <= b) {
@@ -338,17 +341,27 @@ impl Bucket {
         self.last_seq.store(last_seq, Ordering::Release);
     }
 
-    /// A bucket's entries from `from` on, in seq order.
+    /// A bucket's entries from `from` on, in seq order, one per seq: an array record is
+    /// expanded into its elements' entries as the iterator reaches them (its body parsed once),
+    /// from `from` on when it starts before.
     pub fn entries_from(
         db: &sled::Db,
         from: u64,
     ) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
-        db.range(key(EVENT, from)..=key(EVENT, u64::MAX))
-            .map(|item| {
-                let (k, v) = item?;
-                let seq = seq_of(&k);
-                Entry::decode(seq, &v).ok_or(StoreError::Corrupt(seq))
-            })
+        // The value at or before `from`: a record starting there may cover it.
+        let before = match from {
+            0 => None,
+            _ => db.range(key(EVENT, 0)..=key(EVENT, from)).next_back(),
+        };
+        let start = match before {
+            Some(Ok((k, v))) if last_of(&k, &v) >= from => seq_of(&k),
+            _ => from,
+        };
+        Expand {
+            items: db.range(key(EVENT, start)..=key(EVENT, u64::MAX)),
+            from,
+            open: None,
+        }
     }
 
     /// Closes the database and deletes its directory. The directory is renamed first, so a
@@ -360,6 +373,98 @@ impl Bucket {
         std::fs::rename(&dir, &gone)?;
         std::fs::remove_dir_all(&gone)
     }
+}
+
+/// The last seq the value `v` under key `k` covers: its own seq, or an array record's last.
+/// Broken bytes count as covering their own seq (the read that reaches them reports them).
+fn last_of(k: &[u8], v: &[u8]) -> u64 {
+    let seq = seq_of(k);
+    span(seq, v).map_or(seq, |(last, _)| last)
+}
+
+/// [`Bucket::entries_from`]'s iterator.
+struct Expand {
+    items: sled::Iter,
+    from: u64,
+    /// The array record being expanded.
+    open: Option<Open>,
+}
+
+/// An array record being read, with where each element lies in its body.
+struct Open {
+    record: ArrayRecord,
+    text: String,
+    /// Start and end of each element in `text`: 8 bytes an element, which takes at least two
+    /// bytes of the body (itself and a comma).
+    elements: Vec<(u32, u32)>,
+    next: usize,
+}
+
+impl Open {
+    fn new(mut record: ArrayRecord, from: u64) -> Option<Open> {
+        let text = String::from_utf8(std::mem::take(&mut record.body)).ok()?;
+        u32::try_from(text.len()).ok()?;
+        let base = text.as_ptr() as usize;
+        let mut elements = Vec::with_capacity(record.schema.len());
+        for_each_element(text.as_bytes(), |raw| {
+            let at = (raw.get().as_ptr() as usize - base) as u32;
+            elements.push((at, at + raw.get().len() as u32));
+        })?;
+        if elements.len() as u64 != record.len() {
+            return None;
+        }
+        let next = from.saturating_sub(record.first_seq) as usize;
+        Some(Open {
+            record,
+            text,
+            elements,
+            next,
+        })
+    }
+
+    fn next_entry(&mut self) -> Option<Entry> {
+        let (a, b) = *self.elements.get(self.next)?;
+        let entry = self
+            .record
+            .element(self.next, &self.text[a as usize..b as usize]);
+        self.next += 1;
+        Some(entry)
+    }
+}
+
+impl Iterator for Expand {
+    type Item = Result<Entry, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(open) = &mut self.open {
+                if let Some(entry) = open.next_entry() {
+                    return Some(Ok(entry));
+                }
+                self.open = None;
+            }
+            let (k, v) = match self.items.next()? {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e.into())),
+            };
+            let seq = seq_of(&k);
+            match Stored::decode(seq, &v) {
+                Some(Stored::One(entry)) if seq >= self.from => return Some(Ok(entry)),
+                Some(Stored::One(_)) => {}
+                Some(Stored::Array(record)) => match Open::new(record, self.from) {
+                    Some(open) => self.open = Some(open),
+                    None => return Some(Err(StoreError::Corrupt(seq))),
+                },
+                None => return Some(Err(StoreError::Corrupt(seq))),
+            }
+        }
+    }
+}
+
+/// The last seq the summary in `dir` claims, if it has a whole one.
+#[cfg(test)]
+pub(super) fn summary_last_seq(dir: &Path, first_seq: u64) -> Option<u64> {
+    Summary::load(dir, first_seq).map(|s| s.last_seq)
 }
 
 /// The bucket directories under `events_dir`, by first seq: whether each is in use (has its
@@ -405,10 +510,11 @@ pub(super) fn read_contents(dir: &Path, with_keys: bool) -> Result<Contents, Sto
     for item in db.scan_prefix([EVENT]) {
         let (k, v) = item?;
         let seq = seq_of(&k);
-        newest_ms = Entry::decode(seq, &v).map_or(newest_ms, |e| e.accepted_ms);
+        let (last, ms) = span(seq, &v).unwrap_or((seq, newest_ms));
+        newest_ms = ms;
         match runs.last_mut() {
-            Some(run) if run.1 + 1 == seq => run.1 = seq,
-            _ => runs.push((seq, seq)),
+            Some(run) if run.1 + 1 == seq => run.1 = last,
+            _ => runs.push((seq, last)),
         }
     }
     let mut dedup_keys = Vec::new();
@@ -446,10 +552,8 @@ impl Summary {
     fn read(db: &sled::Db, first_seq: u64, now_ms: u64) -> Result<Summary, StoreError> {
         let entry_at = |item: Option<sled::Result<(sled::IVec, sled::IVec)>>| {
             item.transpose().map(|kv| {
-                kv.and_then(|(k, v)| {
-                    let seq = seq_of(&k);
-                    Entry::decode(seq, &v).map(|e| (seq, e.accepted_ms))
-                })
+                // Its last seq: an array record covers several.
+                kv.and_then(|(k, v)| span(seq_of(&k), &v))
             })
         };
         let first = entry_at(db.scan_prefix([EVENT]).next())?;
@@ -460,7 +564,7 @@ impl Summary {
         }
         hashes.sort_unstable();
         Ok(Summary {
-            last_seq: last.map_or(first_seq - 1, |(seq, _)| seq),
+            last_seq: last.map_or(first_seq - 1, |(last, _)| last),
             opened_ms: first.map_or(now_ms, |(_, ms)| ms),
             newest_ms: last.map_or(now_ms, |(_, ms)| ms),
             hashes,

@@ -4,7 +4,8 @@
 //! Events live in buckets (see [`bucket`]): each one a sled database of its own covering a span
 //! of acceptance time (a quarter of the retention) or 32 MiB of events. A bucket holds
 //! - `d<dedup key>`  → acceptance time (u64 BE, unix ms)
-//! - `e<seq>`        → the encoded [`Entry`], kept for the retention window (archive, replay)
+//! - `e<seq>`        → the encoded [`Entry`], kept for the retention window (archive, replay);
+//!   or an [`ArrayRecord`]: a whole array delivery, covering one seq per element from `seq` on
 //!
 //! so a delivery's dedup key and its entries are written by one atomic batch. Seqs rise across
 //! buckets: each bucket holds the seqs from its own first one up to the next bucket's first.
@@ -30,7 +31,7 @@ mod keys;
 mod tokens;
 
 pub use damage::{accept_loss, check, Acceptance, Damage, Lost, Report};
-pub use entry::Entry;
+pub use entry::{ArrayRecord, Entry};
 pub use tokens::KeyedTree;
 
 use std::collections::{HashSet, VecDeque};
@@ -139,7 +140,7 @@ impl Disk {
 /// typical events).
 const ENTRY_OVERHEAD: u64 = 512;
 
-fn disk_bytes(entries: &[Entry]) -> u64 {
+fn entries_bytes(entries: &[Entry]) -> u64 {
     entries
         .iter()
         .map(|e| {
@@ -147,6 +148,31 @@ fn disk_bytes(entries: &[Entry]) -> u64 {
             (e.body.len() + fields + e.signature.len()) as u64 + ENTRY_OVERHEAD
         })
         .sum()
+}
+
+fn disk_bytes(events: &Events) -> u64 {
+    match events {
+        Events::Entries(entries) => entries_bytes(entries),
+        Events::Array(r) => {
+            let fields = r.dedup_key.len() + r.signature.len() + r.schema.len();
+            (r.body.len() + fields) as u64 + ENTRY_OVERHEAD
+        }
+    }
+}
+
+/// What a delivery stores: entries of their own, or one record for a whole array.
+enum Events {
+    Entries(Vec<Entry>),
+    Array(ArrayRecord),
+}
+
+impl Events {
+    fn count(&self) -> usize {
+        match self {
+            Events::Entries(entries) => entries.len(),
+            Events::Array(record) => record.schema.len(),
+        }
+    }
 }
 
 /// A request of the current batch waiting for the flush.
@@ -170,7 +196,7 @@ pub enum AcceptOutcome {
 enum Command {
     Accept {
         dedup_key: String,
-        entries: Vec<Entry>,
+        events: Events,
         reply: oneshot::Sender<Result<AcceptOutcome, StoreError>>,
     },
     Append {
@@ -460,7 +486,23 @@ impl Store {
     ) -> Result<AcceptOutcome, StoreError> {
         self.send(|reply| Command::Accept {
             dedup_key,
-            entries,
+            events: Events::Entries(entries),
+            reply,
+        })
+        .await
+    }
+
+    /// Records an array delivery of several events as one record under the seq of its first
+    /// element (its `first_seq` and `accepted_ms` are set here), flushed before returning. Its
+    /// events are read back one entry per seq, as if each had been stored on its own.
+    pub async fn accept_array(
+        &self,
+        dedup_key: String,
+        record: ArrayRecord,
+    ) -> Result<AcceptOutcome, StoreError> {
+        self.send(|reply| Command::Accept {
+            dedup_key,
+            events: Events::Array(record),
             reply,
         })
         .await
@@ -698,7 +740,10 @@ struct Commit {
     /// The seq of its first entry.
     start_seq: u64,
     written: Vec<Entry>,
-    /// Encoded bytes of `written`.
+    /// It holds an array record: its entries are not in `written`, and the relay reads this
+    /// commit from disk.
+    has_record: bool,
+    /// Encoded bytes of what it writes.
     bytes: u64,
     /// Hashes of the dedup keys it records.
     key_hashes: Vec<u64>,
@@ -818,6 +863,19 @@ impl Writer {
         seq
     }
 
+    /// Writes an array record, taking the seqs of all its elements; returns the first.
+    fn record_into(&mut self, commit: &mut Commit, mut record: ArrayRecord, now: u64) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += record.len();
+        record.first_seq = seq;
+        record.accepted_ms = now;
+        let encoded = record.encode();
+        commit.bytes += encoded.len() as u64;
+        commit.batch.insert(&key(EVENT, seq), encoded);
+        commit.has_record = true;
+        seq
+    }
+
     /// One group commit: every accept and append in `commands`, one batch, one flush.
     fn commit(&mut self, commands: Vec<Command>) {
         let now = now_ms();
@@ -834,7 +892,7 @@ impl Writer {
             match command {
                 Command::Accept {
                     dedup_key,
-                    entries,
+                    events,
                     reply,
                 } => {
                     let hash = key_hash(dedup_key.as_bytes());
@@ -856,17 +914,25 @@ impl Writer {
                     }
                     // Only after dedup: a redelivery of what is stored is a duplicate even
                     // while new deliveries are refused.
-                    if let Err(e) = self.room(disk, &commit, &entries) {
+                    if let Err(e) = self.room(disk, &commit, disk_bytes(&events)) {
                         let _ = reply.send(Err(e));
                         continue;
                     }
-                    let count = entries.len();
+                    let count = events.count();
                     let mut first_seq = 0;
-                    for (i, entry) in entries.into_iter().enumerate() {
-                        let seq = self.entry_into(&mut commit, entry, now);
-                        if i == 0 {
-                            first_seq = seq;
+                    match events {
+                        Events::Entries(entries) => {
+                            for (i, entry) in entries.into_iter().enumerate() {
+                                let seq = self.entry_into(&mut commit, entry, now);
+                                if i == 0 {
+                                    first_seq = seq;
+                                }
+                            }
                         }
+                        Events::Array(record) if !record.is_empty() => {
+                            first_seq = self.record_into(&mut commit, record, now);
+                        }
+                        Events::Array(_) => {}
                     }
                     commit
                         .batch
@@ -879,7 +945,7 @@ impl Writer {
                     ));
                 }
                 Command::Append { entries, reply } => {
-                    if let Err(e) = self.room(disk, &commit, &entries) {
+                    if let Err(e) = self.room(disk, &commit, entries_bytes(&entries)) {
                         let _ = reply.send(Err(e));
                         continue;
                     }
@@ -903,16 +969,11 @@ impl Writer {
         }
     }
 
-    /// Whether `entries` may join `commit`: the disk has room for the batch with them, and the
+    /// Whether what takes `bytes` on disk may join `commit`: the disk has room for the batch with it, and the
     /// outbox (with what this batch added so far) is under its limit.
-    fn room(
-        &self,
-        disk: Option<Disk>,
-        commit: &Commit,
-        entries: &[Entry],
-    ) -> Result<(), StoreError> {
+    fn room(&self, disk: Option<Disk>, commit: &Commit, bytes: u64) -> Result<(), StoreError> {
         if let Some(disk) = disk {
-            disk.takes(commit.bytes + disk_bytes(entries))?;
+            disk.takes(commit.bytes + bytes)?;
         }
         let published = self.shared.published.load(Ordering::Acquire);
         let depth = (self.next_seq - 1).saturating_sub(published);
@@ -928,11 +989,13 @@ impl Writer {
             batch,
             start_seq,
             written,
+            has_record,
             bytes,
             key_hashes,
             waiting,
         } = commit;
-        let bucket = if !written.is_empty() {
+        let wrote = self.next_seq > start_seq;
+        let bucket = if wrote {
             self.bucket_for_commit(start_seq, now)
         } else {
             self.current()
@@ -961,9 +1024,15 @@ impl Writer {
             self.shared.write_failed.store(false, Ordering::Relaxed);
             self.current_keys.extend(key_hashes);
             self.current_bytes += bytes;
-            if !written.is_empty() {
+            if wrote {
                 bucket.written(self.next_seq - 1, now);
-                self.remember(written);
+                if has_record {
+                    // The relay reads this commit from disk: `recent` holds consecutive seqs,
+                    // and a record's entries are made only as they are read.
+                    self.shared.recent.lock().expect("recent entries").clear();
+                } else {
+                    self.remember(written);
+                }
                 self.shared
                     .last_seq
                     .store(self.next_seq - 1, Ordering::Release);
@@ -1108,6 +1177,198 @@ mod tests {
             signature: "sig".into(),
             body: body.as_bytes().to_vec(),
         }
+    }
+
+    /// The body of the array record below: five elements, one a real event, spaced out.
+    const ARRAY: &str =
+        r#"[ 1, {"type":"ContactCreate", "locationId":"L", "webhookId":"w"}, [2,3], "x", {} ]"#;
+    /// Each element's compact JSON, in order.
+    const ELEMENTS: [&str; 5] = [
+        "1",
+        r#"{"type":"ContactCreate","locationId":"L","webhookId":"w"}"#,
+        "[2,3]",
+        r#""x""#,
+        "{}",
+    ];
+
+    fn array(key: &str) -> ArrayRecord {
+        let outcomes = [Outcome::Unknown, Outcome::Valid, Outcome::Invalid];
+        ArrayRecord {
+            first_seq: 0,
+            accepted_ms: 0,
+            replay: false,
+            scheme: Scheme::RsaSha256,
+            compact: true,
+            dedup_key: key.into(),
+            signature: "sig".into(),
+            schema: (0..5).map(|i| outcomes[i % 3].to_u8()).collect(),
+            body: ARRAY.as_bytes().to_vec(),
+        }
+    }
+
+    /// Checks that `entries` are the elements of `array("arr")` at seqs `first..`, from `from`.
+    fn assert_elements(entries: &[Entry], first: u64, from: u64) {
+        let skip = (from - first) as usize;
+        assert_eq!(entries.len(), 5 - skip);
+        for (e, i) in entries.iter().zip(skip..) {
+            assert_eq!(e.seq, first + i as u64);
+            assert_eq!(e.index, Some(i as u32));
+            assert_eq!(e.message_id(), format!("arr/{i}"));
+            assert_eq!(e.body, ELEMENTS[i].as_bytes(), "element {i}");
+            assert_eq!(e.schema, Outcome::from_u8(array("arr").schema[i]));
+            assert_eq!(
+                (e.scheme, e.compact, e.signature.as_str()),
+                (Scheme::RsaSha256, true, "sig")
+            );
+        }
+        if skip <= 1 {
+            let e = &entries[1 - skip];
+            assert_eq!(e.routing_key(), "ContactCreate.L");
+            assert_eq!(e.webhook_id.as_deref(), Some("w"));
+            assert_eq!(e.location_id.as_deref(), Some("L"));
+        }
+        for e in entries.iter().filter(|e| e.index != Some(1)) {
+            assert_eq!(e.routing_key(), "unknown.none");
+        }
+    }
+
+    /// One event, an array record of five (seqs 2..=6), one event.
+    async fn with_a_record(store: &Store) {
+        store
+            .accept("a".into(), vec![entry("a", "1")])
+            .await
+            .unwrap();
+        let arr = store
+            .accept_array("arr".into(), array("arr"))
+            .await
+            .unwrap();
+        assert_eq!(
+            arr,
+            AcceptOutcome::Accepted {
+                first_seq: 2,
+                count: 5
+            }
+        );
+        // Nothing of it is in memory for the relay.
+        assert!(store.shared.recent.lock().unwrap().is_empty());
+        store
+            .accept("c".into(), vec![entry("c", "7")])
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_array_record_reads_as_one_entry_per_seq_from_anywhere_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Duration::from_secs(60)).unwrap();
+        with_a_record(&store).await;
+        assert_eq!(store.depth(), 7);
+        let all = store.pending_after(0, 100).unwrap();
+        assert_eq!(seqs(&all), (1..=7).collect::<Vec<_>>());
+        assert_elements(&all[1..6], 2, 2);
+        assert_eq!(all[6].body, b"7");
+        // From its middle, and windows that end and begin inside it.
+        for from in 2..=6 {
+            assert_elements(
+                &store
+                    .pending_after(from - 1, 5 - (from - 2) as usize)
+                    .unwrap(),
+                2,
+                from,
+            );
+        }
+        let mut windows = Vec::new();
+        let mut after = 0;
+        loop {
+            let window = store.pending_after(after, 2).unwrap();
+            let Some(last) = window.last() else { break };
+            after = last.seq;
+            windows.push(seqs(&window));
+        }
+        assert_eq!(windows, [vec![1, 2], vec![3, 4], vec![5, 6], vec![7]]);
+        assert!(store.mark_published(1, 3).unwrap());
+        assert_eq!(store.oldest_pending().unwrap().map(|p| p.0), Some(4));
+        assert_elements(&store.pending_after(0, 3).unwrap(), 2, 4);
+        assert!(store.mark_published(4, 6).unwrap());
+        assert_eq!(seqs(&store.pending_after(0, 10).unwrap()), [7]);
+        // A duplicate of the array is answered as one.
+        let dup = store
+            .accept_array("arr".into(), array("arr"))
+            .await
+            .unwrap();
+        assert_eq!(dup, AcceptOutcome::Duplicate);
+    }
+
+    #[tokio::test]
+    async fn an_array_record_survives_reopening_and_bounds_its_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), Duration::from_secs(60)).unwrap();
+            store
+                .accept("a".into(), vec![entry("a", "1")])
+                .await
+                .unwrap();
+            // The bucket ends in the record.
+            store
+                .accept_array("arr".into(), array("arr"))
+                .await
+                .unwrap();
+            store.flush().await.unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for start in ["reads the database", "reads the summary"] {
+            let store = Store::open(dir.path(), Duration::from_secs(60)).unwrap();
+            assert!(store.damage().is_empty(), "{start}");
+            assert_eq!(store.depth(), 6, "{start}");
+            let all = store.pending_after(0, 100).unwrap();
+            assert_eq!(seqs(&all), (1..=6).collect::<Vec<_>>(), "{start}");
+            assert_elements(&all[1..], 2, 2);
+            assert_elements(&store.pending_after(3, 100).unwrap(), 2, 4);
+            drop(store);
+            std::thread::sleep(Duration::from_millis(200));
+            let summary = dir.path().join(format!("events/{:020}", 1));
+            assert_eq!(bucket::summary_last_seq(&summary, 1), Some(6), "{start}");
+        }
+        let report = check(dir.path(), Duration::from_secs(60)).unwrap();
+        assert!(report.lost.is_empty());
+        // New seqs follow the record's last.
+        let store = Store::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let next = store
+            .accept("n".into(), vec![entry("n", "8")])
+            .await
+            .unwrap();
+        assert_eq!(
+            next,
+            AcceptOutcome::Accepted {
+                first_seq: 7,
+                count: 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn an_array_record_is_archived_and_replayed_element_by_element() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Duration::from_secs(60)).unwrap();
+        with_a_record(&store).await;
+        let archived = store
+            .archived(0, u64::MAX, |e| e.dedup_key == "arr")
+            .unwrap();
+        assert_elements(&archived, 2, 2);
+        let some: Vec<Entry> = archived
+            .into_iter()
+            .filter(|e| e.index >= Some(3))
+            .collect();
+        assert_eq!(store.append(some).await.unwrap(), 2);
+        let replayed = store.pending_after(7, 10).unwrap();
+        assert_eq!(seqs(&replayed), [8, 9]);
+        for (e, i) in replayed.iter().zip(3..) {
+            assert!(e.replay);
+            assert_eq!(e.message_id(), format!("arr/{i}"));
+            assert_eq!(e.body, ELEMENTS[i].as_bytes());
+        }
+        // Replays are not archived originals.
+        assert_eq!(store.archived(0, u64::MAX, |_| true).unwrap().len(), 7);
     }
 
     #[tokio::test]

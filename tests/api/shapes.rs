@@ -85,6 +85,38 @@ async fn a_large_array_of_tiny_elements_publishes_every_element_in_order() {
     tap.cleanup(&app.exchange).await;
 }
 
+/// A delivery of 200 000 numbers is one stored record: accepted, and every element published
+/// in order, each with its own message id and body, read back from that record window by window.
+#[tokio::test]
+async fn an_array_of_200_000_numbers_is_accepted_and_published_in_order() {
+    const ELEMENTS: usize = 200_000;
+    let app = spawn_app_with(&[("HLGATE_MAX_BODY_BYTES", "4194304")]).await;
+    let mut tap = Tap::bind(&app.exchange, "#").await;
+    let numbers: Vec<String> = (0..ELEMENTS).map(|i| (i % 1000).to_string()).collect();
+    let body = format!("[{}]", numbers.join(", "));
+    let key = hlgate::event::dedup_key(None, body.as_bytes());
+
+    let (status, v) = json(app.post_signed(body.as_bytes()).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(v, serde_json::json!({"status": "accepted", "id": key}));
+
+    let got = tap.take(ELEMENTS).await;
+    for (i, (d, number)) in got.iter().zip(&numbers).enumerate() {
+        assert_eq!(message_id(d), format!("{key}/{i}"));
+        assert_eq!(d.data, number.as_bytes(), "element {i}");
+        assert_eq!(d.routing_key.as_str(), "unknown.none", "element {i}");
+    }
+    let sequences: Vec<u64> = got
+        .iter()
+        .map(|d| header(d, "x-hl-sequence").unwrap().parse().unwrap())
+        .collect();
+    assert!(sequences.windows(2).all(|w| w[1] == w[0] + 1));
+    let (_, v) = json(app.post_signed(body.as_bytes()).await).await;
+    assert_eq!(v["status"], "duplicate");
+    tap.assert_quiet(Duration::from_millis(700)).await;
+    tap.cleanup(&app.exchange).await;
+}
+
 /// serde reads a JSON array of as many items as a struct has fields as that struct; an element
 /// that is an array has no fields, whether or not schemas are checked.
 #[tokio::test]
