@@ -725,6 +725,11 @@ mod tests {
     use crate::schema::Outcome;
     use crate::verify::Scheme;
 
+    /// What `accept` answers for a delivery stored at `first_seq` with `count` entries.
+    fn accepted(first_seq: u64, count: usize) -> AcceptOutcome {
+        AcceptOutcome::Accepted { first_seq, count }
+    }
+
     pub fn entry(key: &str, body: &str) -> Entry {
         Entry {
             seq: 0,
@@ -808,13 +813,7 @@ mod tests {
             .accept_array("arr".into(), array("arr"))
             .await
             .unwrap();
-        assert_eq!(
-            arr,
-            AcceptOutcome::Accepted {
-                first_seq: 2,
-                count: 5
-            }
-        );
+        assert_eq!(arr, accepted(2, 5));
         // Nothing of it is in memory for the relay.
         assert!(store.shared.recent.lock().unwrap().is_empty());
         store
@@ -903,13 +902,7 @@ mod tests {
             .accept("n".into(), vec![entry("n", "8")])
             .await
             .unwrap();
-        assert_eq!(
-            next,
-            AcceptOutcome::Accepted {
-                first_seq: 7,
-                count: 1
-            }
-        );
+        assert_eq!(next, accepted(7, 1));
     }
 
     #[tokio::test]
@@ -971,13 +964,7 @@ mod tests {
                 .accept("a".into(), vec![entry("a", "1")])
                 .await
                 .unwrap();
-            assert_eq!(
-                a,
-                AcceptOutcome::Accepted {
-                    first_seq: 1,
-                    count: 1
-                }
-            );
+            assert_eq!(a, accepted(1, 1));
             let dup = store
                 .accept("a".into(), vec![entry("a", "1")])
                 .await
@@ -1007,13 +994,7 @@ mod tests {
             .accept("c".into(), vec![entry("c", "4")])
             .await
             .unwrap();
-        assert_eq!(
-            c,
-            AcceptOutcome::Accepted {
-                first_seq: 4,
-                count: 1
-            }
-        );
+        assert_eq!(c, accepted(4, 1));
     }
 
     /// A store in `dir` with `n` events (seqs 1..=n, one bucket), stopped cleanly.
@@ -1112,13 +1093,7 @@ mod tests {
         let store = Store::open(dir.path(), Duration::from_secs(60)).unwrap();
         assert_eq!(lost_seqs(&store), [(8, 10)]);
         let new = store.accept("new".into(), vec![entry("new", "1")]).await;
-        assert_eq!(
-            new.unwrap(),
-            AcceptOutcome::Accepted {
-                first_seq: 11,
-                count: 1
-            }
-        );
+        assert_eq!(new.unwrap(), accepted(11, 1));
         // `store check` names them too, so that they can be accepted.
         drop(store);
         std::thread::sleep(Duration::from_millis(200));
@@ -1202,13 +1177,7 @@ mod tests {
             .accept("a0".into(), vec![entry("a0", "1")])
             .await
             .unwrap();
-        assert_eq!(
-            again,
-            AcceptOutcome::Accepted {
-                first_seq: 52,
-                count: 1
-            }
-        );
+        assert_eq!(again, accepted(52, 1));
     }
 
     #[tokio::test]
@@ -1386,13 +1355,7 @@ mod tests {
             assert_eq!(dup, AcceptOutcome::Duplicate, "{k}");
         }
         let new = store.accept("new".into(), vec![entry("new", "1")]).await;
-        assert_eq!(
-            new.unwrap(),
-            AcceptOutcome::Accepted {
-                first_seq: last + 1,
-                count: 1
-            }
-        );
+        assert_eq!(new.unwrap(), accepted(last + 1, 1));
     }
 
     #[tokio::test]
@@ -1459,13 +1422,7 @@ mod tests {
             .accept("b".into(), vec![entry("b", "2")])
             .await
             .unwrap();
-        assert_eq!(
-            b,
-            AcceptOutcome::Accepted {
-                first_seq: 2,
-                count: 1
-            }
-        );
+        assert_eq!(b, accepted(2, 1));
         assert_eq!(store.depth(), 1);
         assert_eq!(store.pending_after(0, 10).unwrap()[0].seq, 2);
     }
