@@ -37,9 +37,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind, PublisherConfirm};
 
+use hlgate::entry::{now_ms, Entry};
 use hlgate::publish::amqp::{properties, short, Attached};
 use hlgate::schema::Outcome;
-use hlgate::store::{now_ms, Entry};
 use hlgate::verify::Scheme;
 
 const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";

@@ -239,7 +239,7 @@ pub async fn outbox(settings: &Settings) -> Result<(), String> {
     }
     let store = crate::store::Store::open(&settings.data_dir, settings.dedup_retention)
         .map_err(|e| format!("hlgate is not running and the store cannot be opened: {e}"))?;
-    let (depth, oldest) = crate::http::admin::outbox_state(&store);
+    let (depth, oldest) = store.outbox_state();
     println!("outbox_depth={depth}");
     println!("oldest_pending_seconds={oldest}");
     println!("broker=unknown (hlgate is not running)");

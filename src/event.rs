@@ -133,11 +133,16 @@ impl Delivery {
 
     /// The `message_id` of event `index`: the dedup key, or `<key>/<index>` for arrays.
     pub fn message_id(&self, index: usize) -> String {
-        if self.is_array {
-            format!("{}/{index}", self.dedup_key)
-        } else {
-            self.dedup_key.clone()
-        }
+        message_id(&self.dedup_key, self.is_array.then_some(index))
+    }
+}
+
+/// The AMQP `message_id` of an event: its delivery's dedup key, `<key>/<index>` for an element
+/// of a top-level array.
+pub fn message_id(dedup_key: &str, index: Option<usize>) -> String {
+    match index {
+        Some(i) => format!("{dedup_key}/{i}"),
+        None => dedup_key.to_string(),
     }
 }
 

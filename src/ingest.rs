@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
+use crate::entry::{ArrayRecord, Entry};
 use crate::event::{
     parse_delivery, parse_delivery_checked, walk_array, Delivery, Event, NO_TENANT, UNKNOWN,
 };
 use crate::metrics::Metrics;
 use crate::schema::{Outcome, Schemas};
-use crate::store::{AcceptOutcome, ArrayRecord, Entry, Store, StoreError};
+use crate::store::{AcceptOutcome, Store, StoreError};
 use crate::verify::{SignatureHeaders, Verified, Verifier, VerifyError};
 
 /// What a caller learns about an accepted or absorbed delivery.
@@ -149,7 +150,7 @@ impl Ingest {
                 }
                 _ => Outcome::Unknown,
             };
-            schema.push(outcome.to_u8());
+            schema.push(outcome);
             if first.is_none() {
                 first = Some(event);
             }
@@ -165,8 +166,7 @@ impl Ingest {
                     is_array: true,
                     events: vec![event],
                 };
-                let outcome = vec![Outcome::from_u8(schema[0])];
-                Stored::Entries(entries(verified, delivery, outcome))
+                Stored::Entries(entries(verified, delivery, schema))
             }
             (0, _) => Stored::Entries(Vec::new()),
             _ => Stored::Array(ArrayRecord {

@@ -42,11 +42,13 @@ impl Outcome {
         }
     }
 
-    pub fn from_u8(n: u8) -> Outcome {
+    /// `None` for a byte [`Outcome::to_u8`] never gives.
+    pub fn from_u8(n: u8) -> Option<Outcome> {
         match n {
-            1 => Outcome::Valid,
-            2 => Outcome::Invalid,
-            _ => Outcome::Unknown,
+            0 => Some(Outcome::Unknown),
+            1 => Some(Outcome::Valid),
+            2 => Some(Outcome::Invalid),
+            _ => None,
         }
     }
 }
@@ -202,7 +204,7 @@ mod tests {
     #[test]
     fn outcome_round_trips_through_u8() {
         for o in [Outcome::Unknown, Outcome::Valid, Outcome::Invalid] {
-            assert_eq!(Outcome::from_u8(o.to_u8()), o);
+            assert_eq!(Outcome::from_u8(o.to_u8()), Some(o));
         }
     }
 }

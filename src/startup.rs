@@ -127,7 +127,7 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
         std::fs::create_dir_all(&settings.data_dir).map_err(|e| StartupError::Store {
             dir: settings.data_dir.display().to_string(),
-            source: StoreError::Sled(sled::Error::Io(e)),
+            source: StoreError::io("cannot create the data dir", e),
         })?;
         let store =
             Store::open(&settings.data_dir, settings.dedup_retention).map_err(|source| {

@@ -6,9 +6,10 @@ use std::sync::OnceLock;
 
 use base64::Engine;
 use hlgate::config::SchemaMode;
+use hlgate::entry::Entry;
 use hlgate::ingest;
 use hlgate::schema::Schemas;
-use hlgate::store::Entry;
+use hlgate::store::Encoded;
 use hlgate::verify::{ed25519_public_pem, Keyring, SignatureHeaders, Verifier};
 use proptest::prelude::*;
 use ring::rand::SystemRandom;

@@ -15,7 +15,7 @@ use crate::config::Secret;
 use crate::event::sanitize;
 use crate::metrics::{Gauges, Metrics};
 use crate::oauth::{TokenError, TokenService};
-use crate::store::{now_ms, Store};
+use crate::store::Store;
 
 /// Counts tenants by token state, for `hlgate_tenants`.
 pub type TenantCounter = Arc<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
@@ -72,21 +72,10 @@ pub fn authorize(req: &HttpRequest, token: &Option<Secret>) -> Result<(), ApiErr
     }
 }
 
-/// The outbox's depth and the age of its oldest entry in seconds.
-pub fn outbox_state(store: &Store) -> (u64, f64) {
-    let oldest = store
-        .oldest_pending()
-        .ok()
-        .flatten()
-        .map(|(_, accepted)| now_ms().saturating_sub(accepted) as f64 / 1000.0)
-        .unwrap_or(0.0);
-    (store.depth(), oldest)
-}
-
 async fn readyz(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state.admin_token)?;
     let store = state.store.clone();
-    let (depth, oldest) = web::block(move || outbox_state(&store))
+    let (depth, oldest) = web::block(move || store.outbox_state())
         .await
         .map_err(|_| ApiError::overloaded("busy"))?;
     let writable = state.store.writable();
@@ -115,7 +104,7 @@ async fn readyz(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpRe
 async fn metrics(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state.admin_token)?;
     let store = state.store.clone();
-    let (outbox_depth, outbox_oldest_seconds) = web::block(move || outbox_state(&store))
+    let (outbox_depth, outbox_oldest_seconds) = web::block(move || store.outbox_state())
         .await
         .map_err(|_| ApiError::overloaded("busy"))?;
     let (buckets_open, buckets_closed) = state.store.bucket_states();

@@ -27,9 +27,10 @@ pub use client::{HighLevelClient, OAuthError, TenantKind, TokenResponse};
 pub use refresher::RateBudget;
 pub use vault::{TenantState, TokenRecord, Vault, VaultError};
 
+use crate::entry::Entry;
 use crate::metrics::Metrics;
 use crate::publish::{Attached, TokenHooks};
-use crate::store::{Entry, KeyedTree};
+use crate::store::KeyedTree;
 
 /// First retry delay after a failure; doubles per attempt.
 const RETRY_BASE_SECS: i64 = 1;

@@ -10,7 +10,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::store::Entry;
+use crate::entry::Entry;
 
 /// Alternate exchange and queue for events no consumer has bound.
 pub const UNROUTED: &str = "highlevel.unrouted";

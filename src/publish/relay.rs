@@ -16,9 +16,10 @@ use tracing::{debug, error, info, warn};
 use super::amqp::{self, Attached, Link};
 use super::poison::Suspect;
 use crate::config::SchemaMode;
+use crate::entry::{now_ms, Entry};
 use crate::metrics::{Metrics, PublishResult};
 use crate::schema::Outcome;
-use crate::store::{now_ms, Entry, Store};
+use crate::store::Store;
 
 /// How many entries one read takes from the outbox; up to two such windows are unconfirmed.
 /// Under load a confirm round trip is long (RabbitMQ shares the CPU with ingest): two windows of

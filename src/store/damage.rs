@@ -5,25 +5,14 @@
 //!
 //! A start checks this from the buckets' bounds alone (what it reads anyway); a bucket's
 //! database and the relay's reads are checked as they happen ([`Ledger`]); `hlgate store
-//! check` reads every database in full ([`check`]). What an operator gave up with `hlgate store
-//! accept-loss` ([`accept_loss`]) is recorded in the `meta` tree, no longer reported, and
-//! counts as confirmed.
+//! check` reads every database in full (`store::check`). What an operator gave up with
+//! `hlgate store accept-loss` is recorded in the `meta` tree, no longer reported, and counts
+//! as confirmed.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
 
-use super::bucket;
-use super::{now_ms, StoreError, WATERMARK};
-
-/// The directory suffix of a bucket set aside: it holds events but is not part of the store.
-pub(super) const SET_ASIDE: &str = "damaged";
-/// `meta` key of the accepted losses: (first, last) seq pairs, u64 BE each.
-const ACCEPTED: &[u8] = b"lost";
-/// `meta` key of the last seq committed when the store was last stopped cleanly (u64 BE): the
-/// newest bucket has no summary, so only this tells that it was cut short.
-pub(super) const STOPPED_AT: &[u8] = b"last";
+use super::layout::SET_ASIDE;
 
 /// Seqs the store should hold and does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,7 +196,7 @@ fn covered(first: u64, last: u64, by: &[(u64, u64)]) -> bool {
 }
 
 /// All the losses of a store: the gaps of `held` and what is set aside, minus what was accepted.
-fn all_lost(
+pub(super) fn all_lost(
     mut held: Vec<Held>,
     aside: &[SetAside],
     watermark: u64,
@@ -238,24 +227,6 @@ pub(super) fn at_start(
         lost: all_lost(held, aside, watermark, through, accepted),
         set_aside: aside.iter().map(|a| a.name.clone()).collect(),
     }
-}
-
-/// A `meta` value that is a u64 (BE), 0 when absent.
-pub(super) fn meta_u64(meta: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
-    Ok(meta
-        .get(key)?
-        .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-        .unwrap_or(0))
-}
-
-/// The losses an operator accepted.
-pub(super) fn accepted(meta: &sled::Tree) -> Result<Vec<(u64, u64)>, StoreError> {
-    let bytes = meta.get(ACCEPTED)?.unwrap_or_default();
-    let words: Vec<u64> = bytes
-        .chunks_exact(8)
-        .map(|w| u64::from_be_bytes(w.try_into().expect("8 bytes")))
-        .collect();
-    Ok(words.chunks_exact(2).map(|p| (p[0], p[1])).collect())
 }
 
 /// The watermark moved past the accepted losses that follow it: nothing there will ever be
@@ -351,284 +322,6 @@ impl Ledger {
         damage.lost.sort_by_key(|l| l.first);
         damage
     }
-}
-
-/// Refuses a store whose event buckets lost their main database: without the watermark
-/// nothing tells what was published, and the token vault is gone with it.
-pub(super) fn refuse_without_main_db(dir: &Path) -> Result<(), StoreError> {
-    if dir.join("sled").exists() {
-        return Ok(());
-    }
-    let Some(oldest) = bucket_names(&dir.join("events")).into_iter().min() else {
-        return Ok(());
-    };
-    Err(StoreError::Damaged(format!(
-        "the main database ({}) is missing while event buckets from seq {oldest} on exist: the \
-         watermark (what was published) and the token vault are lost; run `hlgate store check`, \
-         then `hlgate store accept-loss` to start again without them",
-        dir.join("sled").display()
-    )))
-}
-
-/// The first seqs of the bucket directories (set aside or not) under `events_dir`.
-fn bucket_names(events_dir: &Path) -> Vec<u64> {
-    let Ok(items) = std::fs::read_dir(events_dir) else {
-        return Vec::new();
-    };
-    items
-        .filter_map(|i| i.ok()?.file_name().into_string().ok())
-        .filter_map(|n| n.split('.').next()?.parse::<u64>().ok())
-        .filter(|&seq| seq > 0)
-        .collect()
-}
-
-/// What `hlgate store check` found.
-#[derive(Debug, Default)]
-pub struct Report {
-    pub dir: PathBuf,
-    /// `sled/` is missing while event buckets exist.
-    pub main_db_missing: bool,
-    pub watermark: u64,
-    /// Buckets in use, and the lowest and highest seq they hold.
-    pub buckets: usize,
-    pub seqs: Option<(u64, u64)>,
-    /// Lost and not accepted.
-    pub lost: Vec<Lost>,
-    pub set_aside: Vec<SetAside>,
-    pub accepted: Vec<(u64, u64)>,
-}
-
-impl Report {
-    pub fn is_damaged(&self) -> bool {
-        self.main_db_missing || !self.lost.is_empty()
-    }
-
-    fn seqs_text(&self) -> String {
-        self.seqs
-            .map_or("no events".into(), |(a, b)| format!("seqs {a}..{b}"))
-    }
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "store: {}", self.dir.display())?;
-        if self.main_db_missing {
-            writeln!(
-                f,
-                "MISSING: sled/ (the main database): the watermark and the token vault are lost; \
-                 the buckets hold {}, not known whether published",
-                self.seqs_text()
-            )?;
-        } else {
-            writeln!(
-                f,
-                "watermark: {} (every seq up to it is published)",
-                self.watermark
-            )?;
-        }
-        writeln!(f, "buckets: {} holding {}", self.buckets, self.seqs_text())?;
-        for lost in &self.lost {
-            let in_aside = self
-                .set_aside
-                .iter()
-                .any(|a| a.first <= lost.first && lost.last <= a.last);
-            let keys = if in_aside {
-                "dedup keys: those of the bucket set aside below"
-            } else {
-                "dedup keys: unknown, no database holds them"
-            };
-            writeln!(f, "LOST: {lost}; {keys}")?;
-        }
-        for a in &self.set_aside {
-            writeln!(
-                f,
-                "SET ASIDE: events/{} holds seqs {}..{} and {} dedup keys:",
-                a.name,
-                a.first,
-                a.last,
-                a.dedup_keys.len()
-            )?;
-            for k in &a.dedup_keys {
-                writeln!(f, "  {k}")?;
-            }
-        }
-        for (a, b) in &self.accepted {
-            writeln!(f, "accepted earlier: seqs {a}..{b}")?;
-        }
-        if self.is_damaged() {
-            writeln!(
-                f,
-                "damaged: `hlgate store accept-loss` gives this up and lets hlgate start ready"
-            )
-        } else {
-            writeln!(f, "clean")
-        }
-    }
-}
-
-/// Opens the main database for an offline command; never creates it.
-fn open_main(dir: &Path) -> Result<Option<sled::Db>, StoreError> {
-    let path = dir.join("sled");
-    if !path.exists() {
-        return Ok(None);
-    }
-    sled::Config::new()
-        .path(&path)
-        .open()
-        .map(Some)
-        .map_err(|e| {
-            StoreError::Damaged(format!(
-                "cannot open {} (is hlgate running? stop it first): {e}",
-                path.display()
-            ))
-        })
-}
-
-/// `hlgate store check`: reads the whole data dir, every bucket's database in full, changing
-/// nothing but what sled itself writes when it opens a database.
-pub fn check(dir: &Path, retention: Duration) -> Result<Report, StoreError> {
-    check_with(dir, open_main(dir)?.as_ref(), retention)
-}
-
-/// [`check`] with the main database already open (or missing).
-fn check_with(
-    dir: &Path,
-    main: Option<&sled::Db>,
-    retention: Duration,
-) -> Result<Report, StoreError> {
-    let (watermark, stopped_at, accepted) = match main {
-        Some(db) => {
-            let meta = db.open_tree("meta")?;
-            let w = meta_u64(&meta, WATERMARK)?;
-            (w, meta_u64(&meta, STOPPED_AT)?, self::accepted(&meta)?)
-        }
-        None => (0, 0, Vec::new()),
-    };
-    let expired_before = now_ms().saturating_sub(retention.as_millis() as u64);
-    let mut held = Vec::new();
-    let mut set_aside = Vec::new();
-    let mut through = stopped_at;
-    let events_dir = dir.join("events");
-    for (first_seq, path, in_use) in bucket::bucket_dirs(&events_dir)? {
-        let contents = bucket::read_contents(&path, !in_use)?;
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if !in_use {
-            if let (Some(&(a, _)), Some(&(_, b))) = (contents.runs.first(), contents.runs.last()) {
-                set_aside.push(SetAside {
-                    name: name.to_string(),
-                    first: a,
-                    last: b,
-                    dedup_keys: contents.dedup_keys,
-                });
-            }
-            continue;
-        }
-        through = through.max(contents.claimed_last.unwrap_or(0));
-        let expired = contents.newest_ms < expired_before;
-        if contents.runs.is_empty() {
-            held.push(Held {
-                first: first_seq,
-                last: first_seq - 1,
-                expired,
-            });
-        }
-        held.extend(contents.runs.iter().map(|&(first, last)| Held {
-            first,
-            last,
-            expired,
-        }));
-    }
-    let in_use: Vec<&Held> = held.iter().filter(|h| h.last >= h.first).collect();
-    let seqs = in_use
-        .first()
-        .zip(in_use.last())
-        .map(|(a, b)| (a.first, b.last));
-    let buckets = bucket::bucket_dirs(&events_dir)?
-        .iter()
-        .filter(|(_, _, used)| *used)
-        .count();
-    let main_db_missing = main.is_none() && (buckets > 0 || !set_aside.is_empty());
-    let lost = if main_db_missing {
-        Vec::new()
-    } else {
-        all_lost(held, &set_aside, watermark, through, &accepted)
-    };
-    Ok(Report {
-        dir: dir.to_path_buf(),
-        main_db_missing,
-        watermark,
-        buckets,
-        seqs,
-        lost,
-        set_aside,
-        accepted,
-    })
-}
-
-/// What `hlgate store accept-loss` gave up.
-#[derive(Debug, Default)]
-pub struct Acceptance {
-    /// The main database was missing and was started anew with this watermark.
-    pub new_main_db: Option<u64>,
-    /// Seqs given up, now recorded.
-    pub given_up: Vec<Lost>,
-}
-
-impl fmt::Display for Acceptance {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(w) = self.new_main_db {
-            writeln!(
-                f,
-                "gave up the main database: a new one starts with the watermark at {w}, so every \
-                 archived event above it is published again (message_id is stable for consumers \
-                 that deduplicate); the token vault is empty: every tenant must install the app \
-                 again (or have its private token set again)"
-            )?;
-        }
-        for lost in &self.given_up {
-            writeln!(f, "gave up {lost}")?;
-        }
-        if self.new_main_db.is_none() && self.given_up.is_empty() {
-            writeln!(f, "nothing to accept: the store is clean")
-        } else {
-            writeln!(f, "recorded: the next start is ready")
-        }
-    }
-}
-
-/// `hlgate store accept-loss`: records what [`check`] finds lost, so that starts no longer
-/// report it. A missing main database is made anew, its watermark just below the oldest
-/// bucket: only confirmed events are ever swept, so everything still in a bucket goes out again.
-pub fn accept_loss(dir: &Path, retention: Duration) -> Result<Acceptance, StoreError> {
-    let mut acceptance = Acceptance::default();
-    let main = match open_main(dir)? {
-        Some(db) => db,
-        None => {
-            if !check_with(dir, None, retention)?.main_db_missing {
-                return Ok(acceptance);
-            }
-            let db = sled::Config::new().path(dir.join("sled")).open()?;
-            let oldest = bucket_names(&dir.join("events")).into_iter().min();
-            let watermark = oldest.unwrap_or(1) - 1;
-            db.open_tree("meta")?
-                .insert(WATERMARK, &watermark.to_be_bytes())?;
-            acceptance.new_main_db = Some(watermark);
-            db
-        }
-    };
-    let report = check_with(dir, Some(&main), retention)?;
-    if !report.lost.is_empty() {
-        let meta = main.open_tree("meta")?;
-        let mut bytes = meta.get(ACCEPTED)?.map(|v| v.to_vec()).unwrap_or_default();
-        for lost in &report.lost {
-            bytes.extend_from_slice(&lost.first.to_be_bytes());
-            bytes.extend_from_slice(&lost.last.to_be_bytes());
-        }
-        meta.insert(ACCEPTED, bytes)?;
-        acceptance.given_up = report.lost;
-    }
-    main.flush()?;
-    Ok(acceptance)
 }
 
 #[cfg(test)]

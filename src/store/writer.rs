@@ -1,26 +1,211 @@
 //! The writer thread: every insert goes through it. It takes the requests that wait into one
 //! batch (group commit), answers duplicates, refuses what the disk or the outbox has no room
 //! for, assigns seqs in commit order, applies and flushes the batch, and only then answers. It
-//! also starts new buckets and removes expired ones.
+//! also starts new buckets (rotation) and takes expired ones off the list (`sweep`).
 
-use super::*;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::entry::{now_ms, ArrayRecord, Entry};
+
+use super::bucket::{Bucket, Buckets};
+use super::damage::Ledger;
+use super::dedup::{BucketKeys, DedupKeys};
+use super::layout::{dedup_db_key, key, Encoded, EVENT};
+use super::outbox::Outbox;
+use super::sweep::{fate_of_oldest, Fate, Graveyard, SweepReport};
+use super::StoreError;
 
 /// How many requests the writer takes into one batch at most.
 const MAX_BATCH: usize = 1024;
 /// A commit that carried at least this many requests means requests are arriving faster than
 /// commits complete: the next batch then waits up to [`GATHER`] for more before it commits.
 const BUSY_BATCH: usize = 4;
-/// How long a batch gathers under load at most (PostgreSQL's `commit_delay` idea). At ~9 k
-/// events/s this cuts the flushes from ~900/s to ~350/s, and the CPU and disk time they
-/// took go to the relay and RabbitMQ; a lone request never waits.
+/// How long a batch gathers under load at most (PostgreSQL's `commit_delay` idea): fewer
+/// flushes, and the CPU and disk time they took go to the relay and RabbitMQ; a lone request
+/// never waits.
 const GATHER: Duration = Duration::from_millis(2);
 /// A gathering batch sleeps in slices of this length and takes whatever came meanwhile; it
 /// commits after a slice that brought nothing: when every client is already waiting in the
 /// batch, nothing more will come. Longer than the gap between requests while both HTTP workers
-/// are busy (~30-40 us), shorter than one flush. Sleeping rather than waiting on the channel
-/// means a request that joins a gathering batch wakes no thread (BENCHMARKS.md, "Gathering
-/// without wake-ups").
+/// are busy, shorter than one flush. Sleeping rather than waiting on the channel means a
+/// request that joins a gathering batch wakes no thread (BENCHMARKS.md, "Gathering without
+/// wake-ups").
 const GATHER_IDLE: Duration = Duration::from_micros(100);
+/// How many buckets the retention window is cut into: expired events stay on disk at most
+/// this fraction of the retention longer than it asks.
+const BUCKETS_PER_RETENTION: u32 = 4;
+/// A bucket takes new events until it holds this many encoded bytes (or its span is over):
+/// what sled keeps in memory of an open bucket grows with it.
+pub(super) const BUCKET_BYTES: u64 = 32 * 1024 * 1024;
+/// New events are refused (429) while the data disk has less free space than this share of its
+/// size, kept within [`RESERVE_MIN`, `RESERVE_MAX`]: sled needs room to finish what it writes,
+/// and a fixed reserve would be all of a small volume.
+const RESERVE_SHARE: u64 = 20;
+const RESERVE_MIN: u64 = 2 * 1024 * 1024;
+const RESERVE_MAX: u64 = 64 * 1024 * 1024;
+/// What an entry costs on disk beyond its body, at most (its header fields are bounded by the
+/// request's size, not by this; it only needs to keep the estimate on the safe side for
+/// typical events).
+const ENTRY_OVERHEAD: u64 = 512;
+
+/// What a delivery stores: entries of their own, or one record for a whole array.
+pub(super) enum Events {
+    Entries(Vec<Entry>),
+    Array(ArrayRecord),
+}
+
+impl Events {
+    fn count(&self) -> usize {
+        match self {
+            Events::Entries(entries) => entries.len(),
+            Events::Array(record) => record.schema.len(),
+        }
+    }
+
+    /// What it takes on disk, at most (for the disk check).
+    fn disk_bytes(&self) -> u64 {
+        match self {
+            Events::Entries(entries) => entries_bytes(entries),
+            Events::Array(r) => {
+                let fields = r.dedup_key.len() + r.signature.len() + r.schema.len();
+                (r.body.len() + fields) as u64 + ENTRY_OVERHEAD
+            }
+        }
+    }
+}
+
+fn entries_bytes(entries: &[Entry]) -> u64 {
+    entries
+        .iter()
+        .map(|e| {
+            let fields = e.dedup_key.len() + e.event_type.len() + e.tenant.len();
+            (e.body.len() + fields + e.signature.len()) as u64 + ENTRY_OVERHEAD
+        })
+        .sum()
+}
+
+/// What became of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcceptOutcome {
+    /// Stored and flushed; the seqs of its entries.
+    Accepted { first_seq: u64, count: usize },
+    /// Its dedup key was accepted within the retention window.
+    Duplicate,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// What the handle asks of the writer.
+pub(super) enum Command {
+    Accept {
+        dedup_key: String,
+        events: Events,
+        reply: Reply<AcceptOutcome>,
+    },
+    Append {
+        entries: Vec<Entry>,
+        reply: Reply<usize>,
+    },
+    Sweep {
+        reply: Reply<SweepReport>,
+    },
+}
+
+/// A request of the current batch waiting for the flush.
+enum Waiting {
+    Accept(Reply<AcceptOutcome>, AcceptOutcome),
+    Append(Reply<usize>, usize),
+}
+
+/// The data disk's free space and the part of it new events must leave free.
+#[derive(Clone, Copy)]
+pub(super) struct Disk {
+    free: u64,
+    reserve: u64,
+}
+
+impl Disk {
+    /// Whether a batch writing `bytes` of entries leaves the reserve free. sled writes more than
+    /// the entries (its log framing, at times a new segment), and it never finishes a flush
+    /// after a write error: it must not run out of space, so it gets twice what it is given.
+    fn takes(&self, bytes: u64) -> Result<(), StoreError> {
+        if self.free >= self.reserve.saturating_add(bytes.saturating_mul(2)) {
+            Ok(())
+        } else {
+            Err(StoreError::DiskLow {
+                free: self.free,
+                reserve: self.reserve,
+            })
+        }
+    }
+}
+
+/// What readiness reads of the writer: the disk, the last write, the commit under way.
+pub(super) struct Health {
+    /// The data dir, whose free space is checked before each batch.
+    dir: PathBuf,
+    /// What the last disk check found (the writer checks before each batch).
+    disk_low: AtomicBool,
+    /// Set when the last write failed; cleared by the next good one. For readiness only: every
+    /// batch is tried, so that the store takes events again as soon as the disk lets it.
+    write_failed: AtomicBool,
+    /// When the commit being written began (unix ms), 0 between commits.
+    writing_since: AtomicU64,
+}
+
+impl Health {
+    pub fn new(dir: PathBuf) -> Health {
+        Health {
+            dir,
+            disk_low: AtomicBool::new(false),
+            write_failed: AtomicBool::new(false),
+            writing_since: AtomicU64::new(0),
+        }
+    }
+
+    /// The data disk's free space and reserve, recorded for readiness. `None` when it cannot
+    /// be read: the write itself then tells.
+    pub fn check_disk(&self) -> Option<Disk> {
+        let disk = fs2::statvfs(&self.dir).ok().map(|stats| Disk {
+            free: stats.available_space(),
+            reserve: (stats.total_space() / RESERVE_SHARE).clamp(RESERVE_MIN, RESERVE_MAX),
+        });
+        let low = disk.is_some_and(|d| d.free < d.reserve);
+        self.disk_low.store(low, Ordering::Relaxed);
+        disk
+    }
+
+    /// The disk had room and the last write worked, as of the last batch or disk check.
+    pub fn wrote_fine(&self) -> bool {
+        !self.disk_low.load(Ordering::Relaxed) && !self.write_failed.load(Ordering::Relaxed)
+    }
+
+    /// How long the commit being written has taken so far; zero between commits.
+    pub fn stuck_for(&self) -> Duration {
+        match self.writing_since.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(now_ms().saturating_sub(since)),
+        }
+    }
+}
+
+/// What the writer shares with the store's handle, and where it makes buckets.
+pub(super) struct Parts {
+    pub buckets: Arc<Buckets>,
+    pub outbox: Arc<Outbox>,
+    pub health: Arc<Health>,
+    pub ledger: Arc<Ledger>,
+    pub meta_db: sled::Db,
+    pub events_dir: PathBuf,
+    pub retention: Duration,
+}
 
 /// One group commit being put together.
 #[derive(Default)]
@@ -34,37 +219,38 @@ struct Commit {
     has_record: bool,
     /// Encoded bytes of what it writes.
     bytes: u64,
-    /// Hashes of the dedup keys it records.
-    key_hashes: Vec<u64>,
+    /// The dedup keys it records.
+    keys: HashSet<String>,
     waiting: Vec<Waiting>,
 }
 
 pub(super) struct Writer {
-    shared: Arc<Shared>,
+    parts: Parts,
+    /// A bucket takes events for this long, then the writer starts the next.
+    span_ms: u64,
+    retention_ms: u64,
     next_seq: u64,
+    dedup: BucketKeys,
     /// Removed from the list, waiting for the last reader to let go before leaving the disk.
-    graveyard: Vec<Arc<Bucket>>,
-    /// The dedup key hashes of every bucket but the current one.
-    index: KeyIndex,
-    /// The dedup key hashes of the current bucket, for the index once it is full.
-    current_keys: HashSet<u64>,
+    graveyard: Graveyard,
     /// Encoded bytes of the entries written to the current bucket since it was created.
     current_bytes: u64,
 }
 
 impl Writer {
-    pub(super) fn new(shared: Arc<Shared>, next_seq: u64, index: KeyIndex) -> Self {
+    pub fn new(parts: Parts, next_seq: u64, dedup: BucketKeys) -> Self {
         Self {
-            shared,
+            span_ms: (parts.retention / BUCKETS_PER_RETENTION).as_millis().max(1) as u64,
+            retention_ms: parts.retention.as_millis() as u64,
+            parts,
             next_seq,
-            graveyard: Vec::new(),
-            index,
-            current_keys: HashSet::new(),
+            dedup,
+            graveyard: Graveyard::default(),
             current_bytes: 0,
         }
     }
 
-    pub(super) fn run(mut self, receiver: Receiver<Command>) {
+    pub fn run(mut self, receiver: Receiver<Command>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut busy = false;
         while let Ok(first) = receiver.recv() {
@@ -91,33 +277,25 @@ impl Writer {
             busy = batch.len() >= BUSY_BATCH;
             self.commit(std::mem::take(&mut batch));
         }
-        let _ = self.shared.meta_db.flush();
-        let _ = self.shared.current().with_db(|db| Ok(db.flush()?));
+        let _ = self.parts.meta_db.flush();
+        let _ = self.current().with_db(|db| Ok(db.flush()?));
     }
 
     fn current(&self) -> Arc<Bucket> {
-        self.shared.current()
+        self.parts.buckets.current()
     }
 
     /// Starts a new bucket for the seqs from `first_seq` on.
     fn rotate(&mut self, first_seq: u64, now: u64) -> Result<Arc<Bucket>, StoreError> {
+        let parts = &self.parts;
         let bucket = Arc::new(Bucket::create(
-            &self.shared.events_dir,
+            &parts.events_dir,
             first_seq,
             now,
-            &self.shared.ledger,
+            &parts.ledger,
         )?);
-        let previous = {
-            let mut all = self.shared.buckets.write().expect("bucket list");
-            let previous = all.last().cloned();
-            all.push(bucket.clone());
-            previous
-        };
-        if let Some(previous) = previous {
-            let keys = std::mem::take(&mut self.current_keys);
-            self.index
-                .add(previous.first_seq, keys.into_iter().collect());
-        }
+        let previous = parts.buckets.push(bucket.clone());
+        self.dedup.rotated(previous.first_seq);
         self.current_bytes = 0;
         Ok(bucket)
     }
@@ -126,7 +304,7 @@ impl Writer {
     /// current one's span is over or it is full.
     fn bucket_for_commit(&mut self, first_seq: u64, now: u64) -> Arc<Bucket> {
         let current = self.current();
-        let span_over = now.saturating_sub(current.opened_ms()) >= self.shared.span_ms;
+        let span_over = now.saturating_sub(current.opened_ms()) >= self.span_ms;
         if current.is_empty() || !(span_over || self.current_bytes >= BUCKET_BYTES) {
             return current;
         }
@@ -172,10 +350,9 @@ impl Writer {
             start_seq: self.next_seq,
             ..Commit::default()
         };
-        let mut seen = HashSet::new();
         let mut sweeps = Vec::new();
         let stores = commands.iter().any(|c| !matches!(c, Command::Sweep { .. }));
-        let disk = stores.then(|| self.shared.check_disk()).flatten();
+        let disk = stores.then(|| self.parts.health.check_disk()).flatten();
 
         for command in commands {
             match command {
@@ -184,10 +361,9 @@ impl Writer {
                     events,
                     reply,
                 } => {
-                    let hash = key_hash(dedup_key.as_bytes());
                     // A key taken earlier in this batch needs no lookup.
-                    let duplicate = seen.contains(&dedup_key)
-                        || match self.is_recent_duplicate(&dedup_key, hash, now) {
+                    let duplicate = commit.keys.contains(&dedup_key)
+                        || match self.dedup.lookup(&dedup_key, now) {
                             Ok(d) => d,
                             Err(e) => {
                                 let _ = reply.send(Err(e));
@@ -203,7 +379,7 @@ impl Writer {
                     }
                     // Only after dedup: a redelivery of what is stored is a duplicate even
                     // while new deliveries are refused.
-                    if let Err(e) = self.room(disk, &commit, disk_bytes(&events)) {
+                    if let Err(e) = self.room(disk, &commit, events.disk_bytes()) {
                         let _ = reply.send(Err(e));
                         continue;
                     }
@@ -226,8 +402,7 @@ impl Writer {
                     commit
                         .batch
                         .insert(dedup_db_key(&dedup_key), &now.to_be_bytes());
-                    commit.key_hashes.push(hash);
-                    seen.insert(dedup_key);
+                    commit.keys.insert(dedup_key);
                     commit.waiting.push(Waiting::Accept(
                         reply,
                         AcceptOutcome::Accepted { first_seq, count },
@@ -258,18 +433,13 @@ impl Writer {
         }
     }
 
-    /// Whether what takes `bytes` on disk may join `commit`: the disk has room for the batch with it, and the
-    /// outbox (with what this batch added so far) is under its limit.
+    /// Whether what takes `bytes` on disk may join `commit`: the disk has room for the batch
+    /// with it, and the outbox (with what this batch added so far) is under its limit.
     fn room(&self, disk: Option<Disk>, commit: &Commit, bytes: u64) -> Result<(), StoreError> {
         if let Some(disk) = disk {
             disk.takes(commit.bytes + bytes)?;
         }
-        let published = self.shared.published.load(Ordering::Acquire);
-        let depth = (self.next_seq - 1).saturating_sub(published);
-        if depth >= self.shared.outbox_limit.load(Ordering::Relaxed) {
-            return Err(StoreError::OutboxFull(depth));
-        }
-        Ok(())
+        self.parts.outbox.has_room(self.next_seq - 1)
     }
 
     /// Applies and flushes one commit's batch, then answers its requests.
@@ -280,7 +450,7 @@ impl Writer {
             written,
             has_record,
             bytes,
-            key_hashes,
+            keys,
             waiting,
         } = commit;
         let wrote = self.next_seq > start_seq;
@@ -289,43 +459,33 @@ impl Writer {
         } else {
             self.current()
         };
-        let flush = self.shared.flush_on_commit.load(Ordering::Relaxed);
-        self.shared
-            .writing_since
-            .store(now.max(1), Ordering::Relaxed);
+        let health = &self.parts.health;
+        health.writing_since.store(now.max(1), Ordering::Relaxed);
         let result = bucket.with_db(|db| {
             db.apply_batch(batch)?;
-            if flush {
-                db.flush()?;
-            }
+            db.flush()?;
             Ok(())
         });
-        self.shared.writing_since.store(0, Ordering::Relaxed);
+        health.writing_since.store(0, Ordering::Relaxed);
         if let Err(e) = &result {
             tracing::error!(error = %e, "store write failed");
-            self.shared.write_failed.store(true, Ordering::Relaxed);
+            health.write_failed.store(true, Ordering::Relaxed);
             // Nothing of this batch is on record: hand its seqs out again.
             self.next_seq = start_seq;
             // sled refuses every later operation of a database that saw an I/O error; the
             // next write opens it afresh, so a disk that has room again takes events again.
             bucket.close();
         } else {
-            self.shared.write_failed.store(false, Ordering::Relaxed);
-            self.current_keys.extend(key_hashes);
+            health.write_failed.store(false, Ordering::Relaxed);
+            for k in &keys {
+                self.dedup.record(k, now);
+            }
             self.current_bytes += bytes;
             if wrote {
                 bucket.written(self.next_seq - 1, now);
-                if has_record {
-                    // The relay reads this commit from disk: `recent` holds consecutive seqs,
-                    // and a record's entries are made only as they are read.
-                    self.shared.recent.lock().expect("recent entries").clear();
-                } else {
-                    self.remember(written);
-                }
-                self.shared
-                    .last_seq
-                    .store(self.next_seq - 1, Ordering::Release);
-                self.shared.appended.notify_one();
+                self.parts
+                    .outbox
+                    .committed(self.next_seq - 1, written, has_record);
             }
         }
         for w in waiting {
@@ -341,103 +501,32 @@ impl Writer {
         }
     }
 
-    /// Keeps the entries just written for the relay, dropping the oldest (and the confirmed).
-    fn remember(&self, written: Vec<Entry>) {
-        let published = self.shared.published.load(Ordering::Acquire);
-        let mut recent = self.shared.recent.lock().expect("recent entries");
-        // A large array delivery keeps only its newest entries, and never grows the buffer
-        // past its size (a deque does not give memory back); the seqs in it stay consecutive.
-        let skip = written.len().saturating_sub(RECENT);
-        if skip > 0 {
-            recent.clear();
-        }
-        recent.extend(written.into_iter().skip(skip));
-        while recent
-            .front()
-            .is_some_and(|e| recent.len() > RECENT || e.seq <= published)
-        {
-            recent.pop_front();
-        }
-    }
-
-    /// The newest record of a key decides: accepted within the retention means duplicate.
-    /// Only the buckets that took a key with this `hash` are looked in.
-    fn is_recent_duplicate(
-        &self,
-        dedup_key: &str,
-        hash: u64,
-        now: u64,
-    ) -> Result<bool, StoreError> {
-        let k = dedup_db_key(dedup_key);
-        let buckets = self.shared.buckets.read().expect("bucket list");
-        let current = buckets.last().expect("the store always has a bucket");
-        let current = self
-            .current_keys
-            .contains(&hash)
-            .then_some(current.first_seq);
-        for first_seq in current.into_iter().chain(self.index.candidates(hash)) {
-            let Ok(at) = buckets.binary_search_by_key(&first_seq, |b| b.first_seq) else {
-                continue;
-            };
-            if let Some(v) = buckets[at].with_db(|db| Ok(db.get(&k)?))? {
-                let accepted = v
-                    .get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes);
-                return Ok(accepted.is_none_or(|accepted| {
-                    now.saturating_sub(accepted) < self.shared.retention_ms
-                }));
-            }
-        }
-        Ok(false)
-    }
-
     /// Removes, oldest first, the buckets whose newest event is past the retention and whose
     /// events are all confirmed. An unpublished event is never removed, however old: neither
     /// is anything after it.
     fn sweep(&mut self, now: u64) -> Result<SweepReport, StoreError> {
-        let cutoff = now.saturating_sub(self.shared.retention_ms);
-        let published = self.shared.published.load(Ordering::Acquire);
+        let cutoff = now.saturating_sub(self.retention_ms);
+        let published = self.parts.outbox.published_through();
         let mut report = SweepReport::default();
         loop {
-            let oldest = self.shared.buckets()[0].clone();
-            let is_current = Arc::ptr_eq(&oldest, &self.current());
-            if oldest.is_empty() {
-                if is_current {
-                    break;
-                }
-            } else if oldest.newest_ms() >= cutoff || oldest.last_seq() > published {
-                break;
-            } else if is_current {
+            match fate_of_oldest(&self.parts.buckets, cutoff, published) {
+                Fate::Stays => break,
+                Fate::Goes => {}
                 // Idle since it expired: the next events go to a new bucket.
-                self.rotate(self.next_seq, now)?;
+                Fate::GoesAfterRotation => {
+                    self.rotate(self.next_seq, now)?;
+                }
             }
-            self.shared.buckets.write().expect("bucket list").remove(0);
+            let oldest = self.parts.buckets.remove_oldest();
             report.buckets += 1;
             report.events += oldest.len();
-            self.graveyard.push(oldest);
+            self.graveyard.add(oldest);
         }
         if report.buckets > 0 {
-            let oldest_left = self.shared.buckets()[0].first_seq;
-            self.index.forget_before(oldest_left);
+            let oldest_left = self.parts.buckets.oldest().first_seq;
+            self.dedup.forget_before(oldest_left);
         }
-        self.bury();
+        self.graveyard.bury();
         Ok(report)
-    }
-
-    /// Deletes the removed buckets nothing reads any more.
-    fn bury(&mut self) {
-        let mut keep = Vec::new();
-        for bucket in self.graveyard.drain(..) {
-            match Arc::try_unwrap(bucket) {
-                Ok(bucket) => {
-                    if let Err(e) = bucket.remove() {
-                        tracing::warn!(error = %e, "could not delete an expired bucket");
-                    }
-                }
-                Err(still_read) => keep.push(still_read),
-            }
-        }
-        self.graveyard = keep;
     }
 }

@@ -30,11 +30,12 @@ impl Scheme {
         }
     }
 
-    pub fn from_u8(n: u8) -> Scheme {
-        if n == 1 {
-            Scheme::RsaSha256
-        } else {
-            Scheme::Ed25519
+    /// `None` for a byte [`Scheme::to_u8`] never gives.
+    pub fn from_u8(n: u8) -> Option<Scheme> {
+        match n {
+            0 => Some(Scheme::Ed25519),
+            1 => Some(Scheme::RsaSha256),
+            _ => None,
         }
     }
 

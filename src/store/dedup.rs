@@ -1,0 +1,87 @@
+//! Dedup: was a dedup key accepted within the retention? [`DedupKeys`] is the seam where a
+//! second backend (a dedup store shared by several replicas) plugs in; [`BucketKeys`] answers
+//! from this store's buckets.
+//!
+//! The `d<dedup key>` records themselves are written by the writer in the batch that holds the
+//! delivery's entries, so that one atomic commit covers both. What stays in memory are the
+//! 64-bit hashes of the keys: the current bucket's in a set, every other bucket's in the
+//! [`KeyIndex`], so that a lookup opens only the buckets that took a key with the same hash.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::bucket::Buckets;
+use super::keys::{key_hash, KeyIndex};
+use super::layout::dedup_db_key;
+use super::StoreError;
+
+/// Where the writer asks whether a delivery is a redelivery, and tells which keys it took.
+pub(super) trait DedupKeys {
+    /// Whether `dedup_key` was accepted less than the retention before `now_ms`.
+    fn lookup(&self, dedup_key: &str, now_ms: u64) -> Result<bool, StoreError>;
+    /// Records a key the writer has just made durable, accepted at `accepted_ms`.
+    fn record(&mut self, dedup_key: &str, accepted_ms: u64);
+}
+
+/// Dedup from the buckets' own `d` records, found through the key hashes.
+pub(super) struct BucketKeys {
+    buckets: Arc<Buckets>,
+    retention_ms: u64,
+    /// The dedup key hashes of every bucket but the current one.
+    index: KeyIndex,
+    /// The dedup key hashes of the current bucket, for the index once it is full.
+    current: HashSet<u64>,
+}
+
+impl BucketKeys {
+    pub fn new(buckets: Arc<Buckets>, retention_ms: u64, index: KeyIndex) -> BucketKeys {
+        BucketKeys {
+            buckets,
+            retention_ms,
+            index,
+            current: HashSet::new(),
+        }
+    }
+
+    /// A new bucket took over from the one starting at `previous`: its keys go to the index.
+    pub fn rotated(&mut self, previous: u64) {
+        let keys = std::mem::take(&mut self.current);
+        self.index.add(previous, keys.into_iter().collect());
+    }
+
+    /// Forgets the buckets before `first_live`: they have left the disk.
+    pub fn forget_before(&mut self, first_live: u64) {
+        self.index.forget_before(first_live);
+    }
+}
+
+impl DedupKeys for BucketKeys {
+    /// The newest record of a key decides: accepted within the retention means duplicate.
+    /// Only the buckets that took a key with its hash are looked in.
+    fn lookup(&self, dedup_key: &str, now_ms: u64) -> Result<bool, StoreError> {
+        let hash = key_hash(dedup_key.as_bytes());
+        let k = dedup_db_key(dedup_key);
+        let buckets = self.buckets.read();
+        let current = buckets.last().expect("the store always has a bucket");
+        let current = self.current.contains(&hash).then_some(current.first_seq);
+        for first_seq in current.into_iter().chain(self.index.candidates(hash)) {
+            let Ok(at) = buckets.binary_search_by_key(&first_seq, |b| b.first_seq) else {
+                continue;
+            };
+            if let Some(v) = buckets[at].with_db(|db| Ok(db.get(&k)?))? {
+                let accepted = v
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes);
+                return Ok(accepted
+                    .is_none_or(|accepted| now_ms.saturating_sub(accepted) < self.retention_ms));
+            }
+        }
+        Ok(false)
+    }
+
+    /// The `d` record is in the commit already; only its hash is kept, for the next lookups.
+    fn record(&mut self, dedup_key: &str, _accepted_ms: u64) {
+        self.current.insert(key_hash(dedup_key.as_bytes()));
+    }
+}

@@ -1,0 +1,353 @@
+//! The outbox: every entry above the watermark, in seq order. The relay reads it
+//! ([`Outbox::pending_after`]), from the last committed entries kept in memory while it keeps
+//! up, else from the buckets; and moves the watermark over what the broker confirmed
+//! ([`Outbox::mark_published`]). Also the archive read that replays take ([`Outbox::archived`]).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::entry::{now_ms, ArrayRecord, Entry};
+use crate::event::for_each_element;
+
+use super::bucket::Buckets;
+use super::damage::Ledger;
+use super::layout::{key, last_of, seq_of, Stored, EVENT, WATERMARK};
+use super::StoreError;
+
+/// How many just-committed entries the store keeps in memory for the relay: while the relay
+/// keeps up it never reads sled, whose reads keep what they page in (sled issue 1036).
+pub(super) const RECENT: usize = 2048;
+
+pub(super) struct Outbox {
+    meta_db: sled::Db,
+    meta: sled::Tree,
+    buckets: Arc<Buckets>,
+    /// Where a hole the reads find is reported.
+    ledger: Arc<Ledger>,
+    /// The highest seq written (0 when none).
+    last_seq: AtomicU64,
+    /// Every seq up to this one is confirmed by the broker.
+    published: AtomicU64,
+    /// The newest committed entries, consecutive seqs, exactly as they are on disk.
+    pub(super) recent: Mutex<VecDeque<Entry>>,
+    /// The outbox gained entries.
+    appended: Notify,
+    /// Above this many unpublished events, new deliveries are refused.
+    limit: AtomicU64,
+}
+
+impl Outbox {
+    pub fn new(
+        meta_db: sled::Db,
+        meta: sled::Tree,
+        buckets: Arc<Buckets>,
+        ledger: Arc<Ledger>,
+        last_seq: u64,
+        published: u64,
+    ) -> Outbox {
+        Outbox {
+            meta_db,
+            meta,
+            buckets,
+            ledger,
+            last_seq: AtomicU64::new(last_seq),
+            published: AtomicU64::new(published),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+            appended: Notify::new(),
+            limit: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// The highest seq committed.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Acquire)
+    }
+
+    /// Every seq up to this one is confirmed.
+    pub fn published_through(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// Unpublished events.
+    pub fn depth(&self) -> u64 {
+        self.last_seq().saturating_sub(self.published_through())
+    }
+
+    /// New deliveries are refused while the outbox holds `max` unpublished events or more.
+    pub fn limit(&self, max: u64) {
+        self.limit.store(max, Ordering::Relaxed);
+    }
+
+    /// Whether a new delivery may follow `last`, the last seq taken so far (committed or in
+    /// the batch being put together).
+    pub fn has_room(&self, last: u64) -> Result<(), StoreError> {
+        let depth = last.saturating_sub(self.published_through());
+        if depth >= self.limit.load(Ordering::Relaxed) {
+            return Err(StoreError::OutboxFull(depth));
+        }
+        Ok(())
+    }
+
+    /// Resolves when entries were appended since the last call.
+    pub async fn appended(&self) {
+        self.appended.notified().await
+    }
+
+    /// Seqs up to `last` are on disk: `written` are their entries, unless the commit held an
+    /// array record, whose entries are made only as they are read (the relay then reads this
+    /// commit from disk, since `recent` holds consecutive seqs).
+    pub fn committed(&self, last: u64, written: Vec<Entry>, has_record: bool) {
+        if has_record {
+            self.recent.lock().expect("recent entries").clear();
+        } else {
+            self.remember(written);
+        }
+        self.last_seq.store(last, Ordering::Release);
+        self.appended.notify_one();
+    }
+
+    /// Keeps the entries just written for the relay, dropping the oldest (and the confirmed).
+    fn remember(&self, written: Vec<Entry>) {
+        let published = self.published_through();
+        let mut recent = self.recent.lock().expect("recent entries");
+        // A large array delivery keeps only its newest entries, and never grows the buffer
+        // past its size (a deque does not give memory back); the seqs in it stay consecutive.
+        let skip = written.len().saturating_sub(RECENT);
+        if skip > 0 {
+            recent.clear();
+        }
+        recent.extend(written.into_iter().skip(skip));
+        while recent
+            .front()
+            .is_some_and(|e| recent.len() > RECENT || e.seq <= published)
+        {
+            recent.pop_front();
+        }
+    }
+
+    /// Up to `limit` outbox entries (above the watermark) after `after`, in seq order: from
+    /// memory when they were committed recently, else from disk. Seqs given up with `hlgate
+    /// store accept-loss` are skipped; the read stops before any other seq that is missing
+    /// (and reports it), so that the watermark never moves over a loss nobody accepted.
+    pub fn pending_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let from = after.max(self.published_through()) + 1;
+        {
+            let recent = self.recent.lock().expect("recent entries");
+            if let Some(oldest) = recent.front().map(|e| e.seq).filter(|&s| s <= from) {
+                let skip = (from - oldest) as usize;
+                return Ok(recent.iter().skip(skip).take(limit).cloned().collect());
+            }
+        }
+        // Every seq up to this one is committed, so a read that ends below it met a loss.
+        let committed = self.last_seq();
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut next = from;
+        for bucket in self.buckets.from(from) {
+            let stopped = bucket.with_db(|db| {
+                for entry in entries_from(db, from).take(limit - out.len()) {
+                    let entry = entry?;
+                    if !self.continues(next, entry.seq) {
+                        return Ok(true);
+                    }
+                    next = entry.seq + 1;
+                    out.push(entry);
+                }
+                Ok(false)
+            })?;
+            if stopped || out.len() == limit {
+                return Ok(out);
+            }
+        }
+        // Committed, yet in no bucket.
+        self.continues(next, committed + 1);
+        Ok(out)
+    }
+
+    /// Whether `seq` may follow `next` in the outbox: it is `next`, or every seq between them
+    /// was given up. Otherwise the seqs between are reported lost.
+    fn continues(&self, next: u64, seq: u64) -> bool {
+        if seq <= next || self.ledger.is_accepted(next, seq - 1) {
+            return true;
+        }
+        let bucket = self.buckets.from(next).first().map_or(0, |b| b.first_seq);
+        self.ledger.found(bucket, next, seq - 1);
+        false
+    }
+
+    /// Moves the watermark to `through` once every seq from `first` to `through` is confirmed,
+    /// and flushes it; on over the accepted losses that follow, which nothing will confirm.
+    /// Only a prefix that continues the watermark moves it (after a nack the relay starts over
+    /// from the oldest unconfirmed entry); returns whether it moved.
+    pub fn mark_published(&self, first: u64, through: u64) -> Result<bool, StoreError> {
+        let current = self.published_through();
+        if first > current + 1 || through <= current {
+            return Ok(false);
+        }
+        let through = self.ledger.past_accepted(through);
+        self.meta.insert(WATERMARK, &through.to_be_bytes())?;
+        // Flushed with every confirmed window: a crash then publishes again only what was in
+        // flight, not every window confirmed since sled's last background flush.
+        self.meta_db.flush()?;
+        self.published.store(through, Ordering::Release);
+        Ok(true)
+    }
+
+    /// The oldest unpublished entry's seq and acceptance time.
+    pub fn oldest_pending(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let seq = self.published_through() + 1;
+        for bucket in self.buckets.from(seq) {
+            let first = bucket.with_db(|db| entries_from(db, seq).next().transpose())?;
+            if let Some(entry) = first {
+                return Ok((entry.seq == seq).then_some((seq, entry.accepted_ms)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Archived original events (not replays) accepted in `[since_ms, until_ms]`, filtered.
+    pub fn archived(
+        &self,
+        since_ms: u64,
+        until_ms: u64,
+        mut keep: impl FnMut(&Entry) -> bool,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let mut out = Vec::new();
+        for bucket in self.buckets.all() {
+            if bucket.newest_ms() < since_ms || bucket.is_empty() {
+                continue;
+            }
+            let past_until = bucket.with_db(|db| {
+                for entry in entries_from(db, bucket.first_seq) {
+                    let entry = entry?;
+                    if entry.accepted_ms > until_ms {
+                        return Ok(true);
+                    }
+                    if entry.accepted_ms >= since_ms && !entry.replay && keep(&entry) {
+                        out.push(entry);
+                    }
+                }
+                Ok(false)
+            })?;
+            if past_until {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The outbox's depth and the age of its oldest entry in seconds (0 when empty).
+    pub fn state(&self) -> (u64, f64) {
+        let oldest = self
+            .oldest_pending()
+            .ok()
+            .flatten()
+            .map(|(_, accepted)| now_ms().saturating_sub(accepted) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        (self.depth(), oldest)
+    }
+}
+
+/// A bucket's entries from `from` on, in seq order, one per seq: an array record is
+/// expanded into its elements' entries as the iterator reaches them (its body parsed once),
+/// from `from` on when it starts before.
+pub(super) fn entries_from(
+    db: &sled::Db,
+    from: u64,
+) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
+    // The value at or before `from`: a record starting there may cover it.
+    let before = match from {
+        0 => None,
+        _ => db.range(key(EVENT, 0)..=key(EVENT, from)).next_back(),
+    };
+    let start = match before {
+        Some(Ok((k, v))) if last_of(&k, &v) >= from => seq_of(&k),
+        _ => from,
+    };
+    Expand {
+        items: db.range(key(EVENT, start)..=key(EVENT, u64::MAX)),
+        from,
+        open: None,
+    }
+}
+
+/// [`entries_from`]'s iterator.
+struct Expand {
+    items: sled::Iter,
+    from: u64,
+    /// The array record being expanded.
+    open: Option<Open>,
+}
+
+/// An array record being read, with where each element lies in its body.
+struct Open {
+    record: ArrayRecord,
+    text: String,
+    /// Start and end of each element in `text`: 8 bytes an element, which takes at least two
+    /// bytes of the body (itself and a comma).
+    elements: Vec<(u32, u32)>,
+    next: usize,
+}
+
+impl Open {
+    fn new(mut record: ArrayRecord, from: u64) -> Option<Open> {
+        let text = String::from_utf8(std::mem::take(&mut record.body)).ok()?;
+        u32::try_from(text.len()).ok()?;
+        let base = text.as_ptr() as usize;
+        let mut elements = Vec::with_capacity(record.schema.len());
+        for_each_element(text.as_bytes(), |raw| {
+            let at = (raw.get().as_ptr() as usize - base) as u32;
+            elements.push((at, at + raw.get().len() as u32));
+        })?;
+        if elements.len() as u64 != record.len() {
+            return None;
+        }
+        let next = from.saturating_sub(record.first_seq) as usize;
+        Some(Open {
+            record,
+            text,
+            elements,
+            next,
+        })
+    }
+
+    fn next_entry(&mut self) -> Option<Entry> {
+        let (a, b) = *self.elements.get(self.next)?;
+        let entry = self
+            .record
+            .element(self.next, &self.text[a as usize..b as usize]);
+        self.next += 1;
+        Some(entry)
+    }
+}
+
+impl Iterator for Expand {
+    type Item = Result<Entry, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(open) = &mut self.open {
+                if let Some(entry) = open.next_entry() {
+                    return Some(Ok(entry));
+                }
+                self.open = None;
+            }
+            let (k, v) = match self.items.next()? {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e.into())),
+            };
+            let seq = seq_of(&k);
+            match Stored::decode(seq, &v) {
+                Some(Stored::One(entry)) if seq >= self.from => return Some(Ok(entry)),
+                Some(Stored::One(_)) => {}
+                Some(Stored::Array(record)) => match Open::new(record, self.from) {
+                    Some(open) => self.open = Some(open),
+                    None => return Some(Err(StoreError::Corrupt(seq))),
+                },
+                None => return Some(Err(StoreError::Corrupt(seq))),
+            }
+        }
+    }
+}

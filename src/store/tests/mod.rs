@@ -1,0 +1,8 @@
+//! The store through its handle, one topic a file.
+
+pub(super) mod kit;
+
+mod arrays;
+mod damage;
+mod outbox;
+mod sweep;
