@@ -1,8 +1,9 @@
 //! hlgate: a webhook ingestion and event-routing gateway for HighLevel Marketplace apps.
 //!
 //! Reading order: `config` (settings), `verify` (signatures), `event` (type, tenant, keys),
-//! `schema`, `entry` (the outbox entry), `store` (sled: dedup, outbox, archive), `ingest` (the use case), `publish` (relay to
-//! RabbitMQ), `http` (listeners), `metrics`, `telemetry`, `startup` (wiring), `cli`.
+//! `schema`, `entry` (the outbox entry), `store` (sled: dedup, outbox, archive), `ingest` (the
+//! use case), `publish` (relay to RabbitMQ), `http` (listeners), `metrics`, `telemetry`,
+//! `startup` (wiring), `cli`.
 
 pub mod cli;
 pub mod config;
