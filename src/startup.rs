@@ -273,7 +273,7 @@ impl Application {
         let admin_task = tokio::spawn(admin);
         let relay_task = tokio::spawn(relay.run(shutdown.child_token()));
         if tokens.client().is_some() {
-            tokens.tasks().spawn(refresher::run(
+            tokens.spawn(refresher::run(
                 tokens.clone(),
                 REFRESH_EVERY,
                 shutdown.child_token(),

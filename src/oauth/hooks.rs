@@ -159,9 +159,7 @@ impl TokenHooks for Hooks {
                     {
                         let (this, location, company) =
                             (service.clone(), location.clone(), company.clone());
-                        service
-                            .tasks()
-                            .spawn(async move { this.on_install(&location, &company).await });
+                        service.spawn(async move { this.on_install(&location, &company).await });
                     }
                 }
                 "UNINSTALL" => {

@@ -113,8 +113,7 @@ impl TokenService {
         }
         self.budget.try_acquire_app().map_err(InstallError::Busy)?;
         let (this, code) = (self.clone(), code.to_string());
-        self.tasks()
-            .spawn(async move { this.exchange(&code, kind).await })
+        self.spawn(async move { this.exchange(&code, kind).await })
             .await
             .map_err(|e| InstallError::Vault(VaultError::Task(e.to_string())))?
     }
@@ -133,8 +132,7 @@ impl TokenService {
         info!(tenant = %record.tenant, user_type = ?record.user_type, "install connected");
         if record.user_type == TenantKind::Company {
             let (this, company) = (self.clone(), record.tenant.clone());
-            self.tasks()
-                .spawn(async move { this.retry_pending_installs(Some(&company)).await });
+            self.spawn(async move { this.retry_pending_installs(Some(&company)).await });
         }
         Ok(record)
     }

@@ -6,11 +6,13 @@
 //! without touching the disk or HighLevel.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -143,6 +145,9 @@ pub struct TokenService {
     /// answered that it was removed.
     reconnect_paused_until: AtomicI64,
     tasks: TaskTracker,
+    /// Where the tasks run: the gateway's runtime, not that of the HTTP worker whose request
+    /// started one (a worker's runtime, and the connections made on it, end with the server).
+    runtime: Handle,
 }
 
 /// Everything the service needs.
@@ -158,6 +163,7 @@ pub struct TokenServiceParts {
 }
 
 impl TokenService {
+    /// Call it on the runtime the token module's tasks are to run on.
     pub fn new(p: TokenServiceParts) -> TokenService {
         TokenService {
             vault: p.vault,
@@ -173,7 +179,17 @@ impl TokenService {
             cache: Mutex::new(Cache::default()),
             reconnect_paused_until: AtomicI64::new(0),
             tasks: TaskTracker::new(),
+            runtime: Handle::current(),
         }
+    }
+
+    /// Runs `task` as one of the token module's tracked tasks.
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tasks.spawn_on(task, &self.runtime)
     }
 
     /// The Marketplace client; `None` when no credentials are configured.
@@ -181,7 +197,7 @@ impl TokenService {
         self.client.as_ref()
     }
 
-    /// Every task the token module runs: close and wait on it at shutdown, after the relay has
+    /// Every task the token module runs ([`TokenService::spawn`]): close and wait on it at shutdown, after the relay has
     /// stopped, so that no refresh spent at HighLevel is lost before its pair is stored.
     pub fn tasks(&self) -> &TaskTracker {
         &self.tasks
@@ -333,8 +349,7 @@ impl TokenService {
         need: Duration,
     ) -> JoinHandle<Result<TokenRecord, TokenError>> {
         let (this, tenant) = (self.clone(), tenant.to_string());
-        self.tasks
-            .spawn(async move { this.fresh(&tenant, need).await })
+        self.spawn(async move { this.fresh(&tenant, need).await })
     }
 
     /// The record, refreshed when it is valid for less than `need`. One refresh per tenant is
