@@ -196,15 +196,26 @@ impl HighLevelClient {
         if let Some(uri) = &self.redirect_uri {
             fields.push(("redirect_uri", uri));
         }
-        let response = self
+        let request = self
             .http
             .post(format!("{}/oauth/token", self.base_url))
+            .form(&fields);
+        token_of(&self.call(request).await?)
+    }
+
+    /// Sends a request asking for JSON: the body of a 2xx answer, else the answer's error.
+    async fn call(&self, request: reqwest::RequestBuilder) -> Result<String, OAuthError> {
+        let response = request
             .header("Accept", "application/json")
-            .form(&fields)
             .send()
             .await
             .map_err(network)?;
-        parse_token(response).await
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(network)?;
+        if !(200..300).contains(&status) {
+            return Err(classify(status, &text));
+        }
+        Ok(text)
     }
 
     /// Exchanges an authorization code (from the callback or the Reconnect API).
@@ -213,12 +224,7 @@ impl HighLevelClient {
         code: &str,
         kind: TenantKind,
     ) -> Result<TokenResponse, OAuthError> {
-        self.token_request(&[
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("user_type", kind.user_type()),
-        ])
-        .await
+        self.grant("authorization_code", ("code", code), kind).await
     }
 
     /// Spends a refresh token (single use) for a new pair.
@@ -227,9 +233,20 @@ impl HighLevelClient {
         refresh_token: &str,
         kind: TenantKind,
     ) -> Result<TokenResponse, OAuthError> {
+        self.grant("refresh_token", ("refresh_token", refresh_token), kind)
+            .await
+    }
+
+    /// `/oauth/token` for one grant type and the field that carries its grant.
+    async fn grant(
+        &self,
+        grant_type: &str,
+        grant: (&str, &str),
+        kind: TenantKind,
+    ) -> Result<TokenResponse, OAuthError> {
         self.token_request(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token),
+            ("grant_type", grant_type),
+            grant,
             ("user_type", kind.user_type()),
         ])
         .await
@@ -242,17 +259,13 @@ impl HighLevelClient {
         company_id: &str,
         location_id: &str,
     ) -> Result<TokenResponse, OAuthError> {
-        let response = self
+        let request = self
             .http
             .post(format!("{}/oauth/locationToken", self.base_url))
             .bearer_auth(company_access_token)
             .header("Version", API_VERSION)
-            .header("Accept", "application/json")
-            .form(&[("companyId", company_id), ("locationId", location_id)])
-            .send()
-            .await
-            .map_err(network)?;
-        parse_token(response).await
+            .form(&[("companyId", company_id), ("locationId", location_id)]);
+        token_of(&self.call(request).await?)
     }
 
     /// The Reconnect API: a fresh authorization code for an install whose tokens are lost.
@@ -266,19 +279,11 @@ impl HighLevelClient {
             "clientSecret": self.client_secret.expose(),
             id_field: tenant,
         });
-        let response = self
+        let request = self
             .http
             .post(format!("{}/oauth/reconnect", self.base_url))
-            .header("Accept", "application/json")
-            .json(&body)
-            .send()
-            .await
-            .map_err(network)?;
-        let status = response.status().as_u16();
-        let text = response.text().await.map_err(network)?;
-        if !(200..300).contains(&status) {
-            return Err(classify(status, &text));
-        }
+            .json(&body);
+        let text = self.call(request).await?;
         serde_json::from_str::<ReconnectResponse>(&text)
             .map(|r| r.authorization_code)
             .map_err(|_| {
@@ -287,13 +292,8 @@ impl HighLevelClient {
     }
 }
 
-async fn parse_token(response: reqwest::Response) -> Result<TokenResponse, OAuthError> {
-    let status = response.status().as_u16();
-    let text = response.text().await.map_err(network)?;
-    if !(200..300).contains(&status) {
-        return Err(classify(status, &text));
-    }
-    serde_json::from_str(&text)
+fn token_of(text: &str) -> Result<TokenResponse, OAuthError> {
+    serde_json::from_str(text)
         .map_err(|_| OAuthError::Unexpected("a token answer without access_token".into()))
 }
 

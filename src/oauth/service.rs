@@ -324,6 +324,14 @@ impl TokenService {
         }
     }
 
+    /// The record a new pair makes of `old`, keeping the ids HighLevel did not repeat.
+    fn renewed(&self, old: TokenRecord, response: TokenResponse) -> TokenRecord {
+        let mut fresh = self.record_from(&old.tenant, response, old.user_type);
+        fresh.location_id = fresh.location_id.or(old.location_id);
+        fresh.company_id = fresh.company_id.or(old.company_id);
+        fresh
+    }
+
     /// A token valid for at least `HLGATE_TOKEN_MIN_TTL`, refreshing first when needed.
     pub async fn token(self: &Arc<Self>, tenant: &str) -> Result<ServedToken, TokenError> {
         let record = self
@@ -378,10 +386,9 @@ impl TokenService {
         self.budget.acquire(&record.tenant).await;
         match client.refresh(refresh_token.expose(), kind).await {
             Ok(response) => {
-                let mut fresh = self.record_from(&record.tenant, response, kind);
-                fresh.location_id = fresh.location_id.or(record.location_id);
-                fresh.company_id = fresh.company_id.or(record.company_id);
-                fresh.scope = fresh.scope.or(record.scope);
+                let scope = record.scope.clone();
+                let mut fresh = self.renewed(record, response);
+                fresh.scope = fresh.scope.or(scope);
                 let fresh = self.save(fresh).await?;
                 self.metrics.token_refresh("ok");
                 info!(tenant = %fresh.tenant, "token refreshed");
@@ -467,10 +474,7 @@ impl TokenService {
         };
         match client.exchange_code(&code, kind).await {
             Ok(response) => {
-                let mut fresh = self.record_from(&record.tenant, response, kind);
-                fresh.location_id = fresh.location_id.or(record.location_id);
-                fresh.company_id = fresh.company_id.or(record.company_id);
-                let fresh = self.save(fresh).await?;
+                let fresh = self.save(self.renewed(record, response)).await?;
                 self.metrics.token_refresh("reconnected");
                 info!(tenant = %fresh.tenant, "tokens recovered through the Reconnect API");
                 Ok(fresh)

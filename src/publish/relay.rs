@@ -22,11 +22,9 @@ use crate::schema::Outcome;
 use crate::store::{now_ms, Entry, Store};
 
 /// How many entries one read takes from the outbox; up to two such windows are unconfirmed.
-/// Under load a confirm round trip is long (RabbitMQ shares the CPU with ingest): two windows of
-/// 1 000 capped the relay before the writer gathered its commits. Since then 1 000, 2 000 and
-/// 5 000 drain alike within the spread between runs, while the peak RSS of a c=50 run grows
-/// from ~160 to ~190 to ~260 MB (BENCHMARKS.md). A read takes only what is there, so at low
-/// rates a window is a few entries.
+/// Under load a confirm round trip is long (RabbitMQ shares the CPU with ingest): smaller
+/// windows capped the relay, larger ones drain no faster and cost memory (BENCHMARKS.md). A
+/// read takes only what is there, so at low rates a window is a few entries.
 const WINDOW: usize = 2000;
 /// How far past the outbox watermark the relay reads: two windows, the one awaiting its
 /// confirms and the next. The store keeps the buckets holding those seqs open

@@ -10,8 +10,16 @@ use crate::durability::{process_env, spawn_process};
 use crate::helpers::*;
 use crate::highlevel::{StandIn, CLIENT_SECRET};
 use crate::tokens::{
-    app_with, eventually, get_token, install, latest_access, tenant_state, tenants,
+    app_with, eventually, get_token, install, latest_access, process_env_with, tenant_state,
+    tenants,
 };
+
+/// An app pointed at `standin`, its exchange tapped.
+async fn tapped_app(standin: &StandIn) -> (TestApp, Tap) {
+    let app = app_with(standin, &[]).await;
+    let tap = Tap::bind(&app.exchange, "#").await;
+    (app, tap)
+}
 
 async fn post_event(app: &TestApp, body: Value) {
     let bytes = serde_json::to_vec(&body).unwrap();
@@ -21,8 +29,7 @@ async fn post_event(app: &TestApp, body: Value) {
 #[tokio::test]
 async fn install_events_mint_location_tokens_even_when_they_race_the_exchange() {
     let standin = StandIn::start().await;
-    let app = app_with(&standin, &[]).await;
-    let mut tap = Tap::bind(&app.exchange, "#").await;
+    let (app, mut tap) = tapped_app(&standin).await;
     install(&app, &standin, "agencyA", "Company").await;
 
     post_event(&app, json!({"type": "INSTALL", "appId": "a", "locationId": "locA", "companyId": "agencyA", "webhookId": unique("wh")})).await;
@@ -68,8 +75,7 @@ async fn install_events_mint_location_tokens_even_when_they_race_the_exchange() 
 #[tokio::test]
 async fn uninstall_deletes_the_tenants_tokens_after_publishing() {
     let standin = StandIn::start().await;
-    let app = app_with(&standin, &[]).await;
-    let mut tap = Tap::bind(&app.exchange, "#").await;
+    let (app, mut tap) = tapped_app(&standin).await;
     install(&app, &standin, "locBye", "Location").await;
     install(&app, &standin, "locStay", "Location").await;
     post_event(&app, json!({"type": "UNINSTALL", "appId": "a", "locationId": "locBye", "webhookId": unique("wh")})).await;
@@ -200,15 +206,7 @@ async fn a_refresh_in_flight_at_shutdown_stores_its_pair() {
         s.expires_in = 1800;
         s.refresh_delay = Some(Duration::from_secs(2));
     });
-    let dir = tempfile::tempdir().unwrap();
-    let (ed, rsa) = (Signer::ed25519(), Signer::rsa());
-    let mut env = process_env(dir.path(), &unique("test.drain"), &ed, &rsa);
-    env.extend(
-        standin
-            .settings()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v)),
-    );
+    let (_dir, mut env) = process_env_with(&standin, "test.drain");
     env.insert("HLGATE_TOKEN_REFRESH_BEFORE".into(), "1h".into());
     let process = spawn_process(&env, Stdio::null());
     process.wait_ready().await;

@@ -10,6 +10,23 @@ use crate::durability::{process_env, spawn_process};
 use crate::helpers::*;
 use crate::highlevel::{StandIn, CLIENT_SECRET};
 
+/// Env for the binary pointed at `standin`, in a new temp dir.
+pub(crate) fn process_env_with(
+    standin: &StandIn,
+    exchange: &str,
+) -> (tempfile::TempDir, std::collections::HashMap<String, String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (ed, rsa) = (Signer::ed25519(), Signer::rsa());
+    let mut env = process_env(dir.path(), &unique(exchange), &ed, &rsa);
+    env.extend(
+        standin
+            .settings()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+    );
+    (dir, env)
+}
+
 pub(crate) async fn app_with(standin: &StandIn, extra: &[(&str, &str)]) -> TestApp {
     let settings = standin.settings();
     let mut all: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -302,15 +319,7 @@ async fn a_removed_reconnect_api_is_asked_once_and_tenants_go_needs_reauth_sayin
         s.expires_in = 600; // shorter than the 15 min a served token must have: GET refreshes
         s.reconnect_removed = true;
     });
-    let dir = tempfile::tempdir().unwrap();
-    let (ed, rsa) = (Signer::ed25519(), Signer::rsa());
-    let mut env = process_env(dir.path(), &unique("test.reconnect"), &ed, &rsa);
-    env.extend(
-        standin
-            .settings()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v)),
-    );
+    let (_dir, mut env) = process_env_with(&standin, "test.reconnect");
     env.insert("HLGATE_LOG".into(), "debug".into());
     env.insert("HLGATE_TOKEN_REFRESH_BEFORE".into(), "1m".into());
     let mut process = spawn_process(&env, Stdio::piped());
