@@ -10,6 +10,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair, RsaKeyPair, RSA_PKCS1_SHA256};
 
 use crate::config::Settings;
+use crate::files::write_private;
 use crate::oauth;
 pub use crate::verify::ed25519_public_pem;
 use crate::verify::pem;
@@ -195,22 +196,6 @@ pub fn keygen(prefix: &Path) -> Result<(), String> {
         private.display()
     );
     Ok(())
-}
-
-/// Writes a file readable by its owner only (mode 0600).
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// GETs an admin endpoint of the running gateway; `Ok(None)` when nothing listens.

@@ -5,39 +5,13 @@
 //! Nothing reads the process environment after start-up.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::verify::{Keyring, KeyringError};
 
-/// A value that must never be printed: its `Debug` and `Display` say `[redacted]`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+pub use crate::secret::{Secret, TokenKey};
 
 /// What to do with events that fail their JSON Schema.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,16 +109,6 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Time allowed for a graceful shutdown.
     pub shutdown_grace: Duration,
-}
-
-/// 32 bytes of key material for AES-256-GCM; never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct TokenKey(pub [u8; 32]);
-
-impl fmt::Debug for TokenKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
 }
 
 /// A setting that could not be used; names the variable.
@@ -348,7 +312,9 @@ impl Settings {
 
         let token_key = match s.optional("HLGATE_TOKEN_KEY")? {
             None => None,
-            Some(text) => Some(parse_token_key(&text).map_err(|r| invalid("HLGATE_TOKEN_KEY", r))?),
+            Some(text) => {
+                Some(TokenKey::from_base64(&text).map_err(|r| invalid("HLGATE_TOKEN_KEY", r))?)
+            }
         };
 
         let settings = Settings {
@@ -556,17 +522,6 @@ impl Settings {
             ),
         ]
     }
-}
-
-fn parse_token_key(text: &str) -> Result<TokenKey, String> {
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .map_err(|_| "is not valid base64".to_string())?;
-    let key: [u8; 32] = bytes
-        .try_into()
-        .map_err(|b: Vec<u8>| format!("must decode to 32 bytes, got {}", b.len()))?;
-    Ok(TokenKey(key))
 }
 
 /// Hides the password of a URL like `amqp://user:pass@host/vhost`.

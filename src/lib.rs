@@ -5,16 +5,20 @@
 //! use case), `publish` (relay to RabbitMQ), `http` (listeners), `metrics`, `telemetry`,
 //! `startup` (wiring), `cli`.
 
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod entry;
 pub mod event;
+pub mod files;
+pub mod highlevel;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod oauth;
 pub mod publish;
 pub mod schema;
+pub mod secret;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -12,12 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Settings;
+use crate::highlevel::HighLevelClient;
 use crate::http::{admin, error, public};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::oauth::{
-    refresher, vault, HighLevelClient, Hooks, InstallSettings, TokenService, TokenServiceParts,
-    Vault, VaultError,
+    refresher, vault, Hooks, InstallSettings, TokenService, TokenServiceParts, Vault, VaultError,
 };
 use crate::publish::{relay, Relay, RelayConfig};
 use crate::schema::Schemas;
@@ -272,13 +272,13 @@ impl Application {
         let public_task = tokio::spawn(public);
         let admin_task = tokio::spawn(admin);
         let relay_task = tokio::spawn(relay.run(shutdown.child_token()));
-        let refresher = tokens.client().is_some().then(|| {
-            tokio::spawn(refresher::run(
+        if tokens.client().is_some() {
+            tokens.spawn(refresher::run(
                 tokens.clone(),
                 REFRESH_EVERY,
                 shutdown.child_token(),
-            ))
-        });
+            ));
+        }
         let sweeper = tokio::spawn(sweep(
             store.clone(),
             settings.clone(),
@@ -299,15 +299,13 @@ impl Application {
                 admin_handle,
                 [public_task, admin_task],
                 relay_task,
+                &tokens,
                 &store,
                 settings.shutdown_grace,
             ),
         )
         .await;
         sweeper.abort();
-        if let Some(r) = refresher {
-            r.abort();
-        }
         match drained {
             Ok(()) => {
                 info!("stopped");
@@ -333,6 +331,7 @@ async fn drain(
     admin: ServerHandle,
     servers: [JoinHandle<std::io::Result<()>>; 2],
     relay: JoinHandle<()>,
+    tokens: &TokenService,
     store: &Store,
     grace: Duration,
 ) {
@@ -357,6 +356,10 @@ async fn drain(
     }
     // The relay sees the cancelled token and returns after its current batch.
     let _ = relay.await;
+    // The refresher stops between tenants; a refresh already asked of HighLevel (the
+    // refresher's, or one the relay or a request started) stores its pair first.
+    tokens.tasks().close();
+    tokens.tasks().wait().await;
     if let Err(e) = store.flush().await {
         warn!(error = %e, "final flush failed");
     }

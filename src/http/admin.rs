@@ -14,7 +14,7 @@ use super::ApiError;
 use crate::config::Secret;
 use crate::event::sanitize;
 use crate::metrics::{Gauges, Metrics};
-use crate::oauth::{TokenError, TokenService};
+use crate::oauth::{TokenError, TokenService, VaultError};
 use crate::store::Store;
 
 /// Counts tenants by token state, for `hlgate_tenants`.
@@ -185,6 +185,16 @@ async fn replay(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "replayed": count })))
 }
 
+/// A vault that cannot be read or written is a server fault, not a reason to retry soon.
+fn vault_error(what: &str, e: VaultError) -> ApiError {
+    tracing::error!(error = %e, "the token vault cannot be {what}");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "vault_error",
+        format!("the token vault cannot be {what}: {e}"),
+    )
+}
+
 /// `GET /v1/tenants`: every install with its token state and expiry, never a token.
 async fn tenants(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state.admin_token)?;
@@ -192,8 +202,7 @@ async fn tenants(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpR
     let (tenants, pending) = web::block(move || (tokens.tenants(), tokens.pending_installs()))
         .await
         .map_err(|_| ApiError::overloaded("busy"))?;
-    let tenants =
-        tenants.map_err(|e| ApiError::overloaded(format!("the vault cannot be read: {e}")))?;
+    let tenants = tenants.map_err(|e| vault_error("read", e))?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "tenants": tenants,
         "pending_installs": pending,
@@ -225,11 +234,13 @@ async fn token(
             "inactive",
             "HighLevel says the location is not active; hlgate keeps retrying",
         )),
-        Err(e @ (TokenError::Unavailable(_) | TokenError::Vault(_))) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "token_unavailable",
-            e.to_string(),
-        )),
+        Err(e @ (TokenError::Unavailable(_) | TokenError::Off | TokenError::Vault(_))) => {
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token_unavailable",
+                e.to_string(),
+            ))
+        }
     }
 }
 
@@ -257,6 +268,6 @@ async fn private_token(
     web::block(move || tokens.set_private(&tenant, request.token.trim()))
         .await
         .map_err(|_| ApiError::overloaded("busy"))?
-        .map_err(|e| ApiError::overloaded(format!("the vault cannot be written: {e}")))?;
+        .map_err(|e| vault_error("written", e))?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -7,7 +7,8 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use super::ApiError;
-use crate::oauth::{retry_after_secs, InstallError, TenantKind, TokenService};
+use crate::highlevel::TenantKind;
+use crate::oauth::{retry_after_secs, InstallError, TokenService};
 
 /// Registers the install routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -85,7 +86,7 @@ async fn callback(
     let kind = TenantKind::from_user_type(query.user_type.as_deref().unwrap_or("Location"));
     match service.complete_install(code, kind).await {
         Ok(record) => {
-            let what = if record.user_type == "Company" {
+            let what = if record.user_type == TenantKind::Company {
                 format!("Agency (company) {} is connected.", record.tenant)
             } else {
                 format!("Location {} is connected.", record.tenant)
@@ -108,6 +109,14 @@ async fn callback(
                 retry_after_secs(wait).into(),
             );
             Ok(response)
+        }
+        Err(e @ (InstallError::Vault(_) | InstallError::Off)) => {
+            tracing::error!(error = %e, "install not completed");
+            Ok(page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Install failed",
+                "hlgate could not store the install's tokens. Please try installing again later.",
+            ))
         }
         Err(InstallError::OAuth(e)) => {
             tracing::warn!(error = %e, "code exchange failed");

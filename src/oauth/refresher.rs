@@ -1,130 +1,61 @@
-//! The background schedule and the request budget.
+//! The background schedule: refresh what falls due, retry inactive tenants and waiting
+//! INSTALLs, and stop between tenants when asked, never inside a refresh.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::TokenService;
+use super::service::TokenService;
+use super::vault::{now_secs, TenantState};
 
-/// At most `max` requests per `window` per key, plus the same budget across all keys, so that a
-/// crowd of tenants due at once is spread out instead of bursting at HighLevel.
-pub struct RateBudget {
-    max: usize,
-    window: Duration,
-    sent: Mutex<HashMap<String, VecDeque<Instant>>>,
-}
-
-const ALL: &str = "\0all";
-
-impl RateBudget {
-    pub fn new(max: usize, window: Duration) -> RateBudget {
-        RateBudget {
-            max,
-            window,
-            sent: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Waits until a request for `key` fits in the budget, then counts it.
-    pub async fn acquire(&self, key: &str) {
-        while let Some(until) = self.take(&[key, ALL]) {
-            tokio::time::sleep_until(until).await;
-        }
-    }
-
-    /// Counts a request that belongs to no tenant yet (a code exchange) against the app-wide
-    /// budget, without waiting: when it is spent, `Err` says how long until it has room.
-    pub fn try_acquire_app(&self) -> Result<(), Duration> {
-        match self.take(&[ALL]) {
-            None => Ok(()),
-            Some(until) => Err(until - Instant::now()),
-        }
-    }
-
-    /// Counts a request against every key in `keys` when it fits all of them; otherwise counts
-    /// nothing and returns when it would fit.
-    fn take(&self, keys: &[&str]) -> Option<Instant> {
-        let mut sent = self.sent.lock().expect("budget lock");
-        let now = Instant::now();
-        let mut wait = None;
-        for k in keys {
-            let times = sent.entry(k.to_string()).or_default();
-            while times.front().is_some_and(|t| now - *t >= self.window) {
-                times.pop_front();
-            }
-            if times.len() >= self.max {
-                let until = *times.front().expect("non-empty") + self.window;
-                wait = Some(wait.map_or(until, |w: Instant| w.max(until)));
-            }
-        }
-        if wait.is_none() {
-            for k in keys {
-                sent.get_mut(*k).expect("present").push_back(now);
-            }
-        }
-        wait
-    }
-}
-
-/// Runs the schedule until `shutdown`: every `every`, one pass of [`TokenService::refresh_due`].
-pub async fn run(service: Arc<TokenService>, every: Duration, shutdown: CancellationToken) {
+/// Runs the schedule until `stop`: every `every`, one [`pass`]. Spawn it on
+/// [`TokenService::tasks`] so that shutdown waits for the refresh it is doing.
+pub async fn run(service: Arc<TokenService>, every: Duration, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
-            () = shutdown.cancelled() => break,
+            () = stop.cancelled() => break,
         }
-        let attempted = service.refresh_due().await;
+        let attempted = pass(&service, &stop).await;
         if attempted > 0 {
             info!(attempted, "token refresh pass");
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn budget_spreads_requests_over_the_window() {
-        let window = Duration::from_millis(300);
-        let budget = RateBudget::new(3, window);
-        let start = Instant::now();
-        for _ in 0..3 {
-            budget.acquire("a").await;
+/// One pass of the schedule: refresh what is due, retry inactive tenants and pending INSTALLs.
+/// Returns how many refreshes were attempted.
+pub async fn pass(service: &TokenService, stop: &CancellationToken) -> usize {
+    let now = now_secs();
+    let before = service.refresh_before.as_secs() as i64;
+    let records = service
+        .blocking(|vault, _| vault.list().unwrap_or_default())
+        .await
+        .unwrap_or_default();
+    let due: Vec<String> = records
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|r| match r.state {
+            TenantState::Active => r.remaining_secs() <= before && r.retry_at <= now,
+            TenantState::Inactive => r.retry_at <= now,
+            _ => false,
+        })
+        .map(|r| r.tenant)
+        .collect();
+    let mut attempted = 0;
+    for tenant in due {
+        if stop.is_cancelled() {
+            return attempted;
         }
-        // The fourth request of the window waits for the first to leave it. (A lower bound:
-        // a slow machine only waits longer.)
-        budget.acquire("a").await;
-        assert!(Instant::now() - start >= window);
+        // `fresh` re-checks under the tenant's flight; a served request may have refreshed it.
+        let need = service.refresh_before + Duration::from_secs(1);
+        let _ = service.fresh(&tenant, need).await;
+        attempted += 1;
     }
-
-    #[tokio::test]
-    async fn the_budget_is_shared_across_tenants_too() {
-        let window = Duration::from_millis(300);
-        let budget = RateBudget::new(3, window);
-        let start = Instant::now();
-        for key in ["a", "b", "c"] {
-            budget.acquire(key).await;
-        }
-        // "d" has used nothing of its own, but the app-wide budget is spent.
-        budget.acquire("d").await;
-        assert!(Instant::now() - start >= window);
+    if !stop.is_cancelled() {
+        service.retry_pending_installs(None).await;
     }
-
-    #[tokio::test]
-    async fn app_requests_are_refused_not_delayed_when_the_budget_is_spent() {
-        let window = Duration::from_secs(60);
-        let budget = RateBudget::new(3, window);
-        budget.acquire("a").await;
-        assert_eq!(budget.try_acquire_app(), Ok(()));
-        assert_eq!(budget.try_acquire_app(), Ok(()));
-        // Spent (the tenant's request counts app-wide too): the answer is how long until the
-        // oldest request leaves the window.
-        let wait = budget.try_acquire_app().unwrap_err();
-        assert!(wait > Duration::ZERO && wait <= window, "{wait:?}");
-    }
+    attempted
 }

@@ -4,14 +4,29 @@
 
 use std::path::Path;
 
-use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 use tracing::warn;
 
-use crate::config::TokenKey;
+use crate::highlevel::TenantKind;
+use crate::secret::{Secret, TokenKey};
 use crate::store::{KeyedTree, StoreError};
+
+/// Now, in the unix seconds records keep their times in.
+pub fn now_secs() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// A record's unix time as RFC 3339, for the views.
+pub fn rfc3339(unix: i64) -> Option<String> {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()?
+        .format(&Rfc3339)
+        .ok()
+}
 
 /// Where a tenant's tokens stand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,14 +61,14 @@ impl TenantState {
 }
 
 /// One tenant's tokens and their bookkeeping. `Debug` never shows a token.
-#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TokenRecord {
     /// The location id or company id.
     pub tenant: String,
-    /// `Location` or `Company`.
-    pub user_type: String,
-    pub access_token: String,
-    pub refresh_token: Option<String>,
+    /// Stored as `Location` or `Company`.
+    pub user_type: TenantKind,
+    pub access_token: Secret,
+    pub refresh_token: Option<Secret>,
     /// Access token expiry, unix seconds; `None` for private tokens.
     pub expires_at: Option<i64>,
     pub scope: Option<String>,
@@ -69,20 +84,10 @@ pub struct TokenRecord {
     pub updated_at: i64,
 }
 
-impl std::fmt::Debug for TokenRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenRecord")
-            .field("tenant", &self.tenant)
-            .field("user_type", &self.user_type)
-            .field("access_token", &"[redacted]")
-            .field(
-                "refresh_token",
-                &self.refresh_token.as_ref().map(|_| "[redacted]"),
-            )
-            .field("expires_at", &self.expires_at)
-            .field("state", &self.state)
-            .field("last_error", &self.last_error)
-            .finish()
+impl TokenRecord {
+    /// Seconds the access token is still valid for; private tokens never expire.
+    pub fn remaining_secs(&self) -> i64 {
+        self.expires_at.map_or(i64::MAX, |e| e - now_secs())
     }
 }
 
@@ -94,6 +99,10 @@ pub enum VaultError {
     Decrypt,
     #[error("the token key file {path}: {reason}")]
     KeyFile { path: String, reason: String },
+    /// The blocking task doing the vault's I/O did not finish (a panic, or the runtime
+    /// shutting down).
+    #[error("the vault task stopped: {0}")]
+    Task(String),
 }
 
 /// Encrypted token records by tenant.
@@ -114,14 +123,13 @@ pub fn load_or_create_key(
         return Ok(key);
     }
     let path = data_dir.join(KEY_FILE);
-    let mut key = [0u8; 32];
+    let mut key = TokenKey([0u8; 32]);
     SystemRandom::new()
-        .fill(&mut key)
+        .fill(&mut key.0)
         .map_err(|_| key_file_error(&path, "no randomness".into()))?;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    crate::cli::write_private(&path, b64.encode(key).as_bytes())
+    crate::files::write_private(&path, key.to_base64().as_bytes())
         .map_err(|e| key_file_error(&path, e))?;
-    Ok(TokenKey(key))
+    Ok(key)
 }
 
 /// The configured key, else the one in `data_dir`; `None` when neither exists. A key file that
@@ -149,11 +157,7 @@ pub fn load_key(
         warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777),
             "the token key file is readable by group or others; make it 0600 (chmod 600)");
     }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .map_err(|_| err("not base64".into()))?;
-    let key: [u8; 32] = bytes.try_into().map_err(|_| err("not 32 bytes".into()))?;
-    Ok(Some(TokenKey(key)))
+    TokenKey::from_base64(&text).map(Some).map_err(err)
 }
 
 fn key_file_error(path: &Path, reason: String) -> VaultError {
@@ -238,9 +242,9 @@ pub(crate) mod tests {
     pub(crate) fn record(tenant: &str) -> TokenRecord {
         TokenRecord {
             tenant: tenant.into(),
-            user_type: "Location".into(),
-            access_token: "access-plain".into(),
-            refresh_token: Some("refresh-plain".into()),
+            user_type: TenantKind::Location,
+            access_token: Secret::new("access-plain"),
+            refresh_token: Some(Secret::new("refresh-plain")),
             expires_at: Some(1),
             scope: None,
             location_id: None,
@@ -273,5 +277,15 @@ pub(crate) mod tests {
         // Under another key, nothing opens.
         let other = Vault::new(tree, &TokenKey([7; 32]));
         assert!(matches!(other.get("locA"), Err(VaultError::Decrypt)));
+    }
+
+    #[test]
+    fn records_keep_their_stored_json_format() {
+        let text = r#"{"tenant":"c1","user_type":"Company","access_token":"a","refresh_token":"r","expires_at":5,"scope":null,"location_id":null,"company_id":"c1","state":"active","last_error":null,"attempts":0,"retry_at":0,"updated_at":1}"#;
+        let record: TokenRecord = serde_json::from_str(text).unwrap();
+        assert_eq!(record.user_type, TenantKind::Company);
+        assert_eq!(record.access_token.expose(), "a");
+        assert_eq!(serde_json::to_string(&record).unwrap(), text);
+        assert!(!format!("{record:?}").contains("\"a\""));
     }
 }

@@ -117,7 +117,7 @@ pub enum Attached {
     /// No token attachment configured.
     Off,
     Token {
-        access_token: String,
+        access_token: crate::secret::Secret,
         expires_at: OffsetDateTime,
     },
     Error(String),
@@ -203,7 +203,7 @@ pub fn properties(entry: &Entry, attached: &Attached) -> BasicProperties {
             access_token,
             expires_at,
         } => {
-            h.put("x-hl-access-token", text(access_token));
+            h.put("x-hl-access-token", text(access_token.expose()));
             h.put(
                 "x-hl-token-expires-at",
                 text(&expires_at.format(&Rfc3339).unwrap_or_default()),

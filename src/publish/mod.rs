@@ -5,4 +5,4 @@ mod poison;
 pub mod relay;
 
 pub use amqp::Attached;
-pub use relay::{Backoff, Relay, RelayConfig, TokenHooks};
+pub use relay::{Relay, RelayConfig, TokenHooks};

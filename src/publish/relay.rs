@@ -15,6 +15,7 @@ use tracing::{debug, error, info, warn};
 
 use super::amqp::{self, Attached, Link};
 use super::poison::Suspect;
+use crate::backoff::Backoff;
 use crate::config::SchemaMode;
 use crate::entry::{now_ms, Entry};
 use crate::metrics::{Metrics, PublishResult};
@@ -22,11 +23,9 @@ use crate::schema::Outcome;
 use crate::store::Store;
 
 /// How many entries one read takes from the outbox; up to two such windows are unconfirmed.
-/// Under load a confirm round trip is long (RabbitMQ shares the CPU with ingest): two windows of
-/// 1 000 capped the relay before the writer gathered its commits. Since then 1 000, 2 000 and
-/// 5 000 drain alike within the spread between runs, while the peak RSS of a c=50 run grows
-/// from ~160 to ~190 to ~260 MB (BENCHMARKS.md). A read takes only what is there, so at low
-/// rates a window is a few entries.
+/// Under load a confirm round trip is long (RabbitMQ shares the CPU with ingest): smaller
+/// windows capped the relay, larger ones drain no faster and cost memory (BENCHMARKS.md). A
+/// read takes only what is there, so at low rates a window is a few entries.
 const WINDOW: usize = 2000;
 /// How far past the outbox watermark the relay reads: two windows, the one awaiting its
 /// confirms and the next. The store keeps the buckets holding those seqs open
@@ -40,11 +39,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// What the token module does around a publish. The relay works without one.
 pub trait TokenHooks: Send + Sync {
-    /// The token facts to attach to a message for `tenant`.
-    fn attach<'a>(
+    /// The token facts to attach to each of a window's entries, in order; empty when nothing
+    /// is attached. Answered from memory, without waiting on HighLevel beyond a short bound.
+    fn attach_many<'a>(
         &'a self,
-        entry: &'a Entry,
-    ) -> Pin<Box<dyn Future<Output = Attached> + Send + 'a>>;
+        entries: &'a [Entry],
+    ) -> Pin<Box<dyn Future<Output = Vec<Attached>> + Send + 'a>>;
     /// Called once a message is confirmed (INSTALL, UNINSTALL handling).
     fn published<'a>(&'a self, entry: &'a Entry) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 }
@@ -72,37 +72,6 @@ pub struct Relay {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub hooks: Option<Arc<dyn TokenHooks>>,
-}
-
-/// Exponential backoff with full jitter.
-pub struct Backoff {
-    current: Duration,
-}
-
-impl Backoff {
-    pub fn new() -> Self {
-        Self {
-            current: BACKOFF_MIN,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.current = BACKOFF_MIN;
-    }
-
-    /// The next delay: uniformly random in [current/2, current], then current doubles.
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self.current;
-        self.current = (self.current * 2).min(BACKOFF_MAX);
-        let half = base / 2;
-        half + half.mul_f64(fastrand::f64())
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// A batch handed to the broker, its confirms not yet awaited.
@@ -149,7 +118,7 @@ impl Relay {
     pub async fn run(self, shutdown: CancellationToken) {
         // Reset only when entries are confirmed, not on connecting: a link that breaks on the same
         // entry after every connect backs off like one that cannot connect.
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut suspect = Suspect::default();
         loop {
             if shutdown.is_cancelled() {
@@ -421,20 +390,21 @@ impl Relay {
     async fn publish(&self, link: &Link, batch: Vec<Entry>) -> InFlight {
         let mut handed = Vec::with_capacity(batch.len());
         let mut failure = None;
+        let attached = match &self.hooks {
+            Some(h) => h.attach_many(&batch).await,
+            None => Vec::new(),
+        };
         {
             let mut sending = Vec::with_capacity(batch.len());
-            for entry in &batch {
-                let attached = match &self.hooks {
-                    Some(h) => h.attach(entry).await,
-                    None => Attached::Off,
-                };
+            for (i, entry) in batch.iter().enumerate() {
+                let attached = attached.get(i).unwrap_or(&Attached::Off);
                 let (exchange, routing_key) = self.destination(entry);
                 let mut send = Box::pin(link.channel.basic_publish(
                     exchange,
                     amqp::short(&routing_key),
                     BasicPublishOptions::default(),
                     &entry.body,
-                    amqp::properties(entry, &attached),
+                    amqp::properties(entry, attached),
                 ));
                 let first = futures_util::poll!(send.as_mut());
                 let failed = matches!(first, Poll::Ready(Err(_)));
@@ -539,22 +509,5 @@ impl Relay {
         } else {
             (amqp::short(&self.config.exchange), entry.routing_key())
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_caps() {
-        let mut b = Backoff::new();
-        let first = b.next_delay();
-        assert!(first >= BACKOFF_MIN / 2 && first <= BACKOFF_MIN);
-        for _ in 0..20 {
-            let d = b.next_delay();
-            assert!(d <= BACKOFF_MAX);
-        }
-        assert!(b.next_delay() >= BACKOFF_MAX / 2);
     }
 }

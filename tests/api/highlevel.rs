@@ -33,6 +33,10 @@ pub struct State {
     pub reconnect_removed: bool,
     /// Answer every `/oauth/token` call with this status (a HighLevel outage).
     pub outage: Option<u16>,
+    /// Answer refreshes only after this long (a slow HighLevel).
+    pub refresh_delay: Option<std::time::Duration>,
+    /// Refreshes asked for, counted on arrival (before any delay).
+    pub refreshes_begun: usize,
     pub refresh_calls: usize,
     pub code_calls: usize,
     pub location_token_calls: Vec<Option<String>>,
@@ -87,6 +91,15 @@ async fn token(
     form: web::Form<HashMap<String, String>>,
     state: web::Data<Arc<Mutex<State>>>,
 ) -> HttpResponse {
+    let delay = {
+        let mut s = state.lock().unwrap();
+        let refresh = form.get("grant_type").map(String::as_str) == Some("refresh_token");
+        s.refreshes_begun += usize::from(refresh);
+        s.refresh_delay.filter(|_| refresh)
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     let mut s = state.lock().unwrap();
     if let Some(status) = s.outage {
         s.refresh_calls += 1;

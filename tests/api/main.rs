@@ -15,5 +15,6 @@ mod schema;
 mod shapes;
 mod stall;
 mod stalled;
+mod token_events;
 mod tokens;
 mod webhook;

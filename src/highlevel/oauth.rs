@@ -4,20 +4,20 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// The `Version` header `/oauth/locationToken` wants.
 pub const API_VERSION: &str = "2021-07-28";
 
 /// A token response, in either spelling HighLevel has documented (snake_case or camelCase).
-#[derive(Deserialize, Clone, PartialEq)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 pub struct TokenResponse {
     #[serde(alias = "accessToken")]
-    pub access_token: String,
+    pub access_token: Secret,
     #[serde(alias = "refreshToken", default)]
-    pub refresh_token: Option<String>,
+    pub refresh_token: Option<Secret>,
     #[serde(alias = "expiresIn", default)]
     pub expires_in: Option<i64>,
     #[serde(default)]
@@ -28,18 +28,6 @@ pub struct TokenResponse {
     pub location_id: Option<String>,
     #[serde(alias = "companyId", default)]
     pub company_id: Option<String>,
-}
-
-impl std::fmt::Debug for TokenResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenResponse")
-            .field("access_token", &"[redacted]")
-            .field("user_type", &self.user_type)
-            .field("location_id", &self.location_id)
-            .field("company_id", &self.company_id)
-            .field("expires_in", &self.expires_in)
-            .finish()
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,6 +50,7 @@ pub enum OAuthError {
     /// No answer: worth retrying.
     #[error("network error: {0}")]
     Network(String),
+    /// A 2xx answer that is not what the endpoint documents.
     #[error("unexpected answer: {0}")]
     Unexpected(String),
 }
@@ -80,8 +69,10 @@ struct ReconnectResponse {
     authorization_code: String,
 }
 
-/// Which kind of tenant a request is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which kind of tenant a request is for. Serialised as HighLevel's `userType` spelling
+/// (`Location`, `Company`); read back case-insensitively, anything else being a location.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String")]
 pub enum TenantKind {
     Location,
     Company,
@@ -104,24 +95,20 @@ impl TenantKind {
     }
 }
 
+impl From<String> for TenantKind {
+    fn from(s: String) -> TenantKind {
+        TenantKind::from_user_type(&s)
+    }
+}
+
 /// A client for one Marketplace app.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct HighLevelClient {
     http: reqwest::Client,
     base_url: String,
     client_id: String,
     client_secret: Secret,
     redirect_uri: Option<String>,
-}
-
-impl std::fmt::Debug for HighLevelClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HighLevelClient")
-            .field("base_url", &self.base_url)
-            .field("client_id", &self.client_id)
-            .field("client_secret", &self.client_secret)
-            .finish()
-    }
 }
 
 /// HighLevel's error body: `{"statusCode":400,"message":"…"}` (message sometimes a list).
@@ -209,15 +196,26 @@ impl HighLevelClient {
         if let Some(uri) = &self.redirect_uri {
             fields.push(("redirect_uri", uri));
         }
-        let response = self
+        let request = self
             .http
             .post(format!("{}/oauth/token", self.base_url))
+            .form(&fields);
+        token_of(&self.call(request).await?)
+    }
+
+    /// Sends a request asking for JSON: the body of a 2xx answer, else the answer's error.
+    async fn call(&self, request: reqwest::RequestBuilder) -> Result<String, OAuthError> {
+        let response = request
             .header("Accept", "application/json")
-            .form(&fields)
             .send()
             .await
             .map_err(network)?;
-        parse_token(response).await
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(network)?;
+        if !(200..300).contains(&status) {
+            return Err(classify(status, &text));
+        }
+        Ok(text)
     }
 
     /// Exchanges an authorization code (from the callback or the Reconnect API).
@@ -226,12 +224,7 @@ impl HighLevelClient {
         code: &str,
         kind: TenantKind,
     ) -> Result<TokenResponse, OAuthError> {
-        self.token_request(&[
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("user_type", kind.user_type()),
-        ])
-        .await
+        self.grant("authorization_code", ("code", code), kind).await
     }
 
     /// Spends a refresh token (single use) for a new pair.
@@ -240,9 +233,20 @@ impl HighLevelClient {
         refresh_token: &str,
         kind: TenantKind,
     ) -> Result<TokenResponse, OAuthError> {
+        self.grant("refresh_token", ("refresh_token", refresh_token), kind)
+            .await
+    }
+
+    /// `/oauth/token` for one grant type and the field that carries its grant.
+    async fn grant(
+        &self,
+        grant_type: &str,
+        grant: (&str, &str),
+        kind: TenantKind,
+    ) -> Result<TokenResponse, OAuthError> {
         self.token_request(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token),
+            ("grant_type", grant_type),
+            grant,
             ("user_type", kind.user_type()),
         ])
         .await
@@ -255,17 +259,13 @@ impl HighLevelClient {
         company_id: &str,
         location_id: &str,
     ) -> Result<TokenResponse, OAuthError> {
-        let response = self
+        let request = self
             .http
             .post(format!("{}/oauth/locationToken", self.base_url))
             .bearer_auth(company_access_token)
             .header("Version", API_VERSION)
-            .header("Accept", "application/json")
-            .form(&[("companyId", company_id), ("locationId", location_id)])
-            .send()
-            .await
-            .map_err(network)?;
-        parse_token(response).await
+            .form(&[("companyId", company_id), ("locationId", location_id)]);
+        token_of(&self.call(request).await?)
     }
 
     /// The Reconnect API: a fresh authorization code for an install whose tokens are lost.
@@ -279,19 +279,11 @@ impl HighLevelClient {
             "clientSecret": self.client_secret.expose(),
             id_field: tenant,
         });
-        let response = self
+        let request = self
             .http
             .post(format!("{}/oauth/reconnect", self.base_url))
-            .header("Accept", "application/json")
-            .json(&body)
-            .send()
-            .await
-            .map_err(network)?;
-        let status = response.status().as_u16();
-        let text = response.text().await.map_err(network)?;
-        if !(200..300).contains(&status) {
-            return Err(classify(status, &text));
-        }
+            .json(&body);
+        let text = self.call(request).await?;
         serde_json::from_str::<ReconnectResponse>(&text)
             .map(|r| r.authorization_code)
             .map_err(|_| {
@@ -300,13 +292,8 @@ impl HighLevelClient {
     }
 }
 
-async fn parse_token(response: reqwest::Response) -> Result<TokenResponse, OAuthError> {
-    let status = response.status().as_u16();
-    let text = response.text().await.map_err(network)?;
-    if !(200..300).contains(&status) {
-        return Err(classify(status, &text));
-    }
-    serde_json::from_str(&text)
+fn token_of(text: &str) -> Result<TokenResponse, OAuthError> {
+    serde_json::from_str(text)
         .map_err(|_| OAuthError::Unexpected("a token answer without access_token".into()))
 }
 
@@ -363,5 +350,21 @@ mod tests {
         .unwrap();
         assert_eq!(snake, camel);
         assert!(!format!("{snake:?}").contains("\"a\""));
+    }
+
+    #[test]
+    fn tenant_kinds_keep_highlevels_spelling() {
+        let json = serde_json::to_string(&[TenantKind::Location, TenantKind::Company]).unwrap();
+        assert_eq!(json, r#"["Location","Company"]"#);
+        let read: Vec<TenantKind> =
+            serde_json::from_str(r#"["Company","company","Location"]"#).unwrap();
+        assert_eq!(
+            read,
+            [
+                TenantKind::Company,
+                TenantKind::Company,
+                TenantKind::Location
+            ]
+        );
     }
 }
