@@ -22,7 +22,8 @@ const MAX_PLAIN_KEY: usize = 200;
 /// Each part of a routing key is cut to this many bytes, so the key stays under 255.
 const MAX_KEY_PART: usize = 120;
 
-/// The fields hlgate reads; everything else is skipped without allocation.
+/// The fields hlgate reads; everything else is skipped without allocation. One reader for a
+/// body's text and for its parsed tree, so the plain and the checked path read alike.
 #[derive(Deserialize, Default)]
 struct Fields {
     #[serde(rename = "type")]
@@ -38,6 +39,38 @@ struct Fields {
     #[serde(rename = "webhookId")]
     webhook_id: Option<Value>,
     timestamp: Option<Value>,
+}
+
+impl Fields {
+    /// The fields of a JSON text; `Err` when it is not an object (or too deep to read).
+    fn from_text(text: &str) -> serde_json::Result<Fields> {
+        serde_json::from_str::<Object>(text).map(|o| o.0)
+    }
+
+    /// The fields of a parsed tree; what is not an object has none.
+    fn of(value: &Value) -> Fields {
+        Object::deserialize(value).map_or_else(|_| Fields::default(), |o| o.0)
+    }
+}
+
+/// [`Fields`] from a JSON object only: a derived struct also takes a sequence, and would read
+/// an array's items as its fields.
+struct Object(Fields);
+
+impl<'de> Deserialize<'de> for Object {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Object, D::Error> {
+        struct OnlyMaps;
+        impl<'de> serde::de::Visitor<'de> for OnlyMaps {
+            type Value = Object;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Object, A::Error> {
+                Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+        de.deserialize_map(OnlyMaps)
+    }
 }
 
 /// A non-empty string field; `null`, empty strings and other JSON types count as absent.
@@ -122,12 +155,12 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// A body that is not JSON: one `_malformed` event, keyed by its hash.
-    fn malformed(body: &[u8]) -> Delivery {
+    /// A body of one event, keyed by its `webhookId` or its hash.
+    fn single(event: Event, body: &[u8]) -> Delivery {
         Delivery {
-            dedup_key: dedup_key(None, body),
+            dedup_key: dedup_key(event.webhook_id.as_deref(), body),
             is_array: false,
-            events: vec![Event::malformed(body)],
+            events: vec![event],
         }
     }
 
@@ -148,42 +181,26 @@ pub fn message_id(dedup_key: &str, index: Option<usize>) -> String {
 
 /// Parses a body once into a [`Delivery`]. Never fails: what is not JSON is `_malformed`.
 pub fn parse_delivery(body: &[u8]) -> Delivery {
+    parse_array(body, |_, _| ())
+        .0
+        .unwrap_or_else(|| parse_single(body))
+}
+
+/// A body that is not an array, its fields read from its text.
+fn parse_single(body: &[u8]) -> Delivery {
     // JSON is UTF-8 (RFC 8259), and serde_json does not check the strings it skips.
     let Ok(text) = std::str::from_utf8(body) else {
-        return Delivery::malformed(body);
+        return Delivery::single(Event::malformed(body), body);
     };
-    if let Some(delivery) = parse_array(body, |_, _| ()).0 {
-        return delivery;
-    }
-    let event = match serde_json::from_str::<Fields>(text) {
+    let event = match Fields::from_text(text) {
         Ok(fields) => Event::from_fields(fields, body.to_vec()),
-        // JSON, but not an object (a string, a number…): no fields to read.
+        // JSON, but not an object (a string, a number…) or too deep to read: no fields.
         Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
             Event::from_fields(Fields::default(), body.to_vec())
         }
         Err(_) => Event::malformed(body),
     };
-    Delivery {
-        dedup_key: dedup_key(event.webhook_id.as_deref(), body),
-        is_array: false,
-        events: vec![event],
-    }
-}
-
-impl Fields {
-    /// The same fields, read from an already parsed object.
-    fn from_value(v: &Value) -> Fields {
-        let get = |k: &str| v.get(k).cloned();
-        Fields {
-            kind: get("type"),
-            location_id: get("locationId"),
-            alt_id: get("altId"),
-            alt_type: get("altType"),
-            company_id: get("companyId"),
-            webhook_id: get("webhookId"),
-            timestamp: get("timestamp"),
-        }
-    }
+    Delivery::single(event, body)
 }
 
 /// Like [`parse_delivery`], and hands each event with its parsed JSON to `check` (schema
@@ -194,27 +211,23 @@ pub fn parse_delivery_checked<T>(
     body: &[u8],
     mut check: impl FnMut(&Event, Option<&Value>) -> T,
 ) -> (Delivery, Vec<T>) {
-    let Ok(text) = std::str::from_utf8(body) else {
-        let delivery = Delivery::malformed(body);
-        let checked = delivery.events.iter().map(|e| check(e, None)).collect();
-        return (delivery, checked);
-    };
     if let (Some(delivery), checked) = parse_array(body, &mut check) {
         return (delivery, checked);
     }
-    // Not JSON, or JSON a `Value` cannot hold (a lone surrogate escape): the fields alone.
-    let Ok(value) = serde_json::from_str::<Value>(text) else {
-        let delivery = parse_delivery(body);
-        let checked = delivery.events.iter().map(|e| check(e, None)).collect();
-        return (delivery, checked);
+    // Not UTF-8, not JSON, or JSON a `Value` cannot hold (a lone surrogate escape, nesting
+    // too deep): the fields alone.
+    let value = std::str::from_utf8(body)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Value>(text).ok());
+    let delivery = match &value {
+        Some(value) => Delivery::single(Event::from_fields(Fields::of(value), body.to_vec()), body),
+        None => parse_single(body),
     };
-    let event = Event::from_fields(Fields::from_value(&value), body.to_vec());
-    let checked = vec![check(&event, Some(&value))];
-    let delivery = Delivery {
-        dedup_key: dedup_key(event.webhook_id.as_deref(), body),
-        is_array: false,
-        events: vec![event],
-    };
+    let checked = delivery
+        .events
+        .iter()
+        .map(|e| check(e, value.as_ref()))
+        .collect();
     (delivery, checked)
 }
 
@@ -294,23 +307,16 @@ pub fn element(text: &str) -> Event {
 }
 
 /// One array element, from one parse: its fields and its compact JSON. One nested too deeply
-/// for a tree keeps its text as it is, and its fields are read without one.
+/// for a tree keeps its text as it is, and its fields are read from that text.
 fn element_event(text: &str) -> (Event, Option<Value>) {
     match serde_json::from_str::<Value>(text) {
         Ok(value) => {
             let compact = serde_json::to_vec(&value).expect("a Value serialises");
-            (
-                Event::from_fields(Fields::from_value(&value), compact),
-                Some(value),
-            )
+            (Event::from_fields(Fields::of(&value), compact), Some(value))
         }
         Err(_) => {
-            // Only an object has fields (serde would read an array's items as them).
-            let fields = Some(text)
-                .filter(|text| text.starts_with('{'))
-                .and_then(|text| serde_json::from_str::<Fields>(text).ok());
-            let event = Event::from_fields(fields.unwrap_or_default(), text.into());
-            (event, None)
+            let fields = Fields::from_text(text).unwrap_or_default();
+            (Event::from_fields(fields, text.into()), None)
         }
     }
 }
@@ -463,95 +469,5 @@ mod tests {
         );
         let d = parse_delivery(br#"{"timestamp":"yesterday"}"#);
         assert_eq!(d.events[0].timestamp, None);
-    }
-}
-
-#[cfg(test)]
-mod properties {
-    use super::*;
-    use proptest::prelude::*;
-
-    /// A routing key RabbitMQ takes for a topic exchange and consumers can match by part:
-    /// at most 255 bytes, exactly two non-empty dot-separated words of `[A-Za-z0-9_-]`.
-    fn valid_topic_key(key: &str) -> bool {
-        let parts: Vec<&str> = key.split('.').collect();
-        key.len() <= 255
-            && parts.len() == 2
-            && parts.iter().all(|p| {
-                !p.is_empty()
-                    && p.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            })
-    }
-
-    fn field() -> impl Strategy<Value = serde_json::Value> {
-        prop_oneof![
-            Just(serde_json::Value::Null),
-            any::<String>().prop_map(serde_json::Value::from),
-            "[a-zA-Z0-9 .#*]{0,300}".prop_map(serde_json::Value::from),
-            any::<i64>().prop_map(serde_json::Value::from),
-        ]
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(500))]
-
-        #[test]
-        fn routing_key_is_always_a_valid_topic_key(
-            kind in field(), location in field(), alt in field(), alt_type in field(), company in field()
-        ) {
-            let mut body = serde_json::Map::new();
-            for (k, v) in [("type", kind), ("locationId", location), ("altId", alt), ("altType", alt_type), ("companyId", company)] {
-                if !v.is_null() || fastrand::bool() {
-                    body.insert(k.into(), v);
-                }
-            }
-            let bytes = serde_json::to_vec(&body).unwrap();
-            let delivery = parse_delivery(&bytes);
-            prop_assert_eq!(delivery.events.len(), 1);
-            let key = delivery.events[0].routing_key();
-            prop_assert!(valid_topic_key(&key), "{key}");
-        }
-
-        #[test]
-        fn both_parsers_agree(
-            kind in field(), location in field(), alt in field(), company in field(), array in any::<bool>()
-        ) {
-            let one = serde_json::json!({"type": kind, "locationId": location, "altId": alt,
-                                         "altType": "location", "companyId": company});
-            // An element that is itself an array has no fields, whatever its items are.
-            let items = serde_json::json!([kind, location, alt, "location", company, "w", null]);
-            let body = if array { serde_json::json!([one, one, items]) } else { one };
-            let bytes = serde_json::to_vec_pretty(&body).unwrap();
-            let (checked, values) = parse_delivery_checked(&bytes, |_, value| value.is_some());
-            prop_assert_eq!(&checked, &parse_delivery(&bytes));
-            prop_assert_eq!(values.len(), checked.events.len());
-            prop_assert!(values.iter().all(|&had_value| had_value));
-        }
-
-        #[test]
-        fn arbitrary_bytes_never_panic_and_route(body in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let delivery = parse_delivery(&body);
-            prop_assert!(!delivery.events.is_empty() || delivery.is_array);
-            for e in &delivery.events {
-                prop_assert!(valid_topic_key(&e.routing_key()));
-            }
-            prop_assert!(delivery.dedup_key.len() <= 255);
-        }
-
-        #[test]
-        fn the_tenant_rule_holds(location in "[a-z]{0,3}", alt in "[a-z]{0,3}", location_alt in any::<bool>(), company in "[a-z]{0,3}") {
-            let body = serde_json::json!({
-                "locationId": location, "altId": alt,
-                "altType": if location_alt { "location" } else { "company" },
-                "companyId": company,
-            });
-            let tenant = parse_delivery(&serde_json::to_vec(&body).unwrap()).events[0].tenant.clone();
-            let expected = if !location.is_empty() { location }
-                else if location_alt && !alt.is_empty() { alt }
-                else if !company.is_empty() { company }
-                else { "none".into() };
-            prop_assert_eq!(tenant, expected);
-        }
     }
 }

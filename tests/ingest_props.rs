@@ -1,12 +1,15 @@
 //! The whole ingest path before the store, over bodies of any shape: sign → verify → parse →
 //! entries → encode → decode. Nothing signed may panic it, and every entry must be one the
 //! store and the broker take: a valid topic routing key, a short dedup key, an exact round trip.
+//! The event parser on its own: routing keys from fields of any type, the tenant rule, and the
+//! plain path (fields read from the text) and the checked one (from the tree) reading alike.
 
 use std::sync::OnceLock;
 
 use base64::Engine;
 use hlgate::config::SchemaMode;
 use hlgate::entry::Entry;
+use hlgate::event::{parse_delivery, parse_delivery_checked};
 use hlgate::ingest;
 use hlgate::schema::Schemas;
 use hlgate::store::Encoded;
@@ -47,7 +50,8 @@ fn setup() -> &'static Setup {
     })
 }
 
-/// At most 255 bytes, two non-empty dot-separated words of `[A-Za-z0-9_-]`.
+/// A routing key RabbitMQ takes for a topic exchange and consumers can match by part:
+/// at most 255 bytes, exactly two non-empty dot-separated words of `[A-Za-z0-9_-]`.
 fn valid_topic_key(key: &str) -> bool {
     let parts: Vec<&str> = key.split('.').collect();
     key.len() <= 255
@@ -173,6 +177,80 @@ proptest! {
     fn arrays_of_arbitrary_json(elements in proptest::collection::vec(json(), 0..16)) {
         let body = serde_json::to_vec(&elements).unwrap();
         ingest_path(&body, &body)?;
+    }
+}
+
+/// A field as HighLevel might send it, or not: null, any text, a long one of the characters a
+/// routing key cannot hold, a number.
+fn field() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<String>().prop_map(Value::from),
+        "[a-zA-Z0-9 .#*]{0,300}".prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    #[test]
+    fn routing_key_is_always_a_valid_topic_key(
+        kind in field(), location in field(), alt in field(), alt_type in field(), company in field()
+    ) {
+        let mut body = serde_json::Map::new();
+        for (k, v) in [("type", kind), ("locationId", location), ("altId", alt), ("altType", alt_type), ("companyId", company)] {
+            if !v.is_null() || fastrand::bool() {
+                body.insert(k.into(), v);
+            }
+        }
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let delivery = parse_delivery(&bytes);
+        prop_assert_eq!(delivery.events.len(), 1);
+        let key = delivery.events[0].routing_key();
+        prop_assert!(valid_topic_key(&key), "{key}");
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_route(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let delivery = parse_delivery(&body);
+        prop_assert!(!delivery.events.is_empty() || delivery.is_array);
+        for e in &delivery.events {
+            prop_assert!(valid_topic_key(&e.routing_key()));
+        }
+        prop_assert!(delivery.dedup_key.len() <= 255);
+    }
+
+    /// Schema checking needs a tree; the fields read from it are those read from the text.
+    #[test]
+    fn both_parsers_agree(
+        kind in field(), location in field(), alt in field(), company in field(), array in any::<bool>()
+    ) {
+        let one = serde_json::json!({"type": kind, "locationId": location, "altId": alt,
+                                     "altType": "location", "companyId": company});
+        // An element that is itself an array has no fields, whatever its items are.
+        let items = serde_json::json!([kind, location, alt, "location", company, "w", null]);
+        let body = if array { serde_json::json!([one, one, items]) } else { one };
+        let bytes = serde_json::to_vec_pretty(&body).unwrap();
+        let (checked, values) = parse_delivery_checked(&bytes, |_, value| value.is_some());
+        prop_assert_eq!(&checked, &parse_delivery(&bytes));
+        prop_assert_eq!(values.len(), checked.events.len());
+        prop_assert!(values.iter().all(|&had_value| had_value));
+    }
+
+    #[test]
+    fn the_tenant_rule_holds(location in "[a-z]{0,3}", alt in "[a-z]{0,3}", location_alt in any::<bool>(), company in "[a-z]{0,3}") {
+        let body = serde_json::json!({
+            "locationId": location, "altId": alt,
+            "altType": if location_alt { "location" } else { "company" },
+            "companyId": company,
+        });
+        let tenant = parse_delivery(&serde_json::to_vec(&body).unwrap()).events[0].tenant.clone();
+        let expected = if !location.is_empty() { location }
+            else if location_alt && !alt.is_empty() { alt }
+            else if !company.is_empty() { company }
+            else { "none".into() };
+        prop_assert_eq!(tenant, expected);
     }
 }
 
