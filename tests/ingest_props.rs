@@ -5,9 +5,8 @@
 use std::sync::OnceLock;
 
 use base64::Engine;
-use hlgate::config::SchemaMode;
 use hlgate::ingest;
-use hlgate::schema::Schemas;
+use hlgate::schema::{SchemaMode, Schemas};
 use hlgate::store::Entry;
 use hlgate::verify::{ed25519_public_pem, Keyring, SignatureHeaders, Verifier};
 use proptest::prelude::*;
@@ -35,7 +34,7 @@ fn setup() -> &'static Setup {
             accept_legacy_rsa: true,
         };
         let schemas = [
-            Schemas::none(),
+            Schemas::embedded(SchemaMode::Off).unwrap(),
             Schemas::embedded(SchemaMode::Warn).unwrap(),
         ];
         Setup {

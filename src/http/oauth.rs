@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
-use super::ApiError;
+use super::{ApiError, PublicState};
 use crate::oauth::{retry_after_secs, InstallError, TenantKind, TokenService};
 
 /// Registers the install routes.
@@ -26,7 +26,7 @@ fn service(tokens: &Option<Arc<TokenService>>) -> Result<&Arc<TokenService>, Api
         })
 }
 
-async fn install(state: web::Data<super::public::PublicState>) -> Result<HttpResponse, ApiError> {
+async fn install(state: web::Data<PublicState>) -> Result<HttpResponse, ApiError> {
     let url = service(&state.tokens)?
         .install_url()
         .expect("the client is configured");
@@ -72,7 +72,7 @@ pub fn escape(text: &str) -> String {
 
 async fn callback(
     query: web::Query<CallbackQuery>,
-    state: web::Data<super::public::PublicState>,
+    state: web::Data<PublicState>,
 ) -> Result<HttpResponse, ApiError> {
     let service = service(&state.tokens)?;
     let Some(code) = query.code.as_deref().filter(|c| !c.is_empty()) else {

@@ -15,9 +15,8 @@ use tracing::{debug, error, info, warn};
 
 use super::amqp::{self, Attached, Link};
 use super::poison::Suspect;
-use crate::config::SchemaMode;
 use crate::metrics::{Metrics, PublishResult};
-use crate::schema::Outcome;
+use crate::schema::{Outcome, SchemaMode};
 use crate::store::{now_ms, Entry, Store};
 
 /// How many entries one read takes from the outbox; up to two such windows are unconfirmed.
