@@ -188,10 +188,10 @@ fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
 
 /// One setting, named once: its environment name (the TOML key is derived from it), its
 /// default as it would be written, and how `check-config` shows its effective value.
-pub struct Spec {
-    pub var: &'static str,
+struct Spec {
+    var: &'static str,
     /// `None`: unset unless given (or, for the keyrings, HighLevel's embedded keys).
-    pub default: Option<&'static str>,
+    default: Option<&'static str>,
     show: fn(&Settings) -> String,
 }
 
@@ -200,7 +200,7 @@ macro_rules! specs {
     ($($name:ident: $var:literal, $default:expr, $show:expr;)*) => {
         $(const $name: Spec = Spec { var: $var, default: $default, show: $show };)*
         /// Every setting, in the order `check-config` prints them.
-        pub const SETTINGS: &[Spec] = &[$($name),*];
+        const SETTINGS: &[Spec] = &[$($name),*];
     };
 }
 
@@ -217,7 +217,8 @@ fn shown(value: Option<&String>) -> String {
 
 specs! {
     LISTEN: "HLGATE_LISTEN", Some("127.0.0.1:8080"), |s| s.http.listen.to_string();
-    ADMIN_LISTEN: "HLGATE_ADMIN_LISTEN", Some("127.0.0.1:9090"), |s| s.http.admin_listen.to_string();
+    ADMIN_LISTEN: "HLGATE_ADMIN_LISTEN", Some("127.0.0.1:9090"),
+        |s| s.http.admin_listen.to_string();
     ADMIN_TOKEN: "HLGATE_ADMIN_TOKEN", None, |s| redacted(s.http.admin_token.is_some());
     DATA_DIR: "HLGATE_DATA_DIR", Some("./data"), |s| s.store.data_dir.display().to_string();
     AMQP_URL: "HLGATE_AMQP_URL", Some("amqp://guest:guest@127.0.0.1:5672/%2f"),

@@ -719,7 +719,8 @@ fn a_module_alias_is_followed_and_test_modules_see_their_own_file() {
         source("src/a/x.rs", "use super::y;\nfn f() { y::g() }"),
         source(
             "src/a/y.rs",
-            "pub fn g() {}\n#[cfg(test)]\nmod tests {\n    use super::*;\n    use super::super::x;\n}",
+            "pub fn g() {}\n#[cfg(test)]\nmod tests {\n    use super::*;\n    \
+             use super::super::x;\n}",
         ),
     ];
     let found = file_cycles(&files, &[]);

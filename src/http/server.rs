@@ -50,6 +50,35 @@ fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BindError> {
     Ok((listener, bound))
 }
 
+/// The public listener: webhooks and the install flow.
+fn public_routes(cfg: &mut web::ServiceConfig) {
+    cfg.configure(public::routes).configure(oauth::routes);
+}
+
+/// A server on `listener` whose handlers share `state`, with `/healthz` and a JSON 404.
+fn server<S: Send + Sync + 'static>(
+    (listener, addr): (TcpListener, SocketAddr),
+    state: S,
+    routes: fn(&mut web::ServiceConfig),
+    workers: usize,
+    grace: u64,
+) -> Result<Server, BindError> {
+    let state = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/healthz", web::get().to(healthz))
+            .configure(routes)
+            .default_service(web::to(not_found))
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(grace)
+    .listen(listener)
+    .map_err(|source| BindError { addr, source })?;
+    Ok(server.run())
+}
+
 /// Binds both listeners of `settings` with their routes; nothing is served until
 /// [`Servers::start`].
 pub fn serve(
@@ -57,43 +86,13 @@ pub fn serve(
     public_state: PublicState,
     admin_state: AdminState,
 ) -> Result<Servers, BindError> {
-    let (public_listener, public_addr) = bind(settings.listen)?;
-    let (admin_listener, admin_addr) = bind(settings.admin_listen)?;
+    let (public_bound, admin_bound) = (bind(settings.listen)?, bind(settings.admin_listen)?);
+    let (public_addr, admin_addr) = (public_bound.1, admin_bound.1);
     // What actix itself gives a worker to finish once stopped; `Serving::stop` bounds the rest.
     let grace = settings.shutdown_grace.as_secs().max(1);
-    let bound = |addr| move |source| BindError { addr, source };
-
-    let public_state = web::Data::new(public_state);
-    let public = HttpServer::new(move || {
-        App::new()
-            .app_data(public_state.clone())
-            .route("/healthz", web::get().to(healthz))
-            .configure(public::routes)
-            .configure(oauth::routes)
-            .default_service(web::to(not_found))
-    })
-    .workers(std::thread::available_parallelism().map_or(2, |n| n.get()))
-    .disable_signals()
-    .shutdown_timeout(grace)
-    .listen(public_listener)
-    .map_err(bound(public_addr))?
-    .run();
-
-    let admin_state = web::Data::new(admin_state);
-    let admin = HttpServer::new(move || {
-        App::new()
-            .app_data(admin_state.clone())
-            .route("/healthz", web::get().to(healthz))
-            .configure(admin::routes)
-            .default_service(web::to(not_found))
-    })
-    .workers(1)
-    .disable_signals()
-    .shutdown_timeout(grace)
-    .listen(admin_listener)
-    .map_err(bound(admin_addr))?
-    .run();
-
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let public = server(public_bound, public_state, public_routes, workers, grace)?;
+    let admin = server(admin_bound, admin_state, admin::routes, 1, grace)?;
     Ok(Servers {
         public_addr,
         admin_addr,
