@@ -199,14 +199,14 @@ async fn run(args: Args) -> Result<(), String> {
         .collect();
     let settings = Settings::load(None, &env).map_err(|e| e.to_string())?;
     let verifier = Verifier {
-        ed25519: settings.ed25519_keys.clone(),
-        rsa: settings.rsa_keys.clone(),
-        accept_legacy_rsa: settings.accept_legacy_rsa,
+        ed25519: settings.ingest.ed25519_keys.clone(),
+        rsa: settings.ingest.rsa_keys.clone(),
+        accept_legacy_rsa: settings.ingest.accept_legacy_rsa,
     };
 
     let properties = ConnectionProperties::default()
         .with_connection_name(LongString::from("hlgate-example-consumer"));
-    let connection = Connection::connect(settings.amqp_url.expose(), properties)
+    let connection = Connection::connect(settings.amqp.url.expose(), properties)
         .await
         .map_err(|e| format!("cannot connect to RabbitMQ: {e}"))?;
     let channel = connection
@@ -217,7 +217,7 @@ async fn run(args: Args) -> Result<(), String> {
 
     // Declared exactly as hlgate declares them (hlgate's own function), so either may start
     // first.
-    hlgate::publish::amqp::declare_topology(&channel, &settings.exchange)
+    hlgate::publish::amqp::declare_topology(&channel, &settings.amqp.exchange)
         .await
         .map_err(amqp)?;
 
@@ -237,7 +237,7 @@ async fn run(args: Args) -> Result<(), String> {
         channel
             .queue_bind(
                 queue.into(),
-                settings.exchange.as_str().into(),
+                settings.amqp.exchange.as_str().into(),
                 pattern.as_str().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
@@ -260,7 +260,7 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(amqp)?;
     eprintln!(
         "consumer: queue {queue} bound to {} with {:?}; Ctrl-C stops",
-        settings.exchange, args.patterns
+        settings.amqp.exchange, args.patterns
     );
 
     let mut seen = 0u64;

@@ -200,9 +200,9 @@ pub fn keygen(prefix: &Path) -> Result<(), String> {
 
 /// GETs an admin endpoint of the running gateway; `Ok(None)` when nothing listens.
 pub async fn admin_get(settings: &Settings, path: &str) -> Result<Option<String>, String> {
-    let url = format!("http://{}{path}", settings.admin_listen);
+    let url = format!("http://{}{path}", settings.http.admin_listen);
     let mut request = reqwest::Client::new().get(&url);
-    if let Some(token) = &settings.admin_token {
+    if let Some(token) = &settings.http.admin_token {
         request = request.bearer_auth(token.expose());
     }
     match request.send().await {
@@ -222,7 +222,7 @@ pub async fn outbox(settings: &Settings) -> Result<(), String> {
         println!("broker={}", v["broker"].as_str().unwrap_or("?"));
         return Ok(());
     }
-    let store = crate::store::Store::open(&settings.data_dir, settings.dedup_retention)
+    let store = crate::store::Store::open(&settings.store.data_dir, settings.store.dedup_retention)
         .map_err(|e| format!("hlgate is not running and the store cannot be opened: {e}"))?;
     let (depth, oldest) = store.outbox_state();
     println!("outbox_depth={depth}");
@@ -244,7 +244,7 @@ pub async fn tenants(settings: &Settings) -> Result<(), String> {
 
 /// What `GET /v1/tenants` would answer, from the store and the token key: never a token.
 fn stored_tenants(settings: &Settings) -> Result<serde_json::Value, String> {
-    let store = crate::store::Store::open(&settings.data_dir, settings.dedup_retention)
+    let store = crate::store::Store::open(&settings.store.data_dir, settings.store.dedup_retention)
         .map_err(|e| format!("hlgate is not running and the store cannot be opened: {e}"))?;
     let tree = |name| {
         store
@@ -252,7 +252,7 @@ fn stored_tenants(settings: &Settings) -> Result<serde_json::Value, String> {
             .map_err(|e| format!("cannot read the {name} tree: {e}"))
     };
     let (records, installs) = (tree("tokens")?, tree("installs")?);
-    let key = oauth::vault::load_key(settings.token_key.as_ref(), &settings.data_dir)
+    let key = oauth::vault::load_key(settings.oauth.token_key.as_ref(), &settings.store.data_dir)
         .map_err(|e| e.to_string())?;
     let tenants = match key {
         Some(key) => oauth::tenant_views(&oauth::Vault::new(records, &key))
@@ -273,7 +273,7 @@ fn stored_tenants(settings: &Settings) -> Result<serde_json::Value, String> {
 
 /// `hlgate store check` and `hlgate store accept-loss`.
 pub fn store(settings: &Settings, action: StoreAction) -> Result<(), String> {
-    let (dir, retention) = (&settings.data_dir, settings.dedup_retention);
+    let (dir, retention) = (&settings.store.data_dir, settings.store.dedup_retention);
     match action {
         StoreAction::Check => {
             let report = crate::store::check(dir, retention).map_err(|e| e.to_string())?;
@@ -293,7 +293,7 @@ pub fn store(settings: &Settings, action: StoreAction) -> Result<(), String> {
 
 /// `hlgate healthcheck`.
 pub async fn healthcheck(settings: &Settings) -> Result<(), String> {
-    let mut host = settings.admin_listen;
+    let mut host = settings.http.admin_listen;
     if host.ip().is_unspecified() {
         host.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }

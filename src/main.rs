@@ -41,7 +41,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(settings: hlgate::config::Settings) -> ExitCode {
-    hlgate::telemetry::init(&settings.log, settings.log_format);
+    hlgate::telemetry::init(&settings.log.filter, settings.log.format);
     // What the gateway writes (events, tokens, keys) is for its own user only: sled creates its
     // files as the umask lets it.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));

@@ -10,10 +10,29 @@ use std::fmt;
 use jsonschema::Validator;
 use serde_json::Value;
 
-use crate::config::SchemaMode;
-
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/schemas.rs"));
+}
+
+/// What to do with events that fail their JSON Schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchemaMode {
+    /// Do not validate; every event is marked `unknown`.
+    Off,
+    /// Validate, mark the message and count; publish as usual.
+    Warn,
+    /// Validate; publish invalid events to the quarantine queue instead of the exchange.
+    Enforce,
+}
+
+impl SchemaMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchemaMode::Off => "off",
+            SchemaMode::Warn => "warn",
+            SchemaMode::Enforce => "enforce",
+        }
+    }
 }
 
 /// What validation said about an event.
@@ -67,9 +86,8 @@ pub enum SchemaError {
 }
 
 /// Compiled event schemas; validates an event body against its type's schema.
-#[derive(Default)]
 pub struct Schemas {
-    mode: Option<SchemaMode>,
+    mode: SchemaMode,
     by_type: HashMap<String, Validator>,
 }
 
@@ -83,17 +101,12 @@ impl fmt::Debug for Schemas {
 }
 
 impl Schemas {
-    /// No schemas: every event is `unknown`.
-    pub fn none() -> Schemas {
-        Schemas::default()
-    }
-
     /// The schemas embedded in the binary, each compiled once. With [`SchemaMode::Off`] nothing is
     /// compiled and every event is `unknown`.
     pub fn embedded(mode: SchemaMode) -> Result<Schemas, SchemaError> {
         if mode == SchemaMode::Off {
             return Ok(Schemas {
-                mode: Some(mode),
+                mode,
                 by_type: HashMap::new(),
             });
         }
@@ -112,15 +125,12 @@ impl Schemas {
             let validator = compile(&file, text)?;
             by_type.insert(event_type, validator);
         }
-        Ok(Schemas {
-            mode: Some(mode),
-            by_type,
-        })
+        Ok(Schemas { mode, by_type })
     }
 
-    /// The mode these schemas were loaded for; `off` for [`Schemas::none`].
+    /// The mode these schemas were loaded for.
     pub fn mode(&self) -> SchemaMode {
-        self.mode.unwrap_or(SchemaMode::Off)
+        self.mode
     }
 
     /// How many event types have a schema.
@@ -132,24 +142,8 @@ impl Schemas {
         self.by_type.is_empty()
     }
 
-    /// Whether `event_type` has a schema.
-    pub fn covers(&self, event_type: &str) -> bool {
-        self.by_type.contains_key(event_type)
-    }
-
-    /// `unknown` when no schema covers `event_type` or `body` is not JSON; otherwise whether the
-    /// body satisfies the schema.
-    pub fn validate(&self, event_type: &str, body: &[u8]) -> Outcome {
-        let Some(validator) = self.by_type.get(event_type) else {
-            return Outcome::Unknown;
-        };
-        match serde_json::from_slice::<Value>(body) {
-            Ok(value) => outcome(validator.is_valid(&value)),
-            Err(_) => Outcome::Unknown,
-        }
-    }
-
-    /// Like [`Schemas::validate`], for a body that is already parsed.
+    /// `unknown` when no schema covers `event_type`; otherwise whether the body (parsed once,
+    /// by ingest) satisfies the schema.
     pub fn validate_value(&self, event_type: &str, body: &Value) -> Outcome {
         match self.by_type.get(event_type) {
             Some(validator) => outcome(validator.is_valid(body)),
@@ -194,11 +188,14 @@ mod tests {
     #[test]
     fn off_and_none_validate_nothing() {
         let body = br#"{"type":"ContactCreate","locationId":"l1","id":"c1"}"#;
-        for schemas in [Schemas::none(), Schemas::embedded(SchemaMode::Off).unwrap()] {
-            assert!(schemas.is_empty());
-            assert_eq!(schemas.mode(), SchemaMode::Off);
-            assert_eq!(schemas.validate("ContactCreate", body), Outcome::Unknown);
-        }
+        let value: Value = serde_json::from_slice(body).unwrap();
+        let schemas = Schemas::embedded(SchemaMode::Off).unwrap();
+        assert!(schemas.is_empty());
+        assert_eq!(schemas.mode(), SchemaMode::Off);
+        assert_eq!(
+            schemas.validate_value("ContactCreate", &value),
+            Outcome::Unknown
+        );
     }
 
     #[test]

@@ -1,19 +1,18 @@
-//! Wires everything: opens the store, starts the relay and the sweeper, binds both listeners
-//! (port 0 allowed), and drains in order on shutdown.
+//! Wires everything: opens the store, builds the ingest use case and the token module, binds
+//! both listeners (port 0 allowed), runs every background task on one tracker, and drains them
+//! in order on shutdown.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle};
-use actix_web::{web, App, HttpServer};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Settings;
 use crate::highlevel::HighLevelClient;
-use crate::http::{admin, error, public};
+use crate::http::{self, AdminState, BindError, PublicState, Servers};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::oauth::{
@@ -22,12 +21,12 @@ use crate::oauth::{
 use crate::publish::{relay, Relay, RelayConfig};
 use crate::schema::Schemas;
 use crate::store::{Store, StoreError};
+use crate::verify::Verifier;
 
 /// How often the token schedule looks for tenants due for a refresh.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// How long one store commit may take before hlgate gives up on the process.
 const STUCK_EXIT: Duration = Duration::from_secs(60);
-use crate::verify::Verifier;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -37,11 +36,8 @@ pub enum StartupError {
     Schemas(#[from] crate::schema::SchemaError),
     #[error("token vault: {0}")]
     Vault(#[from] VaultError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }
 
 impl StartupError {
@@ -59,15 +55,23 @@ impl StartupError {
 
 /// A built hlgate, listening, ready to run.
 pub struct Application {
-    public_addr: SocketAddr,
-    admin_addr: SocketAddr,
-    public: Server,
-    admin: Server,
+    servers: Servers,
     store: Store,
     relay: Relay,
     tokens: Arc<TokenService>,
     settings: Settings,
     shutdown: CancellationToken,
+    /// Every task: the servers, the relay, the sweeper, the refresher and what the token
+    /// module starts. Shutdown waits for all of them.
+    tasks: TaskTracker,
+}
+
+/// The error of a store that cannot be opened or read in `dir`.
+fn store_error(dir: &std::path::Path) -> impl Fn(StoreError) -> StartupError + '_ {
+    move |source| StartupError::Store {
+        dir: dir.display().to_string(),
+        source,
+    }
 }
 
 /// The vault (always: private tokens need no app credentials) and, with credentials, the client.
@@ -75,33 +79,34 @@ fn token_service(
     settings: &Settings,
     store: &Store,
     metrics: &Arc<Metrics>,
+    tasks: &TaskTracker,
 ) -> Result<TokenService, StartupError> {
-    let store_err = |source| StartupError::Store {
-        dir: settings.data_dir.display().to_string(),
-        source,
-    };
-    let key = vault::load_or_create_key(settings.token_key.as_ref(), &settings.data_dir)?;
-    let client = settings.oauth.as_ref().map(|o| {
+    let (oauth, data_dir) = (&settings.oauth, &settings.store.data_dir);
+    let key = vault::load_or_create_key(oauth.token_key.as_ref(), data_dir)?;
+    let credentials = oauth.credentials.as_ref();
+    let client = credentials.map(|c| {
         HighLevelClient::new(
-            &settings.oauth_base_url,
-            &o.client_id,
-            o.client_secret.clone(),
-            o.redirect_uri.clone(),
+            &oauth.base_url,
+            &c.client_id,
+            c.client_secret.clone(),
+            c.redirect_uri.clone(),
         )
     });
+    let tree = |name| store.keyed_tree(name).map_err(store_error(data_dir));
     Ok(TokenService::new(TokenServiceParts {
-        vault: Vault::new(store.keyed_tree("tokens").map_err(store_err)?, &key),
-        installs: store.keyed_tree("installs").map_err(store_err)?,
+        vault: Vault::new(tree("tokens")?, &key),
+        installs: tree("installs")?,
         client,
         install: InstallSettings {
-            marketplace_url: settings.marketplace_url.clone(),
-            redirect_uri: settings.oauth.as_ref().and_then(|o| o.redirect_uri.clone()),
-            scopes: settings.oauth.as_ref().and_then(|o| o.scopes.clone()),
+            marketplace_url: oauth.marketplace_url.clone(),
+            redirect_uri: credentials.and_then(|c| c.redirect_uri.clone()),
+            scopes: credentials.and_then(|c| c.scopes.clone()),
         },
-        refresh_before: settings.token_refresh_before,
-        min_ttl: settings.token_min_ttl,
-        attach_tokens: settings.attach_tokens,
+        refresh_before: oauth.refresh_before,
+        min_ttl: oauth.min_ttl,
+        attach_tokens: oauth.attach_tokens,
         metrics: metrics.clone(),
+        tasks: tasks.clone(),
     }))
 }
 
@@ -118,108 +123,58 @@ fn report_damage(store: &Store) {
     }
 }
 
-fn listener(addr: SocketAddr) -> Result<TcpListener, StartupError> {
-    TcpListener::bind(addr).map_err(|source| StartupError::Bind { addr, source })
-}
-
 impl Application {
     /// Opens the store and binds the listeners; nothing runs until [`Application::run`].
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
-        std::fs::create_dir_all(&settings.data_dir).map_err(|e| StartupError::Store {
-            dir: settings.data_dir.display().to_string(),
+        let data_dir = &settings.store.data_dir;
+        std::fs::create_dir_all(data_dir).map_err(|e| StartupError::Store {
+            dir: data_dir.display().to_string(),
             source: StoreError::io("cannot create the data dir", e),
         })?;
         let store =
-            Store::open(&settings.data_dir, settings.dedup_retention).map_err(|source| {
-                StartupError::Store {
-                    dir: settings.data_dir.display().to_string(),
-                    source,
-                }
-            })?;
-        store.limit_outbox(settings.outbox_max_events);
+            Store::open(data_dir, settings.store.dedup_retention).map_err(store_error(data_dir))?;
+        store.limit_outbox(settings.store.outbox_max_events);
         report_damage(&store);
         let metrics = Arc::new(Metrics::default());
-        let tokens = Arc::new(token_service(&settings, &store, &metrics)?);
+        let tasks = TaskTracker::new();
+        let tokens = Arc::new(token_service(&settings, &store, &metrics, &tasks)?);
         let schemas = Arc::new(Schemas::embedded(settings.schema_mode)?);
         info!(
             schema_mode = settings.schema_mode.as_str(),
             schemas = schemas.len(),
             "event schemas compiled"
         );
+        let checks = &settings.ingest;
         let ingest = Arc::new(Ingest {
             verifier: Verifier {
-                ed25519: settings.ed25519_keys.clone(),
-                rsa: settings.rsa_keys.clone(),
-                accept_legacy_rsa: settings.accept_legacy_rsa,
+                ed25519: checks.ed25519_keys.clone(),
+                rsa: checks.rsa_keys.clone(),
+                accept_legacy_rsa: checks.accept_legacy_rsa,
             },
             store: store.clone(),
             schemas,
             metrics: metrics.clone(),
-            retention: settings.dedup_retention,
-            max_future_skew: settings.max_future_skew,
+            retention: settings.store.dedup_retention,
+            max_future_skew: checks.max_future_skew,
         });
 
-        let public_listener = listener(settings.listen)?;
-        let admin_listener = listener(settings.admin_listen)?;
-        let public_addr = public_listener.local_addr().expect("bound");
-        let admin_addr = admin_listener.local_addr().expect("bound");
-        let grace = settings.shutdown_grace.as_secs().max(1);
-
-        let public_state = web::Data::new(public::PublicState {
-            ingest,
-            max_body_bytes: settings.max_body_bytes,
-            body_timeout: settings.body_timeout,
-            bodies: public::BodyBudget::for_max_body(settings.max_body_bytes),
-            tokens: Some(tokens.clone()),
-        });
-        let public = HttpServer::new(move || {
-            App::new()
-                .app_data(public_state.clone())
-                .configure(public::routes)
-                .default_service(web::to(error::not_found))
-        })
-        .workers(std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .disable_signals()
-        .shutdown_timeout(grace)
-        .listen(public_listener)
-        .map_err(|source| StartupError::Bind {
-            addr: public_addr,
-            source,
-        })?
-        .run();
-
-        let admin_state = web::Data::new(admin::AdminState {
-            store: store.clone(),
-            metrics: metrics.clone(),
-            admin_token: settings.admin_token.clone(),
-            outbox_max_events: settings.outbox_max_events,
-            tenant_states: Some({
-                let tokens = tokens.clone();
-                Arc::new(move || tokens.state_counts())
-            }),
-            tokens: tokens.clone(),
-        });
-        let admin = HttpServer::new(move || {
-            App::new()
-                .app_data(admin_state.clone())
-                .configure(admin::routes)
-                .default_service(web::to(error::not_found))
-        })
-        .workers(1)
-        .disable_signals()
-        .shutdown_timeout(grace)
-        .listen(admin_listener)
-        .map_err(|source| StartupError::Bind {
-            addr: admin_addr,
-            source,
-        })?
-        .run();
+        let servers = http::serve(
+            &settings.http,
+            PublicState::new(ingest, &settings.http, tokens.clone()),
+            AdminState {
+                store: store.clone(),
+                metrics: metrics.clone(),
+                admin_token: settings.http.admin_token.clone(),
+                outbox_max_events: settings.store.outbox_max_events,
+                tokens: tokens.clone(),
+            },
+        )?;
 
         let relay = Relay {
             config: RelayConfig {
-                amqp_url: settings.amqp_url.expose().to_string(),
-                exchange: settings.exchange.clone(),
-                declare_topology: settings.declare_topology,
+                amqp_url: settings.amqp.url.clone(),
+                exchange: settings.amqp.exchange.clone(),
+                declare_topology: settings.amqp.declare_topology,
                 schema_mode: settings.schema_mode,
             },
             store: store.clone(),
@@ -228,24 +183,22 @@ impl Application {
         };
 
         Ok(Application {
-            public_addr,
-            admin_addr,
-            public,
-            admin,
+            servers,
             store,
             relay,
             tokens,
             settings,
             shutdown: CancellationToken::new(),
+            tasks,
         })
     }
 
     pub fn public_addr(&self) -> SocketAddr {
-        self.public_addr
+        self.servers.public_addr()
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
+        self.servers.admin_addr()
     }
 
     /// Cancel it to shut down gracefully.
@@ -253,60 +206,50 @@ impl Application {
         self.shutdown.clone()
     }
 
-    /// Serves until the shutdown token is cancelled, then drains in order: stop accepting and
-    /// finish in-flight requests, let the relay finish its batch, flush the store, all within
-    /// the grace period. Returns true when everything stopped in time.
+    /// Serves until the shutdown token is cancelled, then drains every task in order within the
+    /// grace period: the listeners stop accepting and finish the requests in flight, the relay
+    /// finishes its window and closes its AMQP connection, the sweeper and the token refresher
+    /// finish what they started, and the store is flushed. Returns true when everything
+    /// stopped in time.
     pub async fn run(self) -> bool {
+        let (public_addr, admin_addr) = (self.public_addr(), self.admin_addr());
         let Application {
-            public,
-            admin,
+            servers,
             store,
             relay,
             tokens,
             settings,
             shutdown,
-            ..
+            tasks,
         } = self;
-        let public_handle = public.handle();
-        let admin_handle = admin.handle();
-        let public_task = tokio::spawn(public);
-        let admin_task = tokio::spawn(admin);
-        let relay_task = tokio::spawn(relay.run(shutdown.child_token()));
+        let grace = settings.http.shutdown_grace;
+        let serving = servers.start(&tasks);
+        tasks.spawn(relay.run(shutdown.child_token()));
         if tokens.client().is_some() {
+            // On the token module's runtime, like every refresh it starts.
             tokens.spawn(refresher::run(
                 tokens.clone(),
                 REFRESH_EVERY,
                 shutdown.child_token(),
             ));
         }
-        let sweeper = tokio::spawn(sweep(
-            store.clone(),
-            settings.clone(),
-            shutdown.child_token(),
-        ));
-        info!(
-            public = %self.public_addr,
-            admin = %self.admin_addr,
-            "hlgate serving"
-        );
+        let every = sweep_every(settings.store.dedup_retention);
+        tasks.spawn(sweep(store.clone(), every, shutdown.child_token()));
+        tasks.close();
+        info!(public = %public_addr, admin = %admin_addr, "hlgate serving");
 
         shutdown.cancelled().await;
-        info!(grace = ?settings.shutdown_grace, "shutting down");
-        let drained = tokio::time::timeout(
-            settings.shutdown_grace,
-            drain(
-                public_handle,
-                admin_handle,
-                [public_task, admin_task],
-                relay_task,
-                &tokens,
-                &store,
-                settings.shutdown_grace,
-            ),
-        )
-        .await;
-        sweeper.abort();
-        match drained {
+        info!(?grace, "shutting down");
+        let drain = async {
+            // Stop taking webhooks first, finishing the requests in flight; their events are
+            // stored. The other tasks saw the token and end after what they are doing.
+            serving.stop(requests_deadline(grace)).await;
+            tasks.wait().await;
+            if let Err(e) = store.flush().await {
+                warn!(error = %e, "final flush failed");
+            }
+        };
+        match tokio::time::timeout(grace, drain).await {
             Ok(()) => {
                 info!("stopped");
                 true
@@ -326,50 +269,14 @@ fn requests_deadline(grace: Duration) -> Duration {
     grace * 3 / 4
 }
 
-async fn drain(
-    public: ServerHandle,
-    admin: ServerHandle,
-    servers: [JoinHandle<std::io::Result<()>>; 2],
-    relay: JoinHandle<()>,
-    tokens: &TokenService,
-    store: &Store,
-    grace: Duration,
-) {
-    // Stop taking webhooks first, finishing the requests in flight; their events are stored.
-    let finish = async {
-        public.stop(true).await;
-        admin.stop(true).await;
-    };
-    if tokio::time::timeout(requests_deadline(grace), finish)
-        .await
-        .is_err()
-    {
-        // A stalled upload would hold the stop for ever. Dropping a server stops its workers at
-        // once, with the connections they still hold.
-        warn!("requests still unfinished at the deadline; closing their connections");
-        for server in &servers {
-            server.abort();
-        }
-    }
-    for server in servers {
-        let _ = server.await;
-    }
-    // The relay sees the cancelled token and returns after its current batch.
-    let _ = relay.await;
-    // The refresher stops between tenants; a refresh already asked of HighLevel (the
-    // refresher's, or one the relay or a request started) stores its pair first.
-    tokens.tasks().close();
-    tokens.tasks().wait().await;
-    if let Err(e) = store.flush().await {
-        warn!(error = %e, "final flush failed");
-    }
+/// How often expired buckets are looked for: a tenth of the retention, within bounds.
+fn sweep_every(retention: Duration) -> Duration {
+    (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60))
 }
 
 /// Removes expired events and dedup keys a bucket at a time, closes the buckets that are
 /// idle (see `Store::close_idle`), and watches the data disk.
-async fn sweep(store: Store, settings: Settings, shutdown: CancellationToken) {
-    let every =
-        (settings.dedup_retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+async fn sweep(store: Store, every: Duration, shutdown: CancellationToken) {
     let mut next_sweep = tokio::time::Instant::now() + every;
     loop {
         tokio::select! {

@@ -7,11 +7,10 @@
 use std::sync::OnceLock;
 
 use base64::Engine;
-use hlgate::config::SchemaMode;
 use hlgate::entry::Entry;
 use hlgate::event::{parse_delivery, parse_delivery_checked};
 use hlgate::ingest;
-use hlgate::schema::Schemas;
+use hlgate::schema::{SchemaMode, Schemas};
 use hlgate::store::Encoded;
 use hlgate::verify::{ed25519_public_pem, Keyring, SignatureHeaders, Verifier};
 use proptest::prelude::*;
@@ -39,7 +38,7 @@ fn setup() -> &'static Setup {
             accept_legacy_rsa: true,
         };
         let schemas = [
-            Schemas::none(),
+            Schemas::embedded(SchemaMode::Off).unwrap(),
             Schemas::embedded(SchemaMode::Warn).unwrap(),
         ];
         Setup {

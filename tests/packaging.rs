@@ -173,8 +173,8 @@ fn exposed_ports_match_the_listeners() {
     let d = dockerfile();
     let env = runtime_env(&d);
     let defaults = Settings::load(None, &HashMap::new()).unwrap();
-    assert_eq!(defaults.listen.port(), 8080);
-    assert_eq!(defaults.admin_listen.port(), 9090);
+    assert_eq!(defaults.http.listen.port(), 8080);
+    assert_eq!(defaults.http.admin_listen.port(), 9090);
 
     let mut exposed: Vec<u16> = all(&d, "EXPOSE")
         .iter()
@@ -185,7 +185,7 @@ fn exposed_ports_match_the_listeners() {
     assert_eq!(exposed, [8080, 9090]);
 
     let public = env.get("HLGATE_LISTEN").expect("ENV HLGATE_LISTEN");
-    assert_eq!(port(public), defaults.listen.port());
+    assert_eq!(port(public), defaults.http.listen.port());
     assert!(
         public.starts_with("0.0.0.0:"),
         "the public listener must be reachable from outside the container"
@@ -194,8 +194,8 @@ fn exposed_ports_match_the_listeners() {
     let admin = env
         .get("HLGATE_ADMIN_LISTEN")
         .map(|a| a.parse::<SocketAddr>().unwrap())
-        .unwrap_or(defaults.admin_listen);
-    assert_eq!(admin.port(), defaults.admin_listen.port());
+        .unwrap_or(defaults.http.admin_listen);
+    assert_eq!(admin.port(), defaults.http.admin_listen.port());
     assert!(admin.ip().is_loopback() || env.contains_key("HLGATE_ADMIN_TOKEN"));
     assert!(
         !env.contains_key("HLGATE_ADMIN_TOKEN"),
@@ -325,7 +325,7 @@ fn check_config_accepts_the_image_settings() {
     }
     // And the library agrees.
     let settings = Settings::load(None, &env).unwrap();
-    assert_eq!(settings.data_dir, Path::new("/data"));
+    assert_eq!(settings.store.data_dir, Path::new("/data"));
 }
 
 #[test]

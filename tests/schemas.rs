@@ -5,12 +5,24 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use hlgate::config::SchemaMode;
-use hlgate::schema::{Outcome, Schemas};
+use hlgate::schema::{Outcome, SchemaMode, Schemas};
 use serde_json::Value;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// What ingest says of a body it parsed (`unknown` when it is not JSON).
+fn validate(schemas: &Schemas, event_type: &str, body: &[u8]) -> Outcome {
+    match serde_json::from_slice(body) {
+        Ok(value) => schemas.validate_value(event_type, &value),
+        Err(_) => Outcome::Unknown,
+    }
+}
+
+/// Whether `event_type` has a schema: only a type without one is `unknown` for any JSON.
+fn covers(schemas: &Schemas, event_type: &str) -> bool {
+    schemas.validate_value(event_type, &Value::Null) != Outcome::Unknown
 }
 
 fn schemas_dir() -> PathBuf {
@@ -86,7 +98,7 @@ fn every_fixture_satisfies_the_schema_of_its_type() {
             // Where the body names its real type, the gateway's own path must agree.
             if event.get("type").and_then(Value::as_str) == Some(real_type.as_str()) {
                 let bytes = serde_json::to_vec(event).unwrap();
-                let got = embedded.validate(real_type, &bytes);
+                let got = validate(&embedded, real_type, &bytes);
                 if got != Outcome::Valid {
                     failures.push(format!("{name}[{i}]: embedded schemas say {got:?}"));
                 }
@@ -106,7 +118,7 @@ fn embedded_schemas_cover_every_indexed_type() {
     assert!(!schemas.is_empty());
     assert_eq!(schemas.mode(), SchemaMode::Warn);
     for event_type in index.keys() {
-        assert!(schemas.covers(event_type), "{event_type}");
+        assert!(covers(&schemas, event_type), "{event_type}");
     }
     for file in index.values() {
         assert!(schemas_dir().join(file).is_file(), "{file}");
@@ -120,7 +132,7 @@ fn embedded_schemas_cover_every_indexed_type() {
 fn validation_says_valid_invalid_or_unknown() {
     let schemas = Schemas::embedded(SchemaMode::Warn).unwrap();
     let body = fixture("ContactCreate.json");
-    assert_eq!(schemas.validate("ContactCreate", &body), Outcome::Valid);
+    assert_eq!(validate(&schemas, "ContactCreate", &body), Outcome::Valid);
 
     let original: Value = serde_json::from_slice(&body).unwrap();
 
@@ -129,7 +141,7 @@ fn validation_says_valid_invalid_or_unknown() {
     missing.as_object_mut().unwrap().remove("id");
     let missing = serde_json::to_vec(&missing).unwrap();
     assert_eq!(
-        schemas.validate("ContactCreate", &missing),
+        validate(&schemas, "ContactCreate", &missing),
         Outcome::Invalid
     );
 
@@ -138,25 +150,25 @@ fn validation_says_valid_invalid_or_unknown() {
     retyped["locationId"] = Value::from(42);
     let retyped = serde_json::to_vec(&retyped).unwrap();
     assert_eq!(
-        schemas.validate("ContactCreate", &retyped),
+        validate(&schemas, "ContactCreate", &retyped),
         Outcome::Invalid
     );
 
     // Not an object at all.
     assert_eq!(
-        schemas.validate("ContactCreate", b"[1,2]"),
+        validate(&schemas, "ContactCreate", b"[1,2]"),
         Outcome::Invalid
     );
 
     // No schema for the type, or a body that is not JSON: unknown.
-    assert_eq!(schemas.validate("NoSuchEvent", &body), Outcome::Unknown);
-    assert_eq!(schemas.validate("unknown", &body), Outcome::Unknown);
-    assert_eq!(schemas.validate("_malformed", b"{oops"), Outcome::Unknown);
+    assert_eq!(validate(&schemas, "NoSuchEvent", &body), Outcome::Unknown);
+    assert_eq!(validate(&schemas, "unknown", &body), Outcome::Unknown);
+    assert_eq!(validate(&schemas, "_malformed", b"{oops"), Outcome::Unknown);
     assert_eq!(
-        schemas.validate("ContactCreate", b"{\"type\": \"ContactCreate\""),
+        validate(&schemas, "ContactCreate", b"{\"type\": \"ContactCreate\""),
         Outcome::Unknown
     );
-    assert_eq!(schemas.validate("ContactCreate", b""), Outcome::Unknown);
+    assert_eq!(validate(&schemas, "ContactCreate", b""), Outcome::Unknown);
 
     // The parsed-value entry point agrees.
     assert_eq!(
@@ -171,12 +183,12 @@ fn off_mode_and_none_validate_nothing() {
     let off = Schemas::embedded(SchemaMode::Off).unwrap();
     assert_eq!(off.mode(), SchemaMode::Off);
     assert_eq!(off.len(), 0);
-    assert_eq!(off.validate("ContactCreate", &body), Outcome::Unknown);
-    assert_eq!(off.validate("ContactCreate", b"[1,2]"), Outcome::Unknown);
+    assert_eq!(validate(&off, "ContactCreate", &body), Outcome::Unknown);
+    assert_eq!(validate(&off, "ContactCreate", b"[1,2]"), Outcome::Unknown);
 
-    let none = Schemas::none();
+    let none = Schemas::embedded(SchemaMode::Off).unwrap();
     assert!(none.is_empty());
-    assert_eq!(none.validate("ContactCreate", &body), Outcome::Unknown);
+    assert_eq!(validate(&none, "ContactCreate", &body), Outcome::Unknown);
 }
 
 // ---- schemas/asyncapi.yaml ----------------------------------------------------------------

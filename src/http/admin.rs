@@ -2,7 +2,6 @@
 //! module is on). Everything but `/healthz` wants the admin bearer token when one is set.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -10,32 +9,16 @@ use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::ApiError;
+use super::error::ApiError;
+use super::state::AdminState;
 use crate::config::Secret;
 use crate::event::sanitize;
-use crate::metrics::{Gauges, Metrics};
-use crate::oauth::{TokenError, TokenService, VaultError};
-use crate::store::Store;
+use crate::metrics::Gauges;
+use crate::oauth::{TokenError, VaultError};
 
-/// Counts tenants by token state, for `hlgate_tenants`.
-pub type TenantCounter = Arc<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
-
-/// What the admin handlers share.
-pub struct AdminState {
-    pub store: Store,
-    pub metrics: Arc<Metrics>,
-    pub admin_token: Option<Secret>,
-    pub outbox_max_events: u64,
-    /// Tenant counts by token state, for `hlgate_tenants`.
-    pub tenant_states: Option<TenantCounter>,
-    /// The token vault and refresher.
-    pub tokens: Arc<TokenService>,
-}
-
-/// Registers the admin routes.
+/// Registers the admin routes (`/healthz` is the server's, on both listeners).
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(super::public::healthz))
-        .route("/readyz", web::get().to(readyz))
+    cfg.route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
         .route("/v1/replay", web::post().to(replay))
         .route("/v1/tenants", web::get().to(tenants))
@@ -72,12 +55,19 @@ pub fn authorize(req: &HttpRequest, token: &Option<Secret>) -> Result<(), ApiErr
     }
 }
 
+/// Runs store or vault work off the async threads; a pool that cannot take it now is busy.
+async fn blocking<R: Send + 'static>(
+    work: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, ApiError> {
+    web::block(work)
+        .await
+        .map_err(|_| ApiError::overloaded("busy"))
+}
+
 async fn readyz(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state.admin_token)?;
     let store = state.store.clone();
-    let (depth, oldest) = web::block(move || store.outbox_state())
-        .await
-        .map_err(|_| ApiError::overloaded("busy"))?;
+    let (depth, oldest) = blocking(move || store.outbox_state()).await?;
     let writable = state.store.writable();
     let damaged = !state.store.damage().is_empty();
     let connected = state.metrics.broker_connected.load(Ordering::Relaxed);
@@ -104,9 +94,7 @@ async fn readyz(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpRe
 async fn metrics(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state.admin_token)?;
     let store = state.store.clone();
-    let (outbox_depth, outbox_oldest_seconds) = web::block(move || store.outbox_state())
-        .await
-        .map_err(|_| ApiError::overloaded("busy"))?;
+    let (outbox_depth, outbox_oldest_seconds) = blocking(move || store.outbox_state()).await?;
     let (buckets_open, buckets_closed) = state.store.bucket_states();
     let gauges = Gauges {
         outbox_depth,
@@ -114,11 +102,7 @@ async fn metrics(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpR
         buckets_open: buckets_open as u64,
         buckets_closed: buckets_closed as u64,
         store_damaged: !state.store.damage().is_empty(),
-        tenants: state
-            .tenant_states
-            .as_ref()
-            .map(|f| f())
-            .unwrap_or_default(),
+        tenants: state.tokens.state_counts(),
     };
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
@@ -165,13 +149,12 @@ async fn replay(
     };
     let store = state.store.clone();
     let (event_type, tenant) = (request.event_type, request.tenant);
-    let entries = web::block(move || {
+    let entries = blocking(move || {
         store.archived(since, until, |e| {
             matches(&event_type, &e.event_type) && matches(&tenant, &e.tenant)
         })
     })
-    .await
-    .map_err(|_| ApiError::overloaded("busy"))?
+    .await?
     .map_err(|e| ApiError::overloaded(format!("the archive cannot be read: {e}")))?;
     let mut count = 0;
     for chunk in entries.chunks(1000) {
@@ -199,9 +182,8 @@ fn vault_error(what: &str, e: VaultError) -> ApiError {
 async fn tenants(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state.admin_token)?;
     let tokens = state.tokens.clone();
-    let (tenants, pending) = web::block(move || (tokens.tenants(), tokens.pending_installs()))
-        .await
-        .map_err(|_| ApiError::overloaded("busy"))?;
+    let (tenants, pending) =
+        blocking(move || (tokens.tenants(), tokens.pending_installs())).await?;
     let tenants = tenants.map_err(|e| vault_error("read", e))?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "tenants": tenants,
@@ -265,9 +247,8 @@ async fn private_token(
         return Err(ApiError::bad_request("the token is empty"));
     }
     let tokens = state.tokens.clone();
-    web::block(move || tokens.set_private(&tenant, request.token.trim()))
-        .await
-        .map_err(|_| ApiError::overloaded("busy"))?
+    blocking(move || tokens.set_private(&tenant, request.token.trim()))
+        .await?
         .map_err(|e| vault_error("written", e))?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -1,9 +1,17 @@
-//! The only actix-web user: the public listener (webhooks), the admin listener, and the one
-//! mapping from errors to HTTP answers.
+//! The only actix-web user: the public listener (webhooks, the install flow), the admin
+//! listener, and the one mapping from errors to HTTP answers.
+//!
+//! `server` builds both listeners and assembles their routes; the handler files (`public`,
+//! `oauth`, `admin`) share only `state` and `error`, never each other.
 
 pub mod admin;
-pub mod error;
-pub mod oauth;
-pub mod public;
+mod body;
+mod error;
+mod oauth;
+mod public;
+mod server;
+mod state;
 
 pub use error::ApiError;
+pub use server::{serve, BindError, Servers, Serving};
+pub use state::{AdminState, PublicState};

@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
-use super::ApiError;
+use super::{ApiError, PublicState};
 use crate::highlevel::TenantKind;
 use crate::oauth::{retry_after_secs, InstallError, TokenService};
 
@@ -16,18 +16,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/oauth/callback", web::get().to(callback));
 }
 
-fn service(tokens: &Option<Arc<TokenService>>) -> Result<&Arc<TokenService>, ApiError> {
-    tokens
-        .as_ref()
-        .filter(|t| t.client().is_some())
-        .ok_or_else(|| {
-            ApiError::not_found(
-                "the token module is off: set HLGATE_CLIENT_ID and HLGATE_CLIENT_SECRET",
-            )
-        })
+fn service(tokens: &Arc<TokenService>) -> Result<&Arc<TokenService>, ApiError> {
+    match tokens.client() {
+        Some(_) => Ok(tokens),
+        None => Err(ApiError::not_found(
+            "the token module is off: set HLGATE_CLIENT_ID and HLGATE_CLIENT_SECRET",
+        )),
+    }
 }
 
-async fn install(state: web::Data<super::public::PublicState>) -> Result<HttpResponse, ApiError> {
+async fn install(state: web::Data<PublicState>) -> Result<HttpResponse, ApiError> {
     let url = service(&state.tokens)?
         .install_url()
         .expect("the client is configured");
@@ -73,7 +71,7 @@ pub fn escape(text: &str) -> String {
 
 async fn callback(
     query: web::Query<CallbackQuery>,
-    state: web::Data<super::public::PublicState>,
+    state: web::Data<PublicState>,
 ) -> Result<HttpResponse, ApiError> {
     let service = service(&state.tokens)?;
     let Some(code) = query.code.as_deref().filter(|c| !c.is_empty()) else {

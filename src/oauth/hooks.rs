@@ -14,9 +14,9 @@ use tracing::warn;
 
 use super::service::{check, Check, TokenService};
 use super::vault::TokenRecord;
+use crate::entry::Entry;
 use crate::publish::{Attached, TokenHooks};
 use crate::secret::Secret;
-use crate::entry::Entry;
 
 /// The longest a window waits for the refreshes it started; after that its entries say
 /// `refresh_pending` and the refreshes finish in the background for the next windows.

@@ -160,6 +160,8 @@ pub struct TokenServiceParts {
     pub min_ttl: Duration,
     pub attach_tokens: bool,
     pub metrics: Arc<Metrics>,
+    /// Where the module's tasks are tracked, so that shutdown waits for them.
+    pub tasks: TaskTracker,
 }
 
 impl TokenService {
@@ -178,7 +180,7 @@ impl TokenService {
             flights: Flights::default(),
             cache: Mutex::new(Cache::default()),
             reconnect_paused_until: AtomicI64::new(0),
-            tasks: TaskTracker::new(),
+            tasks: p.tasks,
             runtime: Handle::current(),
         }
     }

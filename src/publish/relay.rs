@@ -16,10 +16,10 @@ use tracing::{debug, error, info, warn};
 use super::amqp::{self, Attached, Link};
 use super::poison::Suspect;
 use crate::backoff::Backoff;
-use crate::config::SchemaMode;
 use crate::entry::{now_ms, Entry};
 use crate::metrics::{Metrics, PublishResult};
-use crate::schema::Outcome;
+use crate::schema::{Outcome, SchemaMode};
+use crate::secret::Secret;
 use crate::store::Store;
 
 /// How many entries one read takes from the outbox; up to two such windows are unconfirmed.
@@ -50,21 +50,13 @@ pub trait TokenHooks: Send + Sync {
 }
 
 /// Where and how to publish.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RelayConfig {
-    pub amqp_url: String,
+    /// May carry a password.
+    pub amqp_url: Secret,
     pub exchange: String,
     pub declare_topology: bool,
     pub schema_mode: SchemaMode,
-}
-
-impl std::fmt::Debug for RelayConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RelayConfig")
-            .field("amqp_url", &crate::config::redact_url(&self.amqp_url))
-            .field("exchange", &self.exchange)
-            .finish()
-    }
 }
 
 pub struct Relay {
@@ -175,7 +167,7 @@ impl Relay {
     }
 
     async fn connect(&self) -> Result<Link, lapin::Error> {
-        let link = amqp::connect(&self.config.amqp_url).await?;
+        let link = amqp::connect(self.config.amqp_url.expose()).await?;
         if self.config.declare_topology {
             amqp::declare_topology(&link.channel, &self.config.exchange).await?;
         }

@@ -21,11 +21,11 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use super::damage::{Ledger, SetAside};
+use super::error::StoreError;
 use super::layout::{
     bucket_name, last_of, seq_of, sync_dir, EVENT, GONE, READY, SET_ASIDE, SUMMARY,
 };
 use super::summary::Summary;
-use super::StoreError;
 
 /// A bucket and the hashes of its dedup keys, as a start reads them.
 pub(super) type WithKeys = (Bucket, Vec<u64>);

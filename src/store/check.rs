@@ -11,12 +11,12 @@ use crate::entry::now_ms;
 
 use super::bucket::config;
 use super::damage::{all_lost, Held, Lost, SetAside};
+use super::error::StoreError;
 use super::layout::{
     accepted, meta_u64, parse_bucket_name, seq_of, span, ACCEPTED, DEDUP, EVENT, EVENTS, MAIN_DB,
     READY, SET_ASIDE, STOPPED_AT, WATERMARK,
 };
 use super::summary::Summary;
-use super::StoreError;
 
 /// Refuses a store whose event buckets lost their main database: without the watermark
 /// nothing tells what was published, and the token vault is gone with it.

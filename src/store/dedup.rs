@@ -11,9 +11,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::bucket::Buckets;
+use super::error::StoreError;
 use super::keys::{key_hash, KeyIndex};
 use super::layout::dedup_db_key;
-use super::StoreError;
 
 /// Where the writer asks whether a delivery is a redelivery, and tells which keys it took.
 pub(super) trait DedupKeys {

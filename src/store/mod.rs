@@ -19,6 +19,7 @@ mod bucket;
 mod check;
 mod damage;
 mod dedup;
+mod error;
 mod keys;
 mod layout;
 mod outbox;
@@ -32,6 +33,7 @@ mod tests;
 
 pub use check::{accept_loss, check, Acceptance, Report};
 pub use damage::{Damage, Lost};
+pub use error::StoreError;
 pub use layout::Encoded;
 pub use sweep::SweepReport;
 pub use tokens::KeyedTree;
@@ -60,41 +62,6 @@ use writer::{Command, Events, Health, Parts, Writer};
 const COMMIT_WAIT: Duration = Duration::from_secs(10);
 /// How many requests may wait for the writer before new ones are refused (429).
 const QUEUE_DEPTH: usize = 16 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
-    /// File system work outside sled: the data dir, bucket directories, summaries, threads.
-    #[error("{what}: {source}")]
-    Io {
-        what: &'static str,
-        source: std::io::Error,
-    },
-    #[error("the store is busy")]
-    Busy,
-    #[error("the store writer has stopped")]
-    Closed,
-    #[error("broken entry at seq {0}")]
-    Corrupt(u64),
-    #[error("write failed: {0}")]
-    Write(String),
-    #[error("the outbox holds {0} unpublished events")]
-    OutboxFull(u64),
-    #[error("the data disk has {free} bytes free, under its reserve of {reserve} and what the batch needs")]
-    DiskLow { free: u64, reserve: u64 },
-    #[error("the store did not commit within {0:?}")]
-    Stalled(Duration),
-    #[error("the store is damaged: {0}")]
-    Damaged(String),
-}
-
-impl StoreError {
-    /// `what` failed with `source`.
-    pub fn io(what: &'static str, source: std::io::Error) -> StoreError {
-        StoreError::Io { what, source }
-    }
-}
 
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]

@@ -14,8 +14,8 @@ use crate::event::for_each_element;
 
 use super::bucket::Buckets;
 use super::damage::Ledger;
+use super::error::StoreError;
 use super::layout::{key, last_of, seq_of, Stored, EVENT, WATERMARK};
-use super::StoreError;
 
 /// How many just-committed entries the store keeps in memory for the relay: while the relay
 /// keeps up it never reads sled, whose reads keep what they page in (sled issue 1036).

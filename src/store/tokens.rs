@@ -1,7 +1,7 @@
 //! Raw storage for the token vault: opaque (already encrypted) values keyed by tenant, plus the
 //! INSTALL events still waiting for a company token. Encryption lives in `oauth::vault`.
 
-use super::StoreError;
+use super::error::StoreError;
 
 /// A sled tree of `key → bytes`, flushed on every change (tokens rotate: losing a new refresh
 /// token to a crash would lose the install).

@@ -17,10 +17,10 @@ use crate::entry::{now_ms, ArrayRecord, Entry};
 use super::bucket::{Bucket, Buckets};
 use super::damage::Ledger;
 use super::dedup::{BucketKeys, DedupKeys};
+use super::error::StoreError;
 use super::layout::{dedup_db_key, key, Encoded, EVENT};
 use super::outbox::Outbox;
 use super::sweep::{fate_of_oldest, Fate, Graveyard, SweepReport};
-use super::StoreError;
 
 /// How many requests the writer takes into one batch at most.
 const MAX_BATCH: usize = 1024;
