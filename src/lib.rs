@@ -1,9 +1,10 @@
 //! hlgate: a webhook ingestion and event-routing gateway for HighLevel Marketplace apps.
 //!
-//! Reading order: `config` (settings), `verify` (signatures), `event` (type, tenant, keys),
-//! `schema`, `entry` (the outbox entry), `store` (sled: dedup, outbox, archive), `ingest` (the
-//! use case), `publish` (relay to RabbitMQ), `http` (listeners), `metrics`, `telemetry`,
-//! `startup` (wiring), `cli`.
+//! Reading order: `config` (settings), `secret`, `verify` (signatures), `event` (type, tenant,
+//! keys), `schema`, `entry` (the outbox entry), `store` (sled: dedup, outbox, archive), `ingest`
+//! (the use case), `publish` (relay to RabbitMQ), `highlevel` (HighLevel's HTTP API), `oauth` (the
+//! token module), `http` (listeners), `metrics`, `telemetry`, `startup` (wiring), `cli`; the
+//! small helpers `backoff` and `files`. ARCHITECTURE.md draws the arrows between them.
 
 pub mod backoff;
 pub mod cli;
