@@ -236,38 +236,42 @@ pub async fn outbox(settings: &Settings) -> Result<(), String> {
 }
 
 /// `hlgate tenants`: asks the running gateway, else reads the vault in the data dir; either
-/// way page by page, printed as the one document `{"tenants","pending_installs"}`.
+/// way page by page, printed as the one document `{"tenants","pending_installs"}` once every
+/// page is in, so that a failure half-way prints no partial document.
 pub async fn tenants(settings: &Settings, page_size: usize) -> Result<(), String> {
-    let limit = page_size.clamp(1, oauth::PAGE_MAX);
-    let first = oauth::PageQuery {
-        limit,
+    let mut query = oauth::PageQuery {
+        limit: page_size.clamp(1, oauth::PAGE_MAX),
         ..Default::default()
     };
-    let source = match admin_get(settings, &page_path(&first)).await? {
-        Some(text) => TenantSource::Gateway(text),
-        None => TenantSource::Store(StoredTenants::open(settings)?),
+    let (stored, mut page) = match admin_get(settings, &page_path(&query)).await? {
+        Some(text) => (None, parse_page(&text)?),
+        None => {
+            let stored = StoredTenants::open(settings)?;
+            let page = stored.page(&query)?;
+            (Some(stored), page)
+        }
     };
-    let mut page = source.page(settings, &first, None).await?;
     let pending = page["pending_installs"].take();
-    print!("{{\"tenants\":[");
-    let mut separator = "";
+    let mut out = String::from("{\"tenants\":[");
     loop {
         for tenant in page["tenants"].as_array().into_iter().flatten() {
-            print!("{separator}{tenant}");
-            separator = ",";
+            if !out.ends_with('[') {
+                out.push(',');
+            }
+            out.push_str(&tenant.to_string());
         }
-        let Some(after) = page["next"].as_str() else {
+        let Some(next) = page["next"].as_str() else {
             break;
         };
-        let query = oauth::PageQuery {
-            after: Some(after.to_string()),
-            limit,
-            state: None,
-        };
-        page = source.page(settings, &query, Some(after)).await?;
+        // Cursors only move forward in tenant-id order: one that does not would loop forever.
+        if query.after.as_deref().is_some_and(|after| next <= after) {
+            return Err(format!("the cursor went back to {next:?}"));
+        }
+        query.after = Some(next.to_string());
+        page = tenant_page(settings, stored.as_ref(), &query).await?;
     }
-    println!("],\"pending_installs\":{pending}}}");
-    if let TenantSource::Store(_) = source {
+    println!("{out}],\"pending_installs\":{pending}}}");
+    if stored.is_some() {
         eprintln!("hlgate is not running: tenants read from the store");
     }
     Ok(())
@@ -284,41 +288,20 @@ fn page_path(query: &oauth::PageQuery) -> String {
     }
 }
 
-/// Where `hlgate tenants` reads its pages: the running gateway (its first answer already in
-/// hand), or the data dir of a stopped one.
-enum TenantSource {
-    Gateway(String),
-    Store(StoredTenants),
-}
-
-impl TenantSource {
-    /// The page `query` asks for, as JSON; `previous` is the cursor that led to it: cursors
-    /// only move forward in tenant-id order, so one that does not cannot loop forever.
-    async fn page(
-        &self,
-        settings: &Settings,
-        query: &oauth::PageQuery,
-        previous: Option<&str>,
-    ) -> Result<serde_json::Value, String> {
-        let page = match (self, previous) {
-            (TenantSource::Gateway(first), None) => parse_page(first)?,
-            (TenantSource::Gateway(_), Some(_)) => {
-                let text = admin_get(settings, &page_path(query))
-                    .await?
-                    .ok_or("the gateway stopped answering while tenants were listed")?;
-                parse_page(&text)?
-            }
-            (TenantSource::Store(stored), _) => stored.page(query)?,
-        };
-        if let (Some(previous), Some(next)) = (previous, page["next"].as_str()) {
-            if next <= previous {
-                return Err(format!(
-                    "the cursor went from {previous:?} back to {next:?}"
-                ));
-            }
-        }
-        Ok(page)
+/// The page `query` asks for, as JSON: from the stopped gateway's data dir when `stored`, else
+/// from the running gateway.
+async fn tenant_page(
+    settings: &Settings,
+    stored: Option<&StoredTenants>,
+    query: &oauth::PageQuery,
+) -> Result<serde_json::Value, String> {
+    if let Some(stored) = stored {
+        return stored.page(query);
     }
+    let text = admin_get(settings, &page_path(query))
+        .await?
+        .ok_or("the gateway stopped answering while tenants were listed")?;
+    parse_page(&text)
 }
 
 /// A page from the admin API; an error answer (or anything else) is reported as it came.
@@ -334,8 +317,6 @@ struct StoredTenants {
     /// `None` when no key exists and nothing was ever sealed.
     vault: Option<oauth::Vault>,
     installs: crate::store::KeyedTree,
-    /// Kept open while the pages are read.
-    _store: crate::store::Store,
 }
 
 impl StoredTenants {
@@ -364,11 +345,7 @@ impl StoredTenants {
                     .into())
             }
         };
-        Ok(StoredTenants {
-            vault,
-            installs,
-            _store: store,
-        })
+        Ok(StoredTenants { vault, installs })
     }
 
     /// What `GET /v1/tenants` would answer for `query`: never a token.
