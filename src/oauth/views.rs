@@ -160,10 +160,6 @@ impl TokenService {
             .collect()
     }
 
-    pub fn pending_installs(&self) -> Vec<PendingInstall> {
-        pending_installs(&self.installs)
-    }
-
     /// Stores a Private Integration Token: served and attached as is, never refreshed.
     pub fn set_private(&self, tenant: &str, token: &str) -> Result<(), VaultError> {
         self.store_now(&TokenRecord {
