@@ -55,8 +55,12 @@ pub enum Command {
     },
     /// Show the outbox: depth and oldest entry (asks the running gateway, else reads the store).
     Outbox,
-    /// List installs and their token state (never the tokens).
-    Tenants,
+    /// List installs and their token state (never the tokens), following the pages.
+    Tenants {
+        /// Tenants asked for per request (above the admin API's maximum, its maximum).
+        #[arg(long, default_value_t = 1000)]
+        page_size: usize,
+    },
     /// Exit 0 when the running gateway's admin `/healthz` answers 200 (for container health checks).
     Healthcheck,
     /// Check the data dir offline for damage, or accept what it lost (hlgate must be stopped).
@@ -231,44 +235,132 @@ pub async fn outbox(settings: &Settings) -> Result<(), String> {
     Ok(())
 }
 
-/// `hlgate tenants`: asks the running gateway, else reads the vault in the data dir.
-pub async fn tenants(settings: &Settings) -> Result<(), String> {
-    if let Some(text) = admin_get(settings, "/v1/tenants").await? {
-        println!("{text}");
-        return Ok(());
+/// `hlgate tenants`: asks the running gateway, else reads the vault in the data dir; either
+/// way page by page, printed as the one document `{"tenants","pending_installs"}` once every
+/// page is in, so that a failure half-way prints no partial document.
+pub async fn tenants(settings: &Settings, page_size: usize) -> Result<(), String> {
+    let mut query = oauth::PageQuery {
+        limit: page_size.clamp(1, oauth::PAGE_MAX),
+        ..Default::default()
+    };
+    let (stored, mut page) = match admin_get(settings, &page_path(&query)).await? {
+        Some(text) => (None, parse_page(&text)?),
+        None => {
+            let stored = StoredTenants::open(settings)?;
+            let page = stored.page(&query)?;
+            (Some(stored), page)
+        }
+    };
+    let pending = page["pending_installs"].take();
+    let mut out = String::from("{\"tenants\":[");
+    loop {
+        for tenant in page["tenants"].as_array().into_iter().flatten() {
+            if !out.ends_with('[') {
+                out.push(',');
+            }
+            out.push_str(&tenant.to_string());
+        }
+        let Some(next) = page["next"].as_str() else {
+            break;
+        };
+        // Cursors only move forward in tenant-id order: one that does not would loop forever.
+        if query.after.as_deref().is_some_and(|after| next <= after) {
+            return Err(format!("the cursor went back to {next:?}"));
+        }
+        query.after = Some(next.to_string());
+        page = tenant_page(settings, stored.as_ref(), &query).await?;
     }
-    println!("{}", stored_tenants(settings)?);
-    eprintln!("hlgate is not running: tenants read from the store");
+    println!("{out}],\"pending_installs\":{pending}}}");
+    if stored.is_some() {
+        eprintln!("hlgate is not running: tenants read from the store");
+    }
     Ok(())
 }
 
-/// What `GET /v1/tenants` would answer, from the store and the token key: never a token.
-fn stored_tenants(settings: &Settings) -> Result<serde_json::Value, String> {
-    let store = crate::store::Store::open(&settings.store.data_dir, settings.store.dedup_retention)
-        .map_err(|e| format!("hlgate is not running and the store cannot be opened: {e}"))?;
-    let tree = |name| {
-        store
-            .keyed_tree(name)
-            .map_err(|e| format!("cannot read the {name} tree: {e}"))
-    };
-    let (records, installs) = (tree("tokens")?, tree("installs")?);
-    let key = oauth::vault::load_key(settings.oauth.token_key.as_ref(), &settings.store.data_dir)
-        .map_err(|e| e.to_string())?;
-    let tenants = match key {
-        Some(key) => oauth::tenant_views(&oauth::Vault::new(records, &key))
-            .map_err(|e| format!("cannot read the token vault: {e}"))?,
-        // No key was ever generated, so nothing was ever sealed, unless the key file was lost.
-        None if records.list().map_err(|e| e.to_string())?.is_empty() => Vec::new(),
-        None => {
-            return Err("tokens are stored but there is no token key: \
-                        set HLGATE_TOKEN_KEY or restore token.key in the data dir"
-                .into())
-        }
-    };
-    Ok(serde_json::json!({
-        "tenants": tenants,
-        "pending_installs": oauth::pending_installs(&installs),
-    }))
+fn page_path(query: &oauth::PageQuery) -> String {
+    match &query.after {
+        Some(after) => format!(
+            "/v1/tenants?limit={}&after={}",
+            query.limit,
+            oauth::encode(after)
+        ),
+        None => format!("/v1/tenants?limit={}", query.limit),
+    }
+}
+
+/// The page `query` asks for, as JSON: from the stopped gateway's data dir when `stored`, else
+/// from the running gateway.
+async fn tenant_page(
+    settings: &Settings,
+    stored: Option<&StoredTenants>,
+    query: &oauth::PageQuery,
+) -> Result<serde_json::Value, String> {
+    if let Some(stored) = stored {
+        return stored.page(query);
+    }
+    let text = admin_get(settings, &page_path(query))
+        .await?
+        .ok_or("the gateway stopped answering while tenants were listed")?;
+    parse_page(&text)
+}
+
+/// A page from the admin API; an error answer (or anything else) is reported as it came.
+fn parse_page(text: &str) -> Result<serde_json::Value, String> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(page) if page["tenants"].is_array() => Ok(page),
+        _ => Err(format!("GET /v1/tenants answered: {text}")),
+    }
+}
+
+/// A stopped gateway's vault and waiting INSTALLs, read with the token key.
+struct StoredTenants {
+    /// `None` when no key exists and nothing was ever sealed.
+    vault: Option<oauth::Vault>,
+    installs: crate::store::KeyedTree,
+}
+
+impl StoredTenants {
+    fn open(settings: &Settings) -> Result<StoredTenants, String> {
+        let store =
+            crate::store::Store::open(&settings.store.data_dir, settings.store.dedup_retention)
+                .map_err(|e| {
+                    format!("hlgate is not running and the store cannot be opened: {e}")
+                })?;
+        let tree = |name| {
+            store
+                .keyed_tree(name)
+                .map_err(|e| format!("cannot read the {name} tree: {e}"))
+        };
+        let (records, installs) = (tree("tokens")?, tree("installs")?);
+        let key =
+            oauth::vault::load_key(settings.oauth.token_key.as_ref(), &settings.store.data_dir)
+                .map_err(|e| e.to_string())?;
+        let vault = match key {
+            Some(key) => Some(oauth::Vault::new(records, &key)),
+            // No key was ever generated, so nothing was ever sealed, unless the key file was lost.
+            None if records.after(None).next().is_none() => None,
+            None => {
+                return Err("tokens are stored but there is no token key: \
+                            set HLGATE_TOKEN_KEY or restore token.key in the data dir"
+                    .into())
+            }
+        };
+        Ok(StoredTenants { vault, installs })
+    }
+
+    /// What `GET /v1/tenants` would answer for `query`: never a token.
+    fn page(&self, query: &oauth::PageQuery) -> Result<serde_json::Value, String> {
+        let page = match &self.vault {
+            Some(vault) => oauth::tenant_page(vault, &self.installs, query)
+                .map_err(|e| format!("cannot read the token vault: {e}"))?,
+            None => oauth::TenantPage {
+                tenants: Vec::new(),
+                pending_installs: oauth::pending_installs(&self.installs),
+                next: None,
+            },
+        };
+        serde_json::to_value(page).map_err(|e| e.to_string())
+    }
 }
 
 /// `hlgate store check` and `hlgate store accept-loss`.

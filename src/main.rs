@@ -27,7 +27,7 @@ async fn main() -> ExitCode {
         Command::Sign { key, post, file } => cli::sign(&key, post.as_deref(), &file).await,
         Command::Keygen { prefix } => cli::keygen(&prefix),
         Command::Outbox => cli::outbox(&settings).await,
-        Command::Tenants => cli::tenants(&settings).await,
+        Command::Tenants { page_size } => cli::tenants(&settings, page_size).await,
         Command::Store { action } => cli::store(&settings, action),
         Command::Healthcheck => cli::healthcheck(&settings).await,
     };

@@ -14,7 +14,7 @@ use super::state::AdminState;
 use crate::config::Secret;
 use crate::event::sanitize;
 use crate::metrics::Gauges;
-use crate::oauth::{TokenError, VaultError};
+use crate::oauth::{parse_state, PageQuery, TokenError, VaultError, PAGE_MAX};
 
 /// Registers the admin routes (`/healthz` is the server's, on both listeners).
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -178,17 +178,56 @@ fn vault_error(what: &str, e: VaultError) -> ApiError {
     )
 }
 
-/// `GET /v1/tenants`: every install with its token state and expiry, never a token.
+/// `GET /v1/tenants?limit&after&state`: a page of installs with their token state and expiry,
+/// never a token.
 async fn tenants(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state.admin_token)?;
+    let query = page_query(req.query_string())?;
     let tokens = state.tokens.clone();
-    let (tenants, pending) =
-        blocking(move || (tokens.tenants(), tokens.pending_installs())).await?;
-    let tenants = tenants.map_err(|e| vault_error("read", e))?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "tenants": tenants,
-        "pending_installs": pending,
-    })))
+    let page = blocking(move || tokens.tenant_page(&query))
+        .await?
+        .map_err(|e| vault_error("read", e))?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// The page `GET /v1/tenants` asks for; a parameter that is unknown or out of range is refused
+/// by name, so that a typo does not silently list from the start.
+fn page_query(text: &str) -> Result<PageQuery, ApiError> {
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(text)
+        .map_err(|e| ApiError::bad_request(format!("the query string cannot be read: {e}")))?;
+    let mut query = PageQuery::default();
+    for (name, value) in pairs.into_inner() {
+        match name.as_str() {
+            "limit" => {
+                query.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=PAGE_MAX).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "limit must be a whole number from 1 to {PAGE_MAX}, got {value:?}"
+                        ))
+                    })?
+            }
+            "after" if value.is_empty() => {
+                return Err(ApiError::bad_request("after must be a tenant id, got \"\""))
+            }
+            "after" => query.after = Some(value),
+            "state" => {
+                query.state = Some(parse_state(&value).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "state must be active, inactive, needs_reauth or private, got {value:?}"
+                    ))
+                })?)
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter {name:?}: expected limit, after or state"
+                )))
+            }
+        }
+    }
+    Ok(query)
 }
 
 /// `GET /v1/tokens/{tenant}`: a token valid at least `HLGATE_TOKEN_MIN_TTL`.

@@ -24,4 +24,7 @@ pub use hooks::{Hooks, ATTACH_WAIT};
 pub use installs::{encode, pending_installs, InstallError, PendingInstall};
 pub use service::{InstallSettings, ServedToken, TokenError, TokenService, TokenServiceParts};
 pub use vault::{TenantState, TokenRecord, Vault, VaultError};
-pub use views::{tenant_views, TenantView};
+pub use views::{
+    parse_state, tenant_page, tenant_views, PageQuery, TenantPage, TenantView, PAGE_DEFAULT,
+    PAGE_MAX,
+};

@@ -231,6 +231,18 @@ impl Vault {
             .map(|(tenant, bytes)| self.open(&tenant, bytes).map_err(|_| tenant))
             .collect())
     }
+
+    /// The records after tenant `after` (all without one) in tenant order, decrypted only as
+    /// they are consumed; one that does not decrypt is reported by tenant.
+    pub fn after<'a>(
+        &'a self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = Result<Result<TokenRecord, String>, VaultError>> + 'a {
+        self.tree.after(after).map(|item| {
+            let (tenant, bytes) = item?;
+            Ok(self.open(&tenant, bytes).map_err(|_| tenant))
+        })
+    }
 }
 
 #[cfg(test)]

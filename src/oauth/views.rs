@@ -9,6 +9,7 @@ use super::service::TokenService;
 use super::vault::{now_secs, rfc3339, TenantState, TokenRecord, Vault, VaultError};
 use crate::highlevel::TenantKind;
 use crate::secret::Secret;
+use crate::store::KeyedTree;
 
 /// What `/v1/tenants` shows of a record: never a token.
 #[derive(Debug, Clone, Serialize)]
@@ -25,36 +26,112 @@ pub struct TenantView {
     pub updated_at: Option<String>,
 }
 
+/// Tenants a page holds when the caller does not say.
+pub const PAGE_DEFAULT: usize = 500;
+/// The most a page holds: a page is read, decrypted and answered in one go.
+pub const PAGE_MAX: usize = 5000;
+
+/// Which tenants a page holds: those after `after` in tenant-id order, at most `limit` (at
+/// least one), only those in `state` when given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageQuery {
+    pub after: Option<String>,
+    pub limit: usize,
+    pub state: Option<TenantState>,
+}
+
+impl Default for PageQuery {
+    fn default() -> Self {
+        PageQuery {
+            after: None,
+            limit: PAGE_DEFAULT,
+            state: None,
+        }
+    }
+}
+
+/// A state by its name in the views (`needs_reauth`).
+pub fn parse_state(text: &str) -> Option<TenantState> {
+    TenantState::ALL.into_iter().find(|s| s.as_str() == text)
+}
+
+/// One page of `GET /v1/tenants`. `next` is the cursor for the following page, `None` when no
+/// tenant follows. The INSTALLs waiting are the first page's only (they are not tenants yet).
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantPage {
+    pub tenants: Vec<TenantView>,
+    pub pending_installs: Vec<PendingInstall>,
+    pub next: Option<String>,
+}
+
+fn view(record: Result<TokenRecord, String>) -> TenantView {
+    match record {
+        Ok(r) => TenantView {
+            tenant: r.tenant,
+            user_type: r.user_type.user_type(),
+            state: r.state.as_str(),
+            expires_at: r.expires_at.and_then(rfc3339),
+            location_id: r.location_id,
+            company_id: r.company_id,
+            scope: r.scope,
+            last_error: r.last_error,
+            updated_at: rfc3339(r.updated_at),
+        },
+        Err(tenant) => TenantView {
+            tenant,
+            user_type: "",
+            state: TenantState::NeedsReauth.as_str(),
+            expires_at: None,
+            location_id: None,
+            company_id: None,
+            scope: None,
+            last_error: Some("the record cannot be decrypted".into()),
+            updated_at: None,
+        },
+    }
+}
+
 /// Every tenant in `vault`, without tokens.
 pub fn tenant_views(vault: &Vault) -> Result<Vec<TenantView>, VaultError> {
-    Ok(vault
-        .list()?
-        .into_iter()
-        .map(|r| match r {
-            Ok(r) => TenantView {
-                tenant: r.tenant,
-                user_type: r.user_type.user_type(),
-                state: r.state.as_str(),
-                expires_at: r.expires_at.and_then(rfc3339),
-                location_id: r.location_id,
-                company_id: r.company_id,
-                scope: r.scope,
-                last_error: r.last_error,
-                updated_at: rfc3339(r.updated_at),
-            },
-            Err(tenant) => TenantView {
-                tenant,
-                user_type: "",
-                state: TenantState::NeedsReauth.as_str(),
-                expires_at: None,
-                location_id: None,
-                company_id: None,
-                scope: None,
-                last_error: Some("the record cannot be decrypted".into()),
-                updated_at: None,
-            },
-        })
-        .collect())
+    Ok(vault.list()?.into_iter().map(view).collect())
+}
+
+/// One page of tenants, without tokens: reads and decrypts what it returns and, with a state
+/// filter, what it skips, plus the record after a full page (to know whether one follows).
+pub fn tenant_page(
+    vault: &Vault,
+    installs: &KeyedTree,
+    query: &PageQuery,
+) -> Result<TenantPage, VaultError> {
+    let limit = query.limit.max(1);
+    let wanted = |v: &TenantView| query.state.is_none_or(|s| v.state == s.as_str());
+    let mut records = vault.after(query.after.as_deref());
+    let mut tenants = Vec::new();
+    for record in records.by_ref() {
+        let view = view(record?);
+        if wanted(&view) {
+            tenants.push(view);
+            if tenants.len() == limit {
+                break;
+            }
+        }
+    }
+    // With a filter the tenants that follow may all be skipped: that last page is empty.
+    let next = match tenants.last() {
+        Some(last) if tenants.len() == limit && records.next().is_some() => {
+            Some(last.tenant.clone())
+        }
+        _ => None,
+    };
+    let pending_installs = match query.after {
+        None => pending_installs(installs),
+        Some(_) => Vec::new(),
+    };
+    Ok(TenantPage {
+        tenants,
+        pending_installs,
+        next,
+    })
 }
 
 /// The views read the disk: call them off the async threads.
@@ -62,6 +139,11 @@ impl TokenService {
     /// Every tenant, without tokens.
     pub fn tenants(&self) -> Result<Vec<TenantView>, VaultError> {
         tenant_views(&self.vault)
+    }
+
+    /// One page of tenants, without tokens.
+    pub fn tenant_page(&self, query: &PageQuery) -> Result<TenantPage, VaultError> {
+        tenant_page(&self.vault, &self.installs, query)
     }
 
     /// Tenants by state, for `hlgate_tenants{state}`.
@@ -76,10 +158,6 @@ impl TokenService {
                 )
             })
             .collect()
-    }
-
-    pub fn pending_installs(&self) -> Vec<PendingInstall> {
-        pending_installs(&self.installs)
     }
 
     /// Stores a Private Integration Token: served and attached as is, never refreshed.

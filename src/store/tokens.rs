@@ -1,6 +1,8 @@
 //! Raw storage for the token vault: opaque (already encrypted) values keyed by tenant, plus the
 //! INSTALL events still waiting for a company token. Encryption lives in `oauth::vault`.
 
+use std::ops::Bound;
+
 use super::error::StoreError;
 
 /// A sled tree of `key → bytes`, flushed on every change (tokens rotate: losing a new refresh
@@ -39,12 +41,24 @@ impl KeyedTree {
 
     /// Every entry, in key order.
     pub fn list(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.after(None).collect()
+    }
+
+    /// The entries whose key follows `after` (all of them without one), in key order, read
+    /// from disk only as the iterator is consumed: a page costs what it takes.
+    pub fn after(
+        &self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = Result<(String, Vec<u8>), StoreError>> {
+        let start = match after {
+            Some(key) => Bound::Excluded(key.as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
         self.tree
-            .iter()
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
             .map(|item| {
                 let (k, v) = item?;
                 Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
             })
-            .collect()
     }
 }

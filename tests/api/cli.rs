@@ -297,6 +297,59 @@ async fn tenants_reads_the_store_when_the_gateway_is_not_running() {
 }
 
 #[tokio::test]
+async fn tenants_follows_the_pages_online_and_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ed, rsa) = (Signer::ed25519(), Signer::rsa());
+    let mut env = process_env(dir.path(), &unique("test.tenantpages"), &ed, &rsa);
+    env.insert("HLGATE_ADMIN_TOKEN".into(), "cli-admin-s3cret".into());
+    let seeded = crate::tenant_pages::seed(&dir.path().join("data"), 60);
+    let mut process = spawn_process(&env, Stdio::null());
+    process.wait_ready().await;
+    let mut cli_env: Vec<(String, String)> = env.into_iter().collect();
+    cli_env.push(("HLGATE_ADMIN_LISTEN".into(), process.admin.to_string()));
+    let args = ["tenants", "--page-size", "7"];
+
+    let (code, online, err) = hlgate_env(&args, &cli_env);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("not running"), "{err}");
+    assert!(!online.contains("secret"), "{online}");
+    let listing: serde_json::Value = serde_json::from_str(&online).unwrap();
+    let listed: Vec<&str> = listing["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tenant"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        seeded.keys().map(String::as_str).collect::<Vec<_>>()
+    );
+    // The pages put together are the gateway's one-page answer, without its cursor.
+    let mut whole: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{}/v1/tenants", process.admin))
+        .bearer_auth("cli-admin-s3cret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        whole.as_object_mut().unwrap().remove("next"),
+        Some(serde_json::Value::Null)
+    );
+    assert_eq!(listing, whole);
+    process.signal("TERM");
+    assert!(process.child.wait().unwrap().success());
+
+    // Stopped, the same pages come from the vault in the data dir: the same document.
+    let (code, offline, err) = hlgate_env(&args, &cli_env);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("hlgate is not running"), "{err}");
+    assert_eq!(offline, online);
+}
+
+#[tokio::test]
 async fn a_token_key_readable_by_others_is_warned_about_without_the_key() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();

@@ -15,6 +15,7 @@ mod schema;
 mod shapes;
 mod stall;
 mod stalled;
+mod tenant_pages;
 mod token_events;
 mod tokens;
 mod webhook;
