@@ -64,20 +64,6 @@ impl TokenService {
         tenant_views(&self.vault)
     }
 
-    /// Tenants by state, for `hlgate_tenants{state}`.
-    pub fn state_counts(&self) -> Vec<(&'static str, u64)> {
-        let views = self.tenants().unwrap_or_default();
-        TenantState::ALL
-            .iter()
-            .map(|s| {
-                (
-                    s.as_str(),
-                    views.iter().filter(|v| v.state == s.as_str()).count() as u64,
-                )
-            })
-            .collect()
-    }
-
     pub fn pending_installs(&self) -> Vec<PendingInstall> {
         pending_installs(&self.installs)
     }
