@@ -16,5 +16,6 @@ mod shapes;
 mod stall;
 mod stalled;
 mod token_events;
+mod token_schedule;
 mod tokens;
 mod webhook;
