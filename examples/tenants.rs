@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use hlgate::config::Settings;
 use hlgate::highlevel::TenantKind;
-use hlgate::oauth::{vault, TenantState, TokenRecord, Vault};
+use hlgate::oauth::{vault, TokenRecord, Vault};
 use hlgate::secret::Secret;
 use hlgate::startup::Application;
 use hlgate::store::Store;
@@ -106,21 +106,15 @@ fn seed(standin: &highlevel::StandIn, dir: &Path, n: usize, expires_at: i64) {
     for i in 0..n {
         let tenant = format!("loc{i:06}");
         let (access, refresh) = standin.grant(&tenant, "Location");
+        let (access, refresh) = (Secret::new(access), Some(Secret::new(refresh)));
+        let expires_at = expires_at + (i % 600) as i64;
+        let record =
+            TokenRecord::active(&tenant, TenantKind::Location, access, refresh, expires_at);
         vault
             .put(&TokenRecord {
-                tenant: tenant.clone(),
-                user_type: TenantKind::Location,
-                access_token: Secret::new(access),
-                refresh_token: Some(Secret::new(refresh)),
-                expires_at: Some(expires_at + (i % 600) as i64),
                 scope: Some("contacts.readonly locations.readonly".into()),
                 location_id: Some(tenant),
-                company_id: None,
-                state: TenantState::Active,
-                last_error: None,
-                attempts: 0,
-                retry_at: 0,
-                updated_at: now(),
+                ..record
             })
             .unwrap();
     }

@@ -23,20 +23,10 @@ fn now() -> i64 {
 /// A record as the gateway would have stored it, its pair issued by `standin`.
 fn seeded(standin: &StandIn, tenant: &str, expires_at: i64) -> TokenRecord {
     let (access, refresh) = standin.grant(tenant, "Location");
+    let (access, refresh) = (Secret::new(access), Some(Secret::new(refresh)));
     TokenRecord {
-        tenant: tenant.into(),
-        user_type: TenantKind::Location,
-        access_token: Secret::new(access),
-        refresh_token: Some(Secret::new(refresh)),
-        expires_at: Some(expires_at),
-        scope: Some("contacts.readonly".into()),
         location_id: Some(tenant.into()),
-        company_id: None,
-        state: TenantState::Active,
-        last_error: None,
-        attempts: 0,
-        retry_at: 0,
-        updated_at: now(),
+        ..TokenRecord::active(tenant, TenantKind::Location, access, refresh, expires_at)
     }
 }
 
@@ -73,7 +63,8 @@ async fn seeded_app(
     }
     let admin_token = env.get("HLGATE_ADMIN_TOKEN").cloned();
     let settings = Settings::load(None, &env).expect("test settings");
-    // The seeding store's writer thread lets go of the data dir's lock just after it is dropped.
+    // `start` would fail: the seeding store's writer thread lets go of sled's lock just after
+    // the store is dropped, and the store has no close to wait on.
     let mut tries = 0;
     let app = loop {
         match Application::build(settings.clone()).await {
@@ -96,6 +87,12 @@ async fn seeded_app(
         shutdown,
         admin_token,
     }
+}
+
+/// The gateway refreshing one tenant at a time, on a vault seeded with `records`.
+async fn one_at_a_time(standin: &StandIn, records: &[TokenRecord]) -> TestApp {
+    let one = [("HLGATE_TOKEN_REFRESH_CONCURRENCY", "1")];
+    seeded_app(standin, records, &[], &one).await
 }
 
 /// The tenant each presented refresh token belonged to, in the order presented.
@@ -123,13 +120,7 @@ async fn due_tenants_are_refreshed_soonest_expiry_first_each_once() {
     let records: Vec<_> = (0..200)
         .map(|i| seeded(&standin, &format!("loc{i:03}"), base + (i * 37 % 200) * 5))
         .collect();
-    let app = seeded_app(
-        &standin,
-        &records,
-        &[],
-        &[("HLGATE_TOKEN_REFRESH_CONCURRENCY", "1")],
-    )
-    .await;
+    let app = one_at_a_time(&standin, &records).await;
     refreshes_reach(&standin, 200).await;
     let mut by_expiry = records.clone();
     by_expiry.sort_by_key(|r| r.expires_at);
@@ -213,13 +204,7 @@ async fn a_token_that_would_expire_before_its_turn_goes_first() {
     let records: Vec<_> = (0..60)
         .map(|i| seeded(&standin, &format!("queued{i:02}"), now() + 1800 + i))
         .collect();
-    let app = seeded_app(
-        &standin,
-        &records,
-        &[],
-        &[("HLGATE_TOKEN_REFRESH_CONCURRENCY", "1")],
-    )
-    .await;
+    let app = one_at_a_time(&standin, &records).await;
     refreshes_reach(&standin, 2).await;
     // A new install whose token expires long before the queued ones.
     standin.with(|s| s.expires_in = 120);
