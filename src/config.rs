@@ -105,6 +105,11 @@ pub struct OAuthSettings {
     pub attach_tokens: bool,
     /// An attached or served token is valid at least this long.
     pub min_ttl: Duration,
+    /// Refreshes the background schedule runs at once (each tenant's one at a time).
+    pub refresh_concurrency: usize,
+    /// Also count every refresh against one app-wide burst window (HighLevel's limits are per
+    /// resource; this spreads a crowd of due tenants at the cost of catching up slowly).
+    pub app_wide_budget: bool,
 }
 
 /// Tracing output.
@@ -224,6 +229,10 @@ specs! {
         |s| format_duration(s.oauth.refresh_before);
     ATTACH_TOKENS: "HLGATE_ATTACH_TOKENS", Some("false"), |s| s.oauth.attach_tokens.to_string();
     TOKEN_MIN_TTL: "HLGATE_TOKEN_MIN_TTL", Some("15m"), |s| format_duration(s.oauth.min_ttl);
+    TOKEN_REFRESH_CONCURRENCY: "HLGATE_TOKEN_REFRESH_CONCURRENCY", Some("16"),
+        |s| s.oauth.refresh_concurrency.to_string();
+    TOKEN_APP_WIDE_BUDGET: "HLGATE_TOKEN_APP_WIDE_BUDGET", Some("false"),
+        |s| s.oauth.app_wide_budget.to_string();
     LOG: "HLGATE_LOG", Some("info"), |s| s.log.filter.clone();
     LOG_FORMAT: "HLGATE_LOG_FORMAT", Some("json"), |s| match s.log.format {
         LogFormat::Json => "json".into(),
@@ -386,6 +395,8 @@ impl Settings {
                 refresh_before: s.parsed(&TOKEN_REFRESH_BEFORE, parse_duration)?,
                 attach_tokens: s.parsed(&ATTACH_TOKENS, parse_bool)?,
                 min_ttl: s.parsed(&TOKEN_MIN_TTL, parse_duration)?,
+                refresh_concurrency: s.parsed(&TOKEN_REFRESH_CONCURRENCY, parse_positive)?,
+                app_wide_budget: s.parsed(&TOKEN_APP_WIDE_BUDGET, parse_bool)?,
             },
             log: LogSettings {
                 filter: s.parsed(&LOG, |t| Ok(t.to_string()))?,

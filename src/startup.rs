@@ -93,7 +93,7 @@ fn token_service(
         )
     });
     let tree = |name| store.keyed_tree(name).map_err(store_error(data_dir));
-    Ok(TokenService::new(TokenServiceParts {
+    let service = TokenService::new(TokenServiceParts {
         vault: Vault::new(tree("tokens")?, &key),
         installs: tree("installs")?,
         client,
@@ -106,8 +106,11 @@ fn token_service(
         min_ttl: oauth.min_ttl,
         attach_tokens: oauth.attach_tokens,
         metrics: metrics.clone(),
+        app_wide_budget: oauth.app_wide_budget,
         tasks: tasks.clone(),
-    }))
+    });
+    service.index_vault()?;
+    Ok(service)
 }
 
 /// Damage about events already accepted does not stop the gateway: refusing to start would
@@ -230,6 +233,7 @@ impl Application {
             tokens.spawn(refresher::run(
                 tokens.clone(),
                 REFRESH_EVERY,
+                settings.oauth.refresh_concurrency,
                 shutdown.child_token(),
             ));
         }

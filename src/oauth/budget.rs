@@ -1,7 +1,7 @@
 //! A request budget per resource, as HighLevel counts it: a burst window and a daily window per
-//! location or company, plus an optional app-wide burst so that a crowd of tenants due at once
-//! is spread out instead of bursting at HighLevel. HighLevel's `X-RateLimit-*` answers correct
-//! what the budget believes.
+//! location or company. An app-wide burst window guards the callback's code exchanges (anyone
+//! can call it) and, only when configured, refreshes too. HighLevel's `X-RateLimit-*` answers
+//! correct what the budget believes.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

@@ -6,7 +6,8 @@
 //! - `installs`: the install URL, the callback's code exchange, INSTALL and UNINSTALL events.
 //! - `views`: what operators see (tenants, states, waiting INSTALLs) and private tokens.
 //! - `hooks`: the relay's view (tokens per window, lifecycle events after a publish).
-//! - `refresher`: the background schedule.
+//! - `kept`: what the service keeps in memory: records, and every tenant by due time and state.
+//! - `refresher`: the background schedule: due tenants, soonest first, a bounded number at once.
 //! - `budget`: the request budget per resource, fed by HighLevel's rate-limit headers.
 //! - `vault`: token records encrypted at rest.
 
@@ -14,6 +15,7 @@ pub mod budget;
 mod flights;
 mod hooks;
 mod installs;
+mod kept;
 pub mod refresher;
 mod service;
 pub mod vault;
@@ -25,6 +27,5 @@ pub use installs::{encode, pending_installs, InstallError, PendingInstall};
 pub use service::{InstallSettings, ServedToken, TokenError, TokenService, TokenServiceParts};
 pub use vault::{TenantState, TokenRecord, Vault, VaultError};
 pub use views::{
-    parse_state, tenant_page, tenant_views, PageQuery, TenantPage, TenantView, PAGE_DEFAULT,
-    PAGE_MAX,
+    parse_state, tenant_page, PageQuery, TenantPage, TenantView, PAGE_DEFAULT, PAGE_MAX,
 };

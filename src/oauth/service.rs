@@ -5,10 +5,9 @@
 //! [`TokenService::save`], which keep an in-memory copy: the relay reads tokens from it
 //! without touching the disk or HighLevel.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -19,6 +18,7 @@ use tracing::{info, warn};
 
 use super::budget::{Limits, RateBudget};
 use super::flights::Flights;
+use super::kept::Kept;
 use super::vault::{now_secs, rfc3339, TenantState, TokenRecord, Vault, VaultError};
 use crate::backoff::Backoff;
 use crate::highlevel::{HighLevelClient, OAuthError, TenantKind, TokenResponse};
@@ -120,14 +120,6 @@ pub struct InstallSettings {
     pub scopes: Option<String>,
 }
 
-/// Records as last written or read by this process. `writes` counts every write, so that a
-/// read that raced a write does not put back what the write replaced.
-#[derive(Debug, Default)]
-struct Cache {
-    records: HashMap<String, TokenRecord>,
-    writes: u64,
-}
-
 pub struct TokenService {
     pub(super) vault: Vault,
     pub(super) installs: KeyedTree,
@@ -140,7 +132,7 @@ pub struct TokenService {
     pub(super) metrics: Arc<Metrics>,
     pub(super) budget: RateBudget,
     flights: Flights,
-    cache: Mutex<Cache>,
+    pub(super) kept: Kept,
     /// Unix seconds before which the Reconnect API is not called, for any tenant: HighLevel
     /// answered that it was removed.
     reconnect_paused_until: AtomicI64,
@@ -160,6 +152,9 @@ pub struct TokenServiceParts {
     pub min_ttl: Duration,
     pub attach_tokens: bool,
     pub metrics: Arc<Metrics>,
+    /// Whether refreshes also count against one app-wide burst window (HighLevel counts per
+    /// resource only).
+    pub app_wide_budget: bool,
     /// Where the module's tasks are tracked, so that shutdown waits for them.
     pub tasks: TaskTracker,
 }
@@ -176,9 +171,9 @@ impl TokenService {
             min_ttl: p.min_ttl,
             attach_tokens: p.attach_tokens,
             metrics: p.metrics,
-            budget: RateBudget::new(Limits::default(), true),
+            budget: RateBudget::new(Limits::default(), p.app_wide_budget),
             flights: Flights::default(),
-            cache: Mutex::new(Cache::default()),
+            kept: Kept::new(p.refresh_before.as_secs() as i64),
             reconnect_paused_until: AtomicI64::new(0),
             tasks: p.tasks,
             runtime: Handle::current(),
@@ -222,12 +217,7 @@ impl TokenService {
 
     /// The tenant's record as this process last saw it, without any I/O.
     pub(super) fn cached(&self, tenant: &str) -> Option<TokenRecord> {
-        self.cache
-            .lock()
-            .expect("cache")
-            .records
-            .get(tenant)
-            .cloned()
+        self.kept.cached(tenant)
     }
 
     /// Reads the tenants' records from the vault (one blocking task) and keeps what was read.
@@ -235,21 +225,15 @@ impl TokenService {
         &self,
         tenants: Vec<String>,
     ) -> Result<Vec<(String, Result<Option<TokenRecord>, VaultError>)>, VaultError> {
-        let seen = self.cache.lock().expect("cache").writes;
+        let seen = self.kept.writes();
         let read = self
             .blocking(move |vault, _| {
                 let records = tenants.iter().map(|t| vault.get(t));
                 tenants.iter().cloned().zip(records).collect::<Vec<_>>()
             })
             .await?;
-        let mut cache = self.cache.lock().expect("cache");
-        if cache.writes == seen {
-            for (tenant, record) in &read {
-                if let Ok(Some(record)) = record {
-                    cache.records.insert(tenant.clone(), record.clone());
-                }
-            }
-        }
+        let found = read.iter().filter_map(|(_, r)| r.as_ref().ok()?.as_ref());
+        self.kept.read(seen, found);
         Ok(read)
     }
 
@@ -262,28 +246,34 @@ impl TokenService {
         read.pop().map_or(Ok(None), |(_, record)| record)
     }
 
-    /// After a write to the vault: keep `record` (or forget the tenant).
-    fn wrote(&self, tenant: &str, record: Option<&TokenRecord>) {
-        let mut cache = self.cache.lock().expect("cache");
-        cache.writes += 1;
-        match record {
-            Some(r) => cache.records.insert(tenant.to_string(), r.clone()),
-            None => cache.records.remove(tenant),
-        };
+    /// Indexes every record of the vault by due time and state; call it once, before the
+    /// refresher starts. Blocking.
+    pub fn index_vault(&self) -> Result<(), VaultError> {
+        self.kept.index_all(self.vault.list()?);
+        Ok(())
+    }
+
+    /// Tenants by state, for `hlgate_tenants{state}`, from the index: no disk, no decryption.
+    pub fn state_counts(&self) -> Vec<(&'static str, u64)> {
+        self.kept.state_counts()
     }
 
     /// Stores a record, on the calling thread (for callers already off the async threads).
     pub(super) fn store_now(&self, record: &TokenRecord) -> Result<(), VaultError> {
         let stored = self.vault.put(record);
         // A failed write may have half happened: the next read goes to the disk.
-        self.wrote(&record.tenant, stored.is_ok().then_some(record));
+        self.kept
+            .stored(&record.tenant, stored.is_ok().then_some(record));
         stored
     }
 
     /// Deletes a tenant's record, on the calling thread; true when there was one.
     pub(super) fn delete_now(&self, tenant: &str) -> Result<bool, VaultError> {
         let deleted = self.vault.delete(tenant);
-        self.wrote(tenant, None);
+        match deleted {
+            Ok(_) => self.kept.deleted(tenant),
+            Err(_) => self.kept.stored(tenant, None),
+        }
         deleted
     }
 
@@ -293,7 +283,7 @@ impl TokenService {
         let (stored, record) = self
             .blocking(move |vault, _| (vault.put(&record), record))
             .await?;
-        self.wrote(&tenant, stored.is_ok().then_some(&record));
+        self.kept.stored(&tenant, stored.is_ok().then_some(&record));
         stored.map(|()| record)
     }
 

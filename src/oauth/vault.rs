@@ -85,6 +85,31 @@ pub struct TokenRecord {
 }
 
 impl TokenRecord {
+    /// A fresh pair for `tenant`, active, without failures.
+    pub fn active(
+        tenant: &str,
+        user_type: TenantKind,
+        access_token: Secret,
+        refresh_token: Option<Secret>,
+        expires_at: i64,
+    ) -> TokenRecord {
+        TokenRecord {
+            tenant: tenant.to_string(),
+            user_type,
+            access_token,
+            refresh_token,
+            expires_at: Some(expires_at),
+            scope: None,
+            location_id: None,
+            company_id: None,
+            state: TenantState::Active,
+            last_error: None,
+            attempts: 0,
+            retry_at: 0,
+            updated_at: now_secs(),
+        }
+    }
+
     /// Seconds the access token is still valid for; private tokens never expire.
     pub fn remaining_secs(&self) -> i64 {
         self.expires_at.map_or(i64::MAX, |e| e - now_secs())
@@ -252,20 +277,10 @@ pub(crate) mod tests {
 
     /// An active record with recognisable tokens (`access-plain`, `refresh-plain`).
     pub(crate) fn record(tenant: &str) -> TokenRecord {
+        let (access, refresh) = (Secret::new("access-plain"), Secret::new("refresh-plain"));
         TokenRecord {
-            tenant: tenant.into(),
-            user_type: TenantKind::Location,
-            access_token: Secret::new("access-plain"),
-            refresh_token: Some(Secret::new("refresh-plain")),
-            expires_at: Some(1),
-            scope: None,
-            location_id: None,
-            company_id: None,
-            state: TenantState::Active,
-            last_error: None,
-            attempts: 0,
-            retry_at: 0,
             updated_at: 0,
+            ..TokenRecord::active(tenant, TenantKind::Location, access, Some(refresh), 1)
         }
     }
 

@@ -91,11 +91,6 @@ fn view(record: Result<TokenRecord, String>) -> TenantView {
     }
 }
 
-/// Every tenant in `vault`, without tokens.
-pub fn tenant_views(vault: &Vault) -> Result<Vec<TenantView>, VaultError> {
-    Ok(vault.list()?.into_iter().map(view).collect())
-}
-
 /// One page of tenants, without tokens: reads and decrypts what it returns and, with a state
 /// filter, what it skips, plus the record after a full page (to know whether one follows).
 pub fn tenant_page(
@@ -136,28 +131,9 @@ pub fn tenant_page(
 
 /// The views read the disk: call them off the async threads.
 impl TokenService {
-    /// Every tenant, without tokens.
-    pub fn tenants(&self) -> Result<Vec<TenantView>, VaultError> {
-        tenant_views(&self.vault)
-    }
-
     /// One page of tenants, without tokens.
     pub fn tenant_page(&self, query: &PageQuery) -> Result<TenantPage, VaultError> {
         tenant_page(&self.vault, &self.installs, query)
-    }
-
-    /// Tenants by state, for `hlgate_tenants{state}`.
-    pub fn state_counts(&self) -> Vec<(&'static str, u64)> {
-        let views = self.tenants().unwrap_or_default();
-        TenantState::ALL
-            .iter()
-            .map(|s| {
-                (
-                    s.as_str(),
-                    views.iter().filter(|v| v.state == s.as_str()).count() as u64,
-                )
-            })
-            .collect()
     }
 
     /// Stores a Private Integration Token: served and attached as is, never refreshed.

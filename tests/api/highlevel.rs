@@ -37,6 +37,13 @@ pub struct State {
     pub refresh_delay: Option<std::time::Duration>,
     /// Refreshes asked for, counted on arrival (before any delay).
     pub refreshes_begun: usize,
+    /// Refreshes arrived and not yet answered, and the most there ever were at once.
+    pub refreshes_in_flight: usize,
+    pub max_refreshes_in_flight: usize,
+    /// Refresh tokens presented again after they were spent (a double use).
+    pub reused_refresh_tokens: usize,
+    /// Bytes added to every issued token, for tokens as long as HighLevel's JWTs.
+    pub pad: usize,
     pub refresh_calls: usize,
     pub code_calls: usize,
     pub location_token_calls: Vec<Option<String>>,
@@ -63,8 +70,9 @@ impl State {
     fn issue(&mut self, grant: &Grant) -> serde_json::Value {
         self.counter += 1;
         let n = self.counter;
-        let access = format!("eyJ.at-{n}-{}", grant.tenant);
-        let refresh = format!("eyJ.rt-{n}-{}", grant.tenant);
+        let pad = "x".repeat(self.pad);
+        let access = format!("eyJ.at-{n}-{}{pad}", grant.tenant);
+        let refresh = format!("eyJ.rt-{n}-{}{pad}", grant.tenant);
         self.issued.push(access.clone());
         self.issued.push(refresh.clone());
         self.access_tokens.insert(access.clone(), grant.clone());
@@ -95,12 +103,16 @@ async fn token(
         let mut s = state.lock().unwrap();
         let refresh = form.get("grant_type").map(String::as_str) == Some("refresh_token");
         s.refreshes_begun += usize::from(refresh);
-        s.refresh_delay.filter(|_| refresh)
+        s.refreshes_in_flight += usize::from(refresh);
+        s.max_refreshes_in_flight = s.max_refreshes_in_flight.max(s.refreshes_in_flight);
+        (refresh, s.refresh_delay.filter(|_| refresh))
     };
-    if let Some(delay) = delay {
+    if let Some(delay) = delay.1 {
         tokio::time::sleep(delay).await;
     }
     let mut s = state.lock().unwrap();
+    // Answered from here on, under the lock.
+    s.refreshes_in_flight -= usize::from(delay.0);
     if let Some(status) = s.outage {
         s.refresh_calls += 1;
         return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
@@ -130,6 +142,7 @@ async fn token(
                 return error(400, "Invalid grant: refresh token is invalid");
             };
             if used {
+                s.reused_refresh_tokens += 1;
                 return error(400, "Invalid grant: refresh token is invalid");
             }
             if s.inactive.contains(&grant.tenant) {
@@ -256,6 +269,19 @@ impl StandIn {
             },
         );
         code
+    }
+
+    /// A token pair for `tenant` as an earlier install would have left it: `(access, refresh)`.
+    pub fn grant(&self, tenant: &str, user_type: &str) -> (String, String) {
+        let mut s = self.state.lock().unwrap();
+        let grant = Grant {
+            tenant: tenant.into(),
+            user_type: user_type.into(),
+            company_id: None,
+        };
+        let pair = s.issue(&grant);
+        let field = |k: &str| pair[k].as_str().unwrap().to_string();
+        (field("access_token"), field("refresh_token"))
     }
 
     /// The refresh tokens of `tenant` stop working (spent elsewhere, revoked).

@@ -17,5 +17,6 @@ mod stall;
 mod stalled;
 mod tenant_pages;
 mod token_events;
+mod token_schedule;
 mod tokens;
 mod webhook;
