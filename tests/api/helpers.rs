@@ -408,3 +408,36 @@ pub fn metric(text: &str, series: &str) -> f64 {
         })
         .unwrap_or_else(|| panic!("no series {series} in metrics"))
 }
+
+/// Waits until no process or thread holds a sled database under `data_dir`: a store's writer
+/// thread lets go of its databases a moment after the store is dropped, and a gateway started
+/// before that could not open them (tests that seed a data dir through a `Store`).
+pub fn wait_unlocked(data_dir: &std::path::Path) {
+    use fs2::FileExt;
+    let mut dirs = vec![data_dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            // sled locks the file named `db` of each database.
+            if path.file_name().is_none_or(|n| n != "db") {
+                continue;
+            }
+            let lock = std::fs::File::open(&path).unwrap();
+            let mut tries = 0;
+            while lock.try_lock_exclusive().is_err() {
+                tries += 1;
+                assert!(
+                    tries < 1000,
+                    "the seeding store still holds {}",
+                    path.display()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            FileExt::unlock(&lock).unwrap();
+        }
+    }
+}

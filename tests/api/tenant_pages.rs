@@ -68,39 +68,6 @@ pub(crate) fn seed(data_dir: &Path, n: usize) -> Seeded {
     seeded
 }
 
-/// The seeding store's writer thread lets go of its databases (the main one and the event
-/// bucket it opened) a moment after the store is dropped; a gateway started before that could
-/// not open them.
-fn wait_unlocked(data_dir: &Path) {
-    use fs2::FileExt;
-    let mut dirs = vec![data_dir.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-                continue;
-            }
-            // sled locks the file named `db` of each database.
-            if path.file_name().is_none_or(|n| n != "db") {
-                continue;
-            }
-            let lock = std::fs::File::open(&path).unwrap();
-            let mut tries = 0;
-            while lock.try_lock_exclusive().is_err() {
-                tries += 1;
-                assert!(
-                    tries < 1000,
-                    "the seeding store still holds {}",
-                    path.display()
-                );
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            FileExt::unlock(&lock).unwrap();
-        }
-    }
-}
-
 /// An app (no client credentials, so nothing refreshes) over a seeded data dir.
 async fn seeded_app(n: usize) -> (TestApp, Seeded) {
     let dir = tempfile::tempdir().unwrap();

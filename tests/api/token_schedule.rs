@@ -5,11 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hlgate::config::Settings;
 use hlgate::highlevel::TenantKind;
 use hlgate::oauth::{vault, TenantState, TokenRecord, Vault};
 use hlgate::secret::Secret;
-use hlgate::startup::Application;
 use hlgate::store::Store;
 
 use crate::helpers::*;
@@ -61,32 +59,8 @@ async fn seeded_app(
     for (k, v) in extra {
         env.insert(k.to_string(), v.to_string());
     }
-    let admin_token = env.get("HLGATE_ADMIN_TOKEN").cloned();
-    let settings = Settings::load(None, &env).expect("test settings");
-    // `start` would fail: the seeding store's writer thread lets go of sled's lock just after
-    // the store is dropped, and the store has no close to wait on.
-    let mut tries = 0;
-    let app = loop {
-        match Application::build(settings.clone()).await {
-            Ok(app) => break app,
-            Err(e) if tries < 100 && e.to_string().contains("lock") => tries += 1,
-            Err(e) => panic!("app builds: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let (shutdown, addr, admin) = (app.shutdown_token(), app.public_addr(), app.admin_addr());
-    tokio::spawn(app.run());
-    TestApp {
-        addr,
-        admin,
-        exchange,
-        _dir: dir,
-        ed,
-        rsa,
-        http: reqwest::Client::new(),
-        shutdown,
-        admin_token,
-    }
+    wait_unlocked(dir.path());
+    start(dir, exchange, ed, rsa, env).await
 }
 
 /// The gateway refreshing one tenant at a time, on a vault seeded with `records`.
