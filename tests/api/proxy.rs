@@ -358,3 +358,125 @@ async fn only_the_admin_token_and_proxy_tokens_open_the_proxy() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test]
+async fn a_429_from_highlevel_is_retried_once_when_it_fits_else_passed_on() {
+    let (standin, app) = installed(&[], &["loc-a"]).await;
+    standin.with(|s| s.api.interval = std::time::Duration::from_secs(1));
+    // Another service of the app spends the window behind the proxy's back.
+    let spend = |n| {
+        let token = standin.with(|s| s.current["loc-a"].clone());
+        let url = format!("{}/contacts/elsewhere", standin.url);
+        async move {
+            for _ in 0..n {
+                reqwest::Client::new()
+                    .get(&url)
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    standin.with(|s| s.api.burst = 3);
+    spend(3).await;
+    assert_eq!(get(&app, "loc-a", "/contacts/c1").await.status(), 200);
+    assert_eq!(standin.with(|s| s.api.limited), 1);
+
+    let (standin, app) = installed(&[("HLGATE_API_MAX_WAIT", "0s")], &["loc-b"]).await;
+    standin.with(|s| s.api.burst = 3);
+    let token = standin.with(|s| s.current["loc-b"].clone());
+    for _ in 0..3 {
+        let url = format!("{}/contacts/elsewhere", standin.url);
+        reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+    }
+    let r = get(&app, "loc-b", "/contacts/c1").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "10");
+    assert_eq!(standin.with(|s| s.api.limited), 1, "retried without room");
+}
+
+#[tokio::test]
+async fn an_unreachable_highlevel_is_502_after_one_retry() {
+    let standin = StandIn::start().await;
+    let app = app_with(&standin, &[("HLGATE_API_BASE_URL", "http://127.0.0.1:1")]).await;
+    install(&app, &standin, "loc-a", "Location").await;
+    let (status, body) = json(get(&app, "loc-a", "/contacts/c1").await).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (502, Some("upstream_unavailable"))
+    );
+}
+
+#[tokio::test]
+async fn a_private_token_is_used_as_is_and_its_401_passed_on() {
+    let (standin, app) = installed(&[], &[]).await;
+    let r = app
+        .http
+        .put(app.admin_url("/v1/tenants/loc-p/private-token"))
+        .json(&serde_json::json!({"token": "pit-s3cret"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    standin.with(|s| s.current.insert("loc-p".into(), "pit-s3cret".into()));
+    assert_eq!(get(&app, "loc-p", "/contacts/c1").await.status(), 200);
+    standin.revoke("loc-p");
+    let r = get(&app, "loc-p", "/contacts/c1").await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(standin.with(|s| s.refresh_calls), 0);
+}
+
+#[tokio::test]
+async fn one_log_line_per_request_and_never_a_token_in_the_logs() {
+    let standin = StandIn::start().await;
+    let (_dir, mut env) = crate::tokens::process_env_with(&standin, "test.proxy");
+    env.insert("HLGATE_API_BASE_URL".into(), standin.url.clone());
+    env.insert("HLGATE_LOG".into(), "debug".into());
+    env.insert("HLGATE_PROXY_TOKENS".into(), "proxy-s3cret".into());
+    let mut process = crate::durability::spawn_process(&env, std::process::Stdio::piped());
+    process.wait_ready().await;
+    let http = reqwest::Client::new();
+    let code = standin.code_for("locLog", "Location");
+    let callback = format!("http://{}/oauth/callback?code={code}", process.public);
+    assert_eq!(http.get(callback).send().await.unwrap().status(), 200);
+    standin.revoke("locLog");
+    let url = format!(
+        "http://{}/v1/highlevel/locLog/contacts/c9?q=private-query",
+        process.admin
+    );
+    let r = http
+        .get(&url)
+        .bearer_auth("proxy-s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    process.signal("TERM");
+    assert!(process.child.wait().unwrap().success());
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut process.child.stderr.take().unwrap(), &mut logs).unwrap();
+    let lines: Vec<&str> = logs.lines().filter(|l| l.contains("\"proxied\"")).collect();
+    assert_eq!(lines.len(), 1, "{logs}");
+    for field in [
+        "locLog",
+        "/contacts/c9",
+        "\"status\":200",
+        "wait_ms",
+        "upstream_ms",
+    ] {
+        assert!(lines[0].contains(field), "{field} missing: {}", lines[0]);
+    }
+    assert!(!logs.contains("private-query"));
+    let mut secrets = standin.with(|s| s.issued.clone());
+    secrets.push("proxy-s3cret".into());
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "a token in the logs");
+    }
+}
