@@ -88,6 +88,17 @@ pub struct RateView {
     pub reset_at: Option<String>,
 }
 
+impl RateView {
+    /// The budget of a tenant the governor has not seen yet.
+    pub fn starting(burst: usize, daily: u64) -> RateView {
+        RateView {
+            remaining: burst,
+            daily_remaining: daily,
+            reset_at: None,
+        }
+    }
+}
+
 pub struct Proxy {
     tokens: Arc<TokenService>,
     api: ApiClient,

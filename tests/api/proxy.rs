@@ -33,6 +33,22 @@ async fn installed(extra: &[(&str, &str)], tenants: &[&str]) -> (StandIn, TestAp
     (standin, app)
 }
 
+/// Tenants whose every token expires sooner than `HLGATE_TOKEN_MIN_TTL` wants, left alone by
+/// the background schedule: only the proxy's need refreshes them.
+async fn expiring(tenants: &[&str]) -> (StandIn, TestApp) {
+    let standin = StandIn::start().await;
+    standin.with(|s| s.expires_in = 600);
+    let base = [
+        ("HLGATE_API_BASE_URL", standin.url.as_str()),
+        ("HLGATE_TOKEN_REFRESH_BEFORE", "1m"),
+    ];
+    let app = app_with(&standin, &base).await;
+    for tenant in tenants {
+        install(&app, &standin, tenant, "Location").await;
+    }
+    (standin, app)
+}
+
 #[tokio::test]
 async fn a_request_goes_out_with_the_tenants_token_and_version_and_comes_back() {
     let (standin, app) = installed(&[], &["loc-a"]).await;
@@ -134,16 +150,7 @@ async fn eventually_calls(standin: &StandIn, n: usize) {
 
 #[tokio::test]
 async fn an_expiring_token_is_refreshed_first_and_a_revoked_one_after_its_401() {
-    let standin = StandIn::start().await;
-    // Every issued token expires sooner than HLGATE_TOKEN_MIN_TTL wants.
-    standin.with(|s| s.expires_in = 600);
-    // The background schedule leaves them alone: only the proxy's need refreshes them.
-    let base = [
-        ("HLGATE_API_BASE_URL", standin.url.as_str()),
-        ("HLGATE_TOKEN_REFRESH_BEFORE", "1m"),
-    ];
-    let app = app_with(&standin, &base).await;
-    install(&app, &standin, "loc-a", "Location").await;
+    let (standin, app) = expiring(&["loc-a"]).await;
     let before = standin.with(|s| s.refresh_calls);
     assert_eq!(get(&app, "loc-a", "/contacts/c1").await.status(), 200);
     assert_eq!(standin.with(|s| s.refresh_calls), before + 1);
@@ -291,17 +298,7 @@ async fn refusals_answer_json_with_their_code() {
 
 #[tokio::test]
 async fn tenants_whose_tokens_cannot_be_had_are_answered_409_or_503() {
-    let standin = StandIn::start().await;
-    standin.with(|s| s.expires_in = 600);
-    // The background schedule leaves them alone: only the proxy's need refreshes them.
-    let base = [
-        ("HLGATE_API_BASE_URL", standin.url.as_str()),
-        ("HLGATE_TOKEN_REFRESH_BEFORE", "1m"),
-    ];
-    let app = app_with(&standin, &base).await;
-    for tenant in ["loc-gone", "loc-off", "loc-down"] {
-        install(&app, &standin, tenant, "Location").await;
-    }
+    let (standin, app) = expiring(&["loc-gone", "loc-off", "loc-down"]).await;
     standin.set_inactive("loc-off", true);
     let (status, body) = json(get(&app, "loc-off", "/contacts/c1").await).await;
     assert_eq!((status, body["error"].as_str()), (409, Some("inactive")));
@@ -359,42 +356,28 @@ async fn only_the_admin_token_and_proxy_tokens_open_the_proxy() {
     assert_eq!(r.status(), 401);
 }
 
+/// Another service of the app spends `tenant`'s window behind the proxy's back.
+async fn spend(standin: &StandIn, tenant: &str, n: usize) {
+    let token = standin.with(|s| s.current[tenant].clone());
+    let url = format!("{}/contacts/elsewhere", standin.url);
+    for _ in 0..n {
+        let r = reqwest::Client::new().get(&url).bearer_auth(&token);
+        r.send().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_429_from_highlevel_is_retried_once_when_it_fits_else_passed_on() {
     let (standin, app) = installed(&[], &["loc-a"]).await;
     standin.with(|s| s.api.interval = std::time::Duration::from_secs(1));
-    // Another service of the app spends the window behind the proxy's back.
-    let spend = |n| {
-        let token = standin.with(|s| s.current["loc-a"].clone());
-        let url = format!("{}/contacts/elsewhere", standin.url);
-        async move {
-            for _ in 0..n {
-                reqwest::Client::new()
-                    .get(&url)
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .unwrap();
-            }
-        }
-    };
     standin.with(|s| s.api.burst = 3);
-    spend(3).await;
+    spend(&standin, "loc-a", 3).await;
     assert_eq!(get(&app, "loc-a", "/contacts/c1").await.status(), 200);
     assert_eq!(standin.with(|s| s.api.limited), 1);
 
     let (standin, app) = installed(&[("HLGATE_API_MAX_WAIT", "0s")], &["loc-b"]).await;
     standin.with(|s| s.api.burst = 3);
-    let token = standin.with(|s| s.current["loc-b"].clone());
-    for _ in 0..3 {
-        let url = format!("{}/contacts/elsewhere", standin.url);
-        reqwest::Client::new()
-            .get(&url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-    }
+    spend(&standin, "loc-b", 3).await;
     let r = get(&app, "loc-b", "/contacts/c1").await;
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "10");
