@@ -258,9 +258,9 @@ impl Proxy {
                         None => return Ok(response),
                     }
                 }
-                429 if !waited_429 => {
+                429 => {
                     let pause = response.rate.interval.unwrap_or(INTERVAL);
-                    if started.elapsed() + pause > self.settings.max_wait {
+                    if waited_429 || started.elapsed() + pause > self.settings.max_wait {
                         return Ok(with_retry_after(response, pause));
                     }
                     waited_429 = true;
