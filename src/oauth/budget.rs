@@ -316,6 +316,27 @@ mod tests {
         assert_eq!(budget.try_acquire("loc"), Ok(()));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_settled_request_holds_its_place_from_its_answer() {
+        let limits = Limits {
+            burst: 1,
+            interval: Duration::from_secs(10),
+            daily: 100,
+        };
+        let budget = RateBudget::new(limits, false);
+        let sent = budget.try_take("loc").unwrap();
+        // HighLevel may have counted it as late as its answer.
+        tokio::time::advance(Duration::from_secs(4)).await;
+        budget.settle("loc", sent);
+        tokio::time::advance(Duration::from_secs(7)).await;
+        let wait = budget.try_take("loc").unwrap_err();
+        assert_eq!(wait, Duration::from_secs(3));
+        assert_eq!(
+            budget.view("loc").map(|(left, day, _)| (left, day)),
+            Some((0, 99))
+        );
+    }
+
     #[test]
     fn highlevels_headers_replace_what_the_budget_believed() {
         let budget = RateBudget::new(Limits::default(), false);
