@@ -327,14 +327,14 @@ async fn only_the_admin_token_and_proxy_tokens_open_the_proxy() {
         ("HLGATE_PROXY_TOKENS", "proxy-one, proxy-two"),
     ];
     let (_standin, app) = installed(&extra, &["loc-a"]).await;
-    let url = proxied(&app, "loc-a", "/contacts/c1");
-    let call = |token: Option<&'static str>| {
-        let mut r = app.http.get(&url);
+    let call_at = |url: String, token: Option<&'static str>| {
+        let mut r = app.http.get(url);
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }
         async move { r.send().await.unwrap() }
     };
+    let call = |token| call_at(proxied(&app, "loc-a", "/contacts/c1"), token);
     for token in [None, Some("proxy-three"), Some("")] {
         let (status, body) = json(call(token).await).await;
         assert_eq!(
@@ -346,13 +346,7 @@ async fn only_the_admin_token_and_proxy_tokens_open_the_proxy() {
         assert_eq!(call(Some(token)).await.status(), 200);
     }
     // A proxy token opens nothing else.
-    let r = app
-        .http
-        .get(app.admin_url("/v1/tenants"))
-        .bearer_auth("proxy-one")
-        .send()
-        .await
-        .unwrap();
+    let r = call_at(app.admin_url("/v1/tenants"), Some("proxy-one")).await;
     assert_eq!(r.status(), 401);
 }
 
@@ -433,13 +427,8 @@ async fn one_log_line_per_request_and_never_a_token_in_the_logs() {
         "http://{}/v1/highlevel/locLog/contacts/c9?q=private-query",
         process.admin
     );
-    let r = http
-        .get(&url)
-        .bearer_auth("proxy-s3cret")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let proxied = http.get(&url).bearer_auth("proxy-s3cret").send();
+    assert_eq!(proxied.await.unwrap().status(), 200);
 
     process.signal("TERM");
     assert!(process.child.wait().unwrap().success());
