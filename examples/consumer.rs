@@ -16,6 +16,14 @@
 //! Output, one line per message:
 //! `<ack|reject> <routing key> message_id=<id> schema=<x-hl-schema> signature=<verdict>`.
 //!
+//! With `--contacts`, the consumer also calls HighLevel through hlgate's API proxy for each
+//! verified event about a contact: `GET /contacts/{id}` for the event's tenant
+//! (`x-hl-tenant-id`), holding no token, adding no `Version` header, and sharing the tenant's
+//! rate limit with every other service of the app without seeing it. The proxy is
+//! `HLGATE_ADMIN_LISTEN`; the bearer `CONSUMER_PROXY_TOKEN` (one of `HLGATE_PROXY_TOKENS`), else
+//! `HLGATE_ADMIN_TOKEN`, else none (a loopback listener with neither set). The line then ends
+//! with `contact=<id> status=<HighLevel's status>`.
+//!
 //! The signature covers the delivery HighLevel sent. An element of a top-level array
 //! (`message_id` `<key>/<index>`) is published as its own compact JSON, which the signature
 //! does not cover, so it cannot be verified here: such elements are rejected unless
@@ -42,6 +50,7 @@ usage: cargo run --example consumer -- [options]
   --queue NAME              durable queue to declare and consume (default $CONSUMER_QUEUE,
                             else hlgate.consumer.example)
   --max N                   stop after N messages (default: run until Ctrl-C)
+  --contacts                fetch each contact event's contact through hlgate's API proxy
   --accept-array-elements   ack elements of array deliveries, which cannot be verified
                             (default: reject them)
 
@@ -54,6 +63,7 @@ struct Args {
     queue: String,
     max: Option<u64>,
     accept_array_elements: bool,
+    contacts: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -65,6 +75,7 @@ fn parse_args() -> Result<Args, String> {
             .unwrap_or_else(|| "hlgate.consumer.example".into()),
         max: None,
         accept_array_elements: false,
+        contacts: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -80,6 +91,7 @@ fn parse_args() -> Result<Args, String> {
                 );
             }
             "--accept-array-elements" => args.accept_array_elements = true,
+            "--contacts" => args.contacts = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown option {other}")),
         }
@@ -172,6 +184,42 @@ fn verify(verifier: &Verifier, delivery: &Delivery) -> Verdict {
     }
 }
 
+/// The contact an event is about: `contactId`, or the `id` of a contact event.
+fn contact_id(body: &[u8]) -> Option<String> {
+    let event: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let is_contact = event.get("type")?.as_str()?.starts_with("Contact");
+    let id = event
+        .get("contactId")
+        .or_else(|| is_contact.then(|| event.get("id")).flatten())?;
+    id.as_str().map(String::from)
+}
+
+/// HighLevel's status for the event's contact, fetched through hlgate's API proxy; `None` for
+/// an event about no contact.
+async fn fetch_contact(proxy: &Proxy, delivery: &Delivery) -> Option<String> {
+    let tenant = header_text(delivery, "x-hl-tenant-id")?;
+    let contact = contact_id(&delivery.data)?;
+    let mut request = proxy
+        .http
+        .get(format!("{}/{tenant}/contacts/{contact}", proxy.base));
+    if let Some(token) = &proxy.bearer {
+        request = request.bearer_auth(token);
+    }
+    // 429 `rate_limited` or 502 `upstream_unavailable` are hlgate's; anything else HighLevel's.
+    let status = match request.send().await {
+        Ok(answer) => answer.status().as_u16().to_string(),
+        Err(_) => "unreachable".into(),
+    };
+    Some(format!(" contact={contact} status={status}"))
+}
+
+/// Where hlgate's API proxy is and how to open it.
+struct Proxy {
+    http: reqwest::Client,
+    base: String,
+    bearer: Option<String>,
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = match parse_args() {
@@ -202,6 +250,14 @@ async fn run(args: Args) -> Result<(), String> {
         ed25519: settings.ingest.ed25519_keys.clone(),
         rsa: settings.ingest.rsa_keys.clone(),
         accept_legacy_rsa: settings.ingest.accept_legacy_rsa,
+    };
+
+    let proxy = Proxy {
+        http: reqwest::Client::new(),
+        base: format!("http://{}/v1/highlevel", settings.http.admin_listen),
+        bearer: std::env::var("CONSUMER_PROXY_TOKEN")
+            .ok()
+            .or_else(|| env.get("HLGATE_ADMIN_TOKEN").cloned()),
     };
 
     let properties = ConnectionProperties::default()
@@ -279,12 +335,17 @@ async fn run(args: Args) -> Result<(), String> {
             Verdict::ArrayElement => (args.accept_array_elements, "unverifiable"),
             Verdict::Failed(why) => (false, why),
         };
+        let contact = match (args.contacts, &verdict) {
+            (true, Verdict::Verified) => fetch_contact(&proxy, &delivery).await,
+            _ => None,
+        };
         println!(
-            "{} {} message_id={} schema={} signature={signature}",
+            "{} {} message_id={} schema={} signature={signature}{}",
             if ack { "ack" } else { "reject" },
             delivery.routing_key,
             message_id(&delivery),
             header_text(&delivery, "x-hl-schema").unwrap_or("-"),
+            contact.unwrap_or_default(),
         );
         if ack {
             delivery

@@ -25,6 +25,9 @@ use hlgate::store::Store;
 #[allow(dead_code)]
 #[path = "../tests/api/highlevel.rs"]
 mod highlevel;
+#[allow(dead_code)]
+#[path = "../tests/api/hlapi.rs"]
+mod hlapi;
 
 const USAGE: &str = "\
 usage: cargo run --release --example tenants -- [options]

@@ -317,6 +317,9 @@ struct StoredTenants {
     /// `None` when no key exists and nothing was ever sealed.
     vault: Option<oauth::Vault>,
     installs: crate::store::KeyedTree,
+    /// The proxy's budget lives in the gateway's memory only: a stopped gateway's tenants
+    /// start again with the configured one.
+    rate: oauth::RateView,
 }
 
 impl StoredTenants {
@@ -345,12 +348,17 @@ impl StoredTenants {
                     .into())
             }
         };
-        Ok(StoredTenants { vault, installs })
+        let rate = oauth::RateView::starting(settings.api.burst, settings.api.daily);
+        Ok(StoredTenants {
+            vault,
+            installs,
+            rate,
+        })
     }
 
     /// What `GET /v1/tenants` would answer for `query`: never a token.
     fn page(&self, query: &oauth::PageQuery) -> Result<serde_json::Value, String> {
-        let page = match &self.vault {
+        let mut page = match &self.vault {
             Some(vault) => oauth::tenant_page(vault, &self.installs, query)
                 .map_err(|e| format!("cannot read the token vault: {e}"))?,
             None => oauth::TenantPage {
@@ -359,6 +367,9 @@ impl StoredTenants {
                 next: None,
             },
         };
+        for view in &mut page.tenants {
+            view.rate = Some(self.rate.clone());
+        }
         serde_json::to_value(page).map_err(|e| e.to_string())
     }
 }

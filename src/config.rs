@@ -112,6 +112,27 @@ pub struct OAuthSettings {
     pub app_wide_budget: bool,
 }
 
+/// The HighLevel API proxy (`/v1/highlevel/{tenant}/…` on the admin listener).
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    /// Where proxied requests go.
+    pub base_url: String,
+    /// The `Version` header added when the caller sent none.
+    pub version: String,
+    /// Bearer tokens that open the proxy and nothing else.
+    pub proxy_tokens: Vec<Secret>,
+    /// Requests per tenant per burst interval until HighLevel says otherwise.
+    pub burst: usize,
+    /// Requests per tenant per day until HighLevel says otherwise.
+    pub daily: u64,
+    /// Longest a request waits for its tenant's budget before it gets 429.
+    pub max_wait: Duration,
+    /// Time allowed for one upstream call, answer included.
+    pub timeout: Duration,
+    /// Larger request bodies get 413 (bytes).
+    pub max_body_bytes: usize,
+}
+
 /// Tracing output.
 #[derive(Clone, Debug)]
 pub struct LogSettings {
@@ -128,6 +149,7 @@ pub struct Settings {
     pub store: StoreSettings,
     pub amqp: AmqpSettings,
     pub oauth: OAuthSettings,
+    pub api: ApiSettings,
     /// Schema validation mode.
     pub schema_mode: SchemaMode,
     pub log: LogSettings,
@@ -233,6 +255,17 @@ specs! {
         |s| s.oauth.refresh_concurrency.to_string();
     TOKEN_APP_WIDE_BUDGET: "HLGATE_TOKEN_APP_WIDE_BUDGET", Some("false"),
         |s| s.oauth.app_wide_budget.to_string();
+    API_BASE_URL: "HLGATE_API_BASE_URL", Some("https://services.leadconnectorhq.com"),
+        |s| s.api.base_url.clone();
+    API_VERSION: "HLGATE_API_VERSION", Some("2021-07-28"), |s| s.api.version.clone();
+    PROXY_TOKENS: "HLGATE_PROXY_TOKENS", None,
+        |s| format!("{} token(s)", s.api.proxy_tokens.len());
+    API_BURST: "HLGATE_API_BURST", Some("100"), |s| s.api.burst.to_string();
+    API_DAILY: "HLGATE_API_DAILY", Some("200000"), |s| s.api.daily.to_string();
+    API_MAX_WAIT: "HLGATE_API_MAX_WAIT", Some("10s"), |s| format_duration(s.api.max_wait);
+    API_TIMEOUT: "HLGATE_API_TIMEOUT", Some("30s"), |s| format_duration(s.api.timeout);
+    API_MAX_BODY_BYTES: "HLGATE_API_MAX_BODY_BYTES", Some("10485760"),
+        |s| s.api.max_body_bytes.to_string();
     LOG: "HLGATE_LOG", Some("info"), |s| s.log.filter.clone();
     LOG_FORMAT: "HLGATE_LOG_FORMAT", Some("json"), |s| match s.log.format {
         LogFormat::Json => "json".into(),
@@ -398,6 +431,23 @@ impl Settings {
                 refresh_concurrency: s.parsed(&TOKEN_REFRESH_CONCURRENCY, parse_positive)?,
                 app_wide_budget: s.parsed(&TOKEN_APP_WIDE_BUDGET, parse_bool)?,
             },
+            api: ApiSettings {
+                base_url: s.parsed(&API_BASE_URL, parse_url)?,
+                version: s.parsed(&API_VERSION, |t| Ok(t.to_string()))?,
+                // Comma-separated; blanks between commas are no token.
+                proxy_tokens: s.optional(&PROXY_TOKENS)?.map_or_else(Vec::new, |t| {
+                    t.split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(Secret::new)
+                        .collect()
+                }),
+                burst: s.parsed(&API_BURST, parse_positive)?,
+                daily: s.parsed(&API_DAILY, parse_positive)?,
+                max_wait: s.parsed(&API_MAX_WAIT, parse_duration)?,
+                timeout: s.parsed(&API_TIMEOUT, parse_nonzero_duration)?,
+                max_body_bytes: s.parsed(&API_MAX_BODY_BYTES, parse_positive)?,
+            },
             log: LogSettings {
                 filter: s.parsed(&LOG, |t| Ok(t.to_string()))?,
                 format: s.parsed(&LOG_FORMAT, parse_log_format)?,
@@ -508,6 +558,7 @@ mod tests {
             None,
             &env(&[
                 ("HLGATE_ADMIN_TOKEN", "admin-s3cret"),
+                ("HLGATE_PROXY_TOKENS", "proxy-s3cret, other-s3cret"),
                 ("HLGATE_CLIENT_ID", "app-1"),
                 ("HLGATE_CLIENT_SECRET", "client-s3cret"),
                 ("HLGATE_AMQP_URL", "amqp://user:amqp-s3cret@host:5672/%2f"),
@@ -521,7 +572,13 @@ mod tests {
         let debug = format!("{s:?}");
         let described = format!("{:?}", s.describe());
         for text in [debug, described] {
-            for secret in ["admin-s3cret", "client-s3cret", "amqp-s3cret", "AAECAw"] {
+            for secret in [
+                "admin-s3cret",
+                "proxy-s3cret",
+                "client-s3cret",
+                "amqp-s3cret",
+                "AAECAw",
+            ] {
                 assert!(!text.contains(secret), "{secret} leaked");
             }
         }

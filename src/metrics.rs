@@ -104,6 +104,11 @@ pub struct Metrics {
     pub broker_connected: AtomicBool,
     schema: [AtomicU64; 3],
     token_refresh: Mutex<BTreeMap<&'static str, u64>>,
+    api_requests: Mutex<BTreeMap<&'static str, u64>>,
+    /// Time proxied requests waited for their tenant's rate budget.
+    pub api_wait_seconds: Histogram,
+    /// Time HighLevel took to answer proxied requests (headers), retries included.
+    pub api_upstream_seconds: Histogram,
 }
 
 /// Values read from elsewhere at scrape time.
@@ -139,6 +144,11 @@ impl Metrics {
     pub fn token_refresh(&self, result: &'static str) {
         let mut map = self.token_refresh.lock().expect("metrics lock");
         *map.entry(result).or_default() += 1;
+    }
+
+    pub fn api_request(&self, outcome: &'static str) {
+        let mut map = self.api_requests.lock().expect("metrics lock");
+        *map.entry(outcome).or_default() += 1;
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -257,6 +267,27 @@ impl Metrics {
         for (result, n) in self.token_refresh.lock().expect("metrics lock").iter() {
             let _ = writeln!(out, "hlgate_token_refresh_total{{result=\"{result}\"}} {n}");
         }
+        counter(
+            &mut out,
+            "hlgate_api_requests_total",
+            "Proxied HighLevel API requests by outcome.",
+        );
+        for (outcome, n) in self.api_requests.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "hlgate_api_requests_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        self.api_wait_seconds.render(
+            &mut out,
+            "hlgate_api_wait_seconds",
+            "Time proxied requests waited for their tenant's rate budget.",
+        );
+        self.api_upstream_seconds.render(
+            &mut out,
+            "hlgate_api_upstream_seconds",
+            "Time HighLevel took to answer proxied requests.",
+        );
         gauge(&mut out, "hlgate_tenants", "Tenants by token state.");
         for (state, n) in &gauges.tenants {
             let _ = writeln!(out, "hlgate_tenants{{state=\"{state}\"}} {n}");

@@ -11,12 +11,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Settings;
-use crate::highlevel::HighLevelClient;
+use crate::highlevel::{ApiClient, HighLevelClient};
 use crate::http::{self, AdminState, BindError, PublicState, Servers};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::oauth::{
-    refresher, vault, Hooks, InstallSettings, TokenService, TokenServiceParts, Vault, VaultError,
+    refresher, vault, Hooks, InstallSettings, Proxy, ProxySettings, TokenService,
+    TokenServiceParts, Vault, VaultError,
 };
 use crate::publish::{relay, Relay, RelayConfig};
 use crate::schema::Schemas;
@@ -113,6 +114,21 @@ fn token_service(
     Ok(service)
 }
 
+/// The HighLevel API proxy, on the token module's tokens.
+fn proxy(settings: &Settings, tokens: &Arc<TokenService>, metrics: &Arc<Metrics>) -> Proxy {
+    let api = &settings.api;
+    Proxy::new(
+        tokens.clone(),
+        ApiClient::new(&api.base_url, &api.version, api.timeout),
+        ProxySettings {
+            burst: api.burst,
+            daily: api.daily,
+            max_wait: api.max_wait,
+        },
+        metrics.clone(),
+    )
+}
+
 /// Damage about events already accepted does not stop the gateway: refusing to start would
 /// lose the webhooks still coming as well. It is reported until an operator accepts it.
 fn report_damage(store: &Store) {
@@ -170,6 +186,9 @@ impl Application {
                 admin_token: settings.http.admin_token.clone(),
                 outbox_max_events: settings.store.outbox_max_events,
                 tokens: tokens.clone(),
+                proxy: Arc::new(proxy(&settings, &tokens, &metrics)),
+                proxy_tokens: settings.api.proxy_tokens.clone(),
+                proxy_max_body_bytes: settings.api.max_body_bytes,
             },
         )?;
 

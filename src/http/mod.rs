@@ -2,12 +2,14 @@
 //! listener, and the one mapping from errors to HTTP answers.
 //!
 //! `server` builds both listeners and assembles their routes; the handler files (`public`,
-//! `oauth`, `admin`) share only `state` and `error`, never each other.
+//! `oauth`, `admin`, `proxy`) share only `state`, `auth` and `error`, never each other.
 
 pub mod admin;
+mod auth;
 mod body;
 mod error;
 mod oauth;
+mod proxy;
 mod public;
 mod server;
 mod state;

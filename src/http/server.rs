@@ -12,7 +12,7 @@ use tracing::warn;
 
 use super::error::not_found;
 use super::state::{AdminState, PublicState};
-use super::{admin, oauth, public};
+use super::{admin, oauth, proxy, public};
 use crate::config::HttpSettings;
 
 /// A listener that could not be bound.
@@ -55,6 +55,11 @@ fn public_routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(public::routes).configure(oauth::routes);
 }
 
+/// The admin listener: operations, tokens and the HighLevel API proxy.
+fn admin_routes(cfg: &mut web::ServiceConfig) {
+    cfg.configure(admin::routes).configure(proxy::routes);
+}
+
 /// A server on `listener` whose handlers share `state`, with `/healthz` and a JSON 404.
 fn server<S: Send + Sync + 'static>(
     (listener, addr): (TcpListener, SocketAddr),
@@ -92,7 +97,7 @@ pub fn serve(
     let grace = settings.shutdown_grace.as_secs().max(1);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let public = server(public_bound, public_state, public_routes, workers, grace)?;
-    let admin = server(admin_bound, admin_state, admin::routes, 1, grace)?;
+    let admin = server(admin_bound, admin_state, admin_routes, 1, grace)?;
     Ok(Servers {
         public_addr,
         admin_addr,

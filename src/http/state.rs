@@ -7,7 +7,7 @@ use super::body::BodyBudget;
 use crate::config::{HttpSettings, Secret};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::oauth::TokenService;
+use crate::oauth::{Proxy, TokenService};
 use crate::store::Store;
 
 /// What the public handlers share.
@@ -42,4 +42,10 @@ pub struct AdminState {
     pub outbox_max_events: u64,
     /// The token vault and refresher; also counts tenants by state for `hlgate_tenants`.
     pub tokens: Arc<TokenService>,
+    /// The HighLevel API proxy.
+    pub proxy: Arc<Proxy>,
+    /// Tokens that open the proxy and nothing else.
+    pub proxy_tokens: Vec<Secret>,
+    /// Larger proxied request bodies get 413 (bytes).
+    pub proxy_max_body_bytes: usize,
 }

@@ -122,6 +122,45 @@ impl RateBudget {
         }
     }
 
+    /// [`RateBudget::try_acquire`] for the proxy (never app-wide): `Ok` says when the request
+    /// was counted, for [`RateBudget::settle`].
+    pub fn try_take(&self, key: &str) -> Result<Instant, Duration> {
+        self.take(&[key])?;
+        let windows = self.windows.lock().expect("budget lock");
+        Ok(*windows[key].sent.back().expect("just counted"))
+    }
+
+    /// How long until a request for `key` would fit, counting nothing.
+    pub fn try_peek(&self, key: &str) -> Duration {
+        let mut windows = self.windows.lock().expect("budget lock");
+        let now = Instant::now();
+        let wait = windows.get_mut(key).and_then(|w| w.wait(now));
+        wait.map_or(Duration::ZERO, |t| t - now)
+    }
+
+    /// A request counted at `sent` was answered: it holds its place in the window from now,
+    /// since HighLevel counted it on arrival, somewhere between the two.
+    pub fn settle(&self, key: &str, sent: Instant) {
+        let mut windows = self.windows.lock().expect("budget lock");
+        if let Some(w) = windows.get_mut(key) {
+            if let Some(i) = w.sent.iter().position(|t| *t == sent) {
+                w.sent.remove(i);
+                w.sent.push_back(Instant::now());
+            }
+        }
+    }
+
+    /// What the budget believes of `key` now: requests left in the burst window and today,
+    /// and when the burst window next has room. `None` for a key never used.
+    pub fn view(&self, key: &str) -> Option<(usize, u64, Option<Instant>)> {
+        let mut windows = self.windows.lock().expect("budget lock");
+        let w = windows.get_mut(key)?;
+        let now = Instant::now();
+        w.wait(now);
+        let reset = w.sent.front().map(|t| *t + w.interval);
+        Some((w.burst.saturating_sub(w.sent.len()), w.daily_left, reset))
+    }
+
     /// Counts a request that belongs to no tenant yet (a code exchange) against the app-wide
     /// budget, without waiting: when it is spent, `Err` says how long until it has room.
     pub fn try_acquire_app(&self) -> Result<(), Duration> {
@@ -275,6 +314,27 @@ mod tests {
         assert!(budget.try_acquire("loc").is_err());
         tokio::time::advance(DAY).await;
         assert_eq!(budget.try_acquire("loc"), Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_settled_request_holds_its_place_from_its_answer() {
+        let limits = Limits {
+            burst: 1,
+            interval: Duration::from_secs(10),
+            daily: 100,
+        };
+        let budget = RateBudget::new(limits, false);
+        let sent = budget.try_take("loc").unwrap();
+        // HighLevel may have counted it as late as its answer.
+        tokio::time::advance(Duration::from_secs(4)).await;
+        budget.settle("loc", sent);
+        tokio::time::advance(Duration::from_secs(7)).await;
+        let wait = budget.try_take("loc").unwrap_err();
+        assert_eq!(wait, Duration::from_secs(3));
+        assert_eq!(
+            budget.view("loc").map(|(left, day, _)| (left, day)),
+            Some((0, 99))
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - `kept`: what the service keeps in memory: records, and every tenant by due time and state.
 //! - `refresher`: the background schedule: due tenants, soonest first, a bounded number at once.
 //! - `budget`: the request budget per resource, fed by HighLevel's rate-limit headers.
+//! - `proxy`: the HighLevel API proxy without HTTP: token, rate governor, retries.
 //! - `vault`: token records encrypted at rest.
 
 pub mod budget;
@@ -16,6 +17,7 @@ mod flights;
 mod hooks;
 mod installs;
 mod kept;
+mod proxy;
 pub mod refresher;
 mod service;
 pub mod vault;
@@ -24,6 +26,9 @@ mod views;
 pub use budget::{retry_after_secs, Limits, RateBudget};
 pub use hooks::{Hooks, ATTACH_WAIT};
 pub use installs::{encode, pending_installs, InstallError, PendingInstall};
+pub use proxy::{
+    BodyError, Forward, Proxy, ProxyBody, ProxyError, ProxySettings, RateView, Timing,
+};
 pub use service::{InstallSettings, ServedToken, TokenError, TokenService, TokenServiceParts};
 pub use vault::{TenantState, TokenRecord, Vault, VaultError};
 pub use views::{

@@ -369,7 +369,10 @@ impl TokenService {
     }
 
     /// Spends the refresh token; the new pair is stored before it is returned.
-    async fn refresh_record(&self, mut record: TokenRecord) -> Result<TokenRecord, TokenError> {
+    pub(super) async fn refresh_record(
+        &self,
+        mut record: TokenRecord,
+    ) -> Result<TokenRecord, TokenError> {
         let kind = record.user_type;
         let Some(refresh_token) = record.refresh_token.clone() else {
             return self.recover(record).await;

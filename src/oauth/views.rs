@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use super::installs::{pending_installs, PendingInstall};
+use super::proxy::RateView;
 use super::service::TokenService;
 use super::vault::{now_secs, rfc3339, TenantState, TokenRecord, Vault, VaultError};
 use crate::highlevel::TenantKind;
@@ -24,6 +25,9 @@ pub struct TenantView {
     pub scope: Option<String>,
     pub last_error: Option<String>,
     pub updated_at: Option<String>,
+    /// The proxy's rate budget for the tenant; only a serving gateway knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateView>,
 }
 
 /// Tenants a page holds when the caller does not say.
@@ -76,6 +80,7 @@ fn view(record: Result<TokenRecord, String>) -> TenantView {
             scope: r.scope,
             last_error: r.last_error,
             updated_at: rfc3339(r.updated_at),
+            rate: None,
         },
         Err(tenant) => TenantView {
             tenant,
@@ -87,6 +92,7 @@ fn view(record: Result<TokenRecord, String>) -> TenantView {
             scope: None,
             last_error: Some("the record cannot be decrypted".into()),
             updated_at: None,
+            rate: None,
         },
     }
 }

@@ -52,6 +52,9 @@ pub struct State {
     pub refresh_tokens_seen: Vec<String>,
     /// Every token ever issued, to look for them where they must not be.
     pub issued: Vec<String>,
+    /// Each tenant's current access token: the API stand-in accepts no other.
+    pub current: HashMap<String, String>,
+    pub api: crate::hlapi::ApiState,
     counter: usize,
 }
 
@@ -76,6 +79,7 @@ impl State {
         self.issued.push(access.clone());
         self.issued.push(refresh.clone());
         self.access_tokens.insert(access.clone(), grant.clone());
+        self.current.insert(grant.tenant.clone(), access.clone());
         self.refresh_tokens
             .insert(refresh.clone(), (grant.clone(), false));
         let (location, company) = if grant.user_type == "Company" {
@@ -234,6 +238,7 @@ impl StandIn {
     pub async fn start() -> StandIn {
         let state = Arc::new(Mutex::new(State {
             expires_in: 86_399,
+            api: crate::hlapi::ApiState::new(),
             ..State::default()
         }));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -245,6 +250,7 @@ impl StandIn {
                 .route("/oauth/token", web::post().to(token))
                 .route("/oauth/locationToken", web::post().to(location_token))
                 .route("/oauth/reconnect", web::post().to(reconnect))
+                .configure(crate::hlapi::routes)
         })
         .workers(1)
         .disable_signals()
@@ -292,6 +298,11 @@ impl StandIn {
                 *used = true;
             }
         }
+    }
+
+    /// HighLevel stops accepting `tenant`'s access token (revoked, or expired early).
+    pub fn revoke(&self, tenant: &str) {
+        self.with(|s| s.current.insert(tenant.into(), "revoked".into()));
     }
 
     pub fn set_inactive(&self, tenant: &str, inactive: bool) {
