@@ -159,7 +159,11 @@ async fn forward(
     payload: web::Payload,
     state: web::Data<AdminState>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize_proxy(&req, &state.admin_token, &state.proxy_tokens)?;
+    // Refusals before the use case is reached are counted here, as it counts the rest.
+    if let Err(e) = authorize_proxy(&req, &state.admin_token, &state.proxy_tokens) {
+        state.metrics.api_request("unauthorized");
+        return Err(e);
+    }
     // The raw path, as the caller encoded it: HighLevel gets it unchanged.
     let rest = req.uri().path().strip_prefix(PREFIX).unwrap_or_default();
     let (tenant, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -170,7 +174,10 @@ async fn forward(
     }
     let max = state.proxy_max_body_bytes;
     let body = match declared_length(&req) {
-        Some(n) if n > max as u64 => return Err(too_large()),
+        Some(n) if n > max as u64 => {
+            state.metrics.api_request("client_error");
+            return Err(too_large());
+        }
         Some(0) => ProxyBody {
             first: ApiBody::Whole(web::Bytes::new()),
             whole: None,

@@ -31,6 +31,8 @@ pub struct ApiState {
     pub calls: HashMap<String, usize>,
     /// Statuses `/fail` answers, in order, before it answers 200.
     pub failures: VecDeque<u16>,
+    /// The method of every request that passed the checks, in order.
+    pub methods: Vec<String>,
 }
 
 impl ApiState {
@@ -43,6 +45,7 @@ impl ApiState {
             used_today: HashMap::new(),
             max_in_window: 0,
             limited: 0,
+            methods: Vec::new(),
             unauthorized: 0,
             calls: HashMap::new(),
             failures: VecDeque::new(),
@@ -145,6 +148,7 @@ async fn api(
             }
         };
         *s.api.calls.entry(path.clone()).or_default() += 1;
+        s.api.methods.push(req.method().to_string());
         let failure = (path == "/fail")
             .then(|| s.api.failures.pop_front())
             .flatten();

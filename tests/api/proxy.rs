@@ -225,6 +225,28 @@ async fn upstream_failures_are_retried_once_and_never_for_post() {
 }
 
 #[tokio::test]
+async fn head_goes_out_as_head_and_is_retried_once_like_get() {
+    let (standin, app) = installed(&[], &["loc-a"]).await;
+    let head = |path: &str| app.http.head(proxied(&app, "loc-a", path)).send();
+    let r = head("/contacts/c1").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.bytes().await.unwrap().is_empty(),
+        "a HEAD answer has no body"
+    );
+    assert_eq!(standin.with(|s| s.api.calls("/contacts/c1")), 1);
+    assert_eq!(standin.with(|s| s.api.methods.clone()), ["HEAD"]);
+
+    standin.with(|s| s.api.failures.extend([503, 200]));
+    assert_eq!(head("/fail").await.unwrap().status(), 200);
+    assert_eq!(
+        standin.with(|s| s.api.calls("/fail")),
+        2,
+        "HEAD is retried once"
+    );
+}
+
+#[tokio::test]
 async fn a_large_body_streams_both_ways() {
     let (_standin, app) = installed(&[], &["loc-a"]).await;
     let body: Vec<u8> = (0..5 << 20).map(|i| (i % 251) as u8).collect();
@@ -264,6 +286,11 @@ async fn refusals_answer_json_with_their_code() {
         .unwrap();
     assert_eq!(r.status(), 413);
     assert_eq!(standin.with(|s| s.api.calls("/echo")), 0);
+    let counted = metric(
+        &app.metrics_text().await,
+        r#"hlgate_api_requests_total{outcome="client_error"}"#,
+    );
+    assert_eq!(counted, 1.0, "a body refused by its length is counted");
 
     // A budget of two per window: the third request is refused without calling HighLevel.
     standin.with(|s| s.api.burst = 2);
@@ -348,6 +375,11 @@ async fn only_the_admin_token_and_proxy_tokens_open_the_proxy() {
     // A proxy token opens nothing else.
     let r = call_at(app.admin_url("/v1/tenants"), Some("proxy-one")).await;
     assert_eq!(r.status(), 401);
+    let counted = metric(
+        &app.metrics_text().await,
+        r#"hlgate_api_requests_total{outcome="unauthorized"}"#,
+    );
+    assert_eq!(counted, 3.0, "each refused caller is counted");
 }
 
 /// Another service of the app spends `tenant`'s window behind the proxy's back.
