@@ -324,6 +324,31 @@ async fn refusals_answer_json_with_their_code() {
 }
 
 #[tokio::test]
+async fn a_path_without_a_tenant_is_answered_404_and_reaches_nothing() {
+    let (standin, app) = installed(&[], &["loc-a"]).await;
+    // An empty tenant segment matches no route: the admin listener's JSON 404.
+    let cases = [
+        ("/v1/highlevel/", "not_found"),
+        ("/v1/highlevel//contacts/c1", "not_found"),
+        ("/v1/highlevel/%20/contacts/c1", "unknown_tenant"),
+    ];
+    for (path, code) in cases {
+        let r = app.http.get(app.admin_url(path)).send().await.unwrap();
+        let (status, body) = json(r).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (404, Some(code)),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        standin.with(|s| s.api.methods.len()),
+        0,
+        "HighLevel was called"
+    );
+}
+
+#[tokio::test]
 async fn tenants_whose_tokens_cannot_be_had_are_answered_409_or_503() {
     let (standin, app) = expiring(&["loc-gone", "loc-off", "loc-down"]).await;
     standin.set_inactive("loc-off", true);
