@@ -11,12 +11,19 @@
 //! Every event is signed before the clock starts, so signing costs nothing during the run.
 //! Only loopback targets are accepted: this tool is for local measurements.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hlgate::cli::SigningKey;
+
+mod cpu;
+mod queue;
+mod wire;
+
+use cpu::{loadavg, CpuSample};
+use queue::{bind_queue, delete_exchange, delete_queue};
+use wire::{presign, worker, Target, WorkerReport};
 
 /// How long one request may take before it counts as a transport error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -50,7 +57,9 @@ usage: cargo run --release --example load -- --key PATH [options]
                        only delete EXCHANGE (after stopping hlgate) and exit; needs no --key
   --delete-queue QUEUE only delete QUEUE and exit; needs no --key
   --watch NAMES        comma-separated process names whose CPU during the run is printed, each
-                       summed over its processes (default hlgate,beam.smp; from /proc)
+                       summed over its processes (default hlgate,beam.smp; from /proc); the
+                       first is the server under test: its CPU per answered 2xx is printed in
+                       all and by thread (http, writer, sled, tokio, lapin-io, jemalloc, ended)
 
 Default --events: duration x min(concurrency x 2000, 20000) events/s, at least 20000.
 ";
@@ -190,297 +199,6 @@ fn loopback_only(url: &str) -> Result<(), String> {
     }
 }
 
-/// A compact ContactCreate-like event of about `size` bytes with a unique `webhookId`.
-fn event(run: &str, i: usize, locations: usize, timestamp: &str, size: usize) -> Vec<u8> {
-    let head = format!(
-        concat!(
-            r#"{{"type":"ContactCreate","timestamp":"{ts}","webhookId":"load-{run}-{i:09}","#,
-            r#""locationId":"loadLoc{loc:05}","id":"c{run}{i:09}","address1":"3535 1st St N","#,
-            r#""city":"ruDolomitebika","state":"AL","companyName":"Loram ipsum","country":"DE","#,
-            r#""source":"xyz form","dateAdded":"{ts}","dateOfBirth":"2000-01-05T00:00:00.000Z","#,
-            r#""dnd":true,"email":"john.deo.{i}@example.com","name":"John Deo","#,
-            r#""firstName":"John","lastName":"Deo","phone":"+919509597501","#,
-            r#""postalCode":"452001","tags":["id magna sed Lorem","Duis dolor commodo aliqua"],"#,
-            r#""website":"https://www.example.com/","attachments":[],"#,
-            r#""assignedTo":"nmFmQEsNgz6AVpgLVUJ0","customFields":[{{"id":"BcdmQEsNgz6AVpgLVUJ0","#,
-            r#""value":"XYZ Corp"}},{{"id":"notes","value":""#
-        ),
-        ts = timestamp,
-        run = run,
-        i = i,
-        loc = i % locations,
-    );
-    let tail = r#""}]}"#;
-    let pad = size.saturating_sub(head.len() + tail.len());
-    let filler = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ";
-    let mut body = head;
-    body.extend(filler.chars().cycle().take(pad));
-    body.push_str(tail);
-    body.into_bytes()
-}
-
-/// The pre-built requests: each one as it goes on the wire (request line, headers, body).
-struct Signed {
-    header: &'static str,
-    body_len: usize,
-    requests: Vec<Vec<u8>>,
-}
-
-/// Where the requests go: `host:port` (to connect to, and as the `Host` header) and the path.
-struct Target {
-    authority: String,
-    path: String,
-}
-
-impl Target {
-    fn parse(url: &str) -> Result<Self, String> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
-        if parsed.scheme() != "http" {
-            return Err(format!("{url}: only http:// is supported"));
-        }
-        let host = parsed.host_str().unwrap_or_default().to_string();
-        let port = parsed.port_or_known_default().unwrap_or(80);
-        let mut path = parsed.path().to_string();
-        if let Some(q) = parsed.query() {
-            path = format!("{path}?{q}");
-        }
-        Ok(Target {
-            authority: format!("{host}:{port}"),
-            path,
-        })
-    }
-}
-
-/// One request on the wire, built once so that posting it costs one write.
-fn wire_request(target: &Target, header: &str, sig: &str, body: &[u8]) -> Vec<u8> {
-    let head = format!(
-        "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n{header}: {sig}\r\n\
-         content-length: {}\r\n\r\n",
-        target.path,
-        target.authority,
-        body.len()
-    );
-    let mut request = Vec::with_capacity(head.len() + body.len());
-    request.extend_from_slice(head.as_bytes());
-    request.extend_from_slice(body);
-    request
-}
-
-/// Builds and signs `n` events on all cores.
-fn presign(key: &SigningKey, target: &Target, n: usize, size: usize, locations: usize) -> Signed {
-    let run = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0)
-    );
-    let timestamp = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let chunk = n.div_ceil(threads).max(1);
-    let header = key.sign(b"{}").0;
-    let mut requests = Vec::with_capacity(n);
-    let mut body_len = 0;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .step_by(chunk)
-            .map(|from| {
-                let (run, timestamp) = (&run, &timestamp);
-                s.spawn(move || {
-                    (from..(from + chunk).min(n))
-                        .map(|i| {
-                            let body = event(run, i, locations, timestamp, size);
-                            let (_, sig) = key.sign(&body);
-                            (body.len(), wire_request(target, header, &sig, &body))
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for h in handles {
-            for (len, request) in h.join().expect("signing thread") {
-                body_len = len;
-                requests.push(request);
-            }
-        }
-    });
-    Signed {
-        header,
-        body_len,
-        requests,
-    }
-}
-
-/// One keep-alive HTTP/1.1 connection. Requests are written whole and answers read by
-/// `content-length`, so the client costs next to nothing beside the server it measures.
-struct Connection {
-    stream: tokio::net::TcpStream,
-    buf: Vec<u8>,
-}
-
-/// An answer: its status, whether its body says `accepted` or `duplicate`, and whether the
-/// server will close the connection after it.
-struct Answer {
-    status: u16,
-    outcome: Option<&'static str>,
-    close: bool,
-}
-
-impl Connection {
-    async fn open(addr: &str) -> Result<Self, String> {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        stream
-            .set_nodelay(true)
-            .map_err(|e| format!("nodelay: {e}"))?;
-        Ok(Connection {
-            stream,
-            buf: Vec::with_capacity(4096),
-        })
-    }
-
-    async fn exchange(&mut self, request: &[u8]) -> Result<Answer, String> {
-        use tokio::io::AsyncWriteExt;
-        self.stream
-            .write_all(request)
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        self.buf.clear();
-        let head_end = loop {
-            if let Some(at) = find(&self.buf, b"\r\n\r\n") {
-                break at + 4;
-            }
-            self.fill().await?;
-        };
-        let head = std::str::from_utf8(&self.buf[..head_end])
-            .map_err(|_| "answer head is not UTF-8".to_string())?;
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| format!("bad status line in {head:?}"))?;
-        let mut length = None;
-        let mut close = false;
-        for line in lines {
-            let Some((name, value)) = line.split_once(':') else {
-                continue;
-            };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.parse::<usize>().ok();
-            } else if name.eq_ignore_ascii_case("connection") {
-                close = value.eq_ignore_ascii_case("close");
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                return Err(format!("transfer-encoding {value} is not supported"));
-            }
-        }
-        let length = length.ok_or_else(|| format!("no content-length in {head:?}"))?;
-        while self.buf.len() < head_end + length {
-            self.fill().await?;
-        }
-        let body = &self.buf[head_end..head_end + length];
-        let outcome = if find(body, b"\"accepted\"").is_some() {
-            Some("accepted")
-        } else if find(body, b"\"duplicate\"").is_some() {
-            Some("duplicate")
-        } else {
-            None
-        };
-        Ok(Answer {
-            status,
-            outcome,
-            close,
-        })
-    }
-
-    async fn fill(&mut self) -> Result<(), String> {
-        use tokio::io::AsyncReadExt;
-        let n = self
-            .stream
-            .read_buf(&mut self.buf)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        if n == 0 {
-            return Err("connection closed by the server".into());
-        }
-        Ok(())
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-#[derive(Default)]
-struct WorkerReport {
-    latencies_us: Vec<u32>,
-    statuses: BTreeMap<u16, u64>,
-    accepted: u64,
-    duplicates: u64,
-    errors: u64,
-    first_error: Option<String>,
-}
-
-async fn worker(
-    target: Arc<Target>,
-    signed: Arc<Signed>,
-    next: Arc<AtomicUsize>,
-    ran_out: Arc<AtomicBool>,
-    deadline: Instant,
-) -> WorkerReport {
-    let mut r = WorkerReport {
-        latencies_us: Vec::with_capacity(64 * 1024),
-        ..WorkerReport::default()
-    };
-    let mut connection: Option<Connection> = None;
-    while Instant::now() < deadline {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some(request) = signed.requests.get(i) else {
-            ran_out.store(true, Ordering::Relaxed);
-            break;
-        };
-        let started = Instant::now();
-        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, async {
-            let open = match &mut connection {
-                Some(open) => open,
-                None => connection.insert(Connection::open(&target.authority).await?),
-            };
-            open.exchange(request).await
-        })
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_TIMEOUT:?}")));
-        let elapsed = started.elapsed();
-        match outcome {
-            Ok(answer) => {
-                r.latencies_us
-                    .push(elapsed.as_micros().min(u32::MAX as u128) as u32);
-                *r.statuses.entry(answer.status).or_default() += 1;
-                if answer.status == 200 {
-                    match answer.outcome {
-                        Some("accepted") => r.accepted += 1,
-                        Some("duplicate") => r.duplicates += 1,
-                        _ => {}
-                    }
-                }
-                if answer.close {
-                    connection = None;
-                }
-            }
-            Err(e) => {
-                // A broken or timed-out connection is not reused: the next request opens another.
-                connection = None;
-                r.errors += 1;
-                r.first_error.get_or_insert(e);
-            }
-        }
-    }
-    r
-}
-
 /// Reads one sample from Prometheus text: `name` is the metric with its labels, as printed.
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
@@ -522,241 +240,12 @@ async fn snapshot(client: &reqwest::Client, args: &Args) -> Result<Snapshot, Str
     })
 }
 
-/// The queue `--bind` makes: durable and classic (`--queue-version`, `--queue-mode`), like the
-/// AMQP baseline's.
-struct BoundQueue {
-    connection: lapin::Connection,
-    channel: lapin::Channel,
-    name: String,
-}
-
-async fn amqp_channel(url: &str) -> Result<(lapin::Connection, lapin::Channel), String> {
-    let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
-        .await
-        .map_err(|e| format!("RabbitMQ {url}: {e}"))?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| format!("RabbitMQ channel: {e}"))?;
-    Ok((connection, channel))
-}
-
-async fn bind_queue(
-    url: &str,
-    exchange: &str,
-    version: Option<u8>,
-    lazy: bool,
-) -> Result<BoundQueue, String> {
-    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::{AMQPValue, FieldTable};
-    let (connection, channel) = amqp_channel(url).await?;
-    // The exchange must exist already (hlgate declares it at start-up).
-    channel
-        .exchange_declare(
-            exchange.into(),
-            lapin::ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| format!("exchange {exchange} (is hlgate running?): {e}"))?;
-    let name = format!("hlgate.load.{}", std::process::id());
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("classic".into()),
-    );
-    if let Some(version) = version {
-        arguments.insert("x-queue-version".into(), AMQPValue::LongInt(version.into()));
-    }
-    if lazy {
-        arguments.insert("x-queue-mode".into(), AMQPValue::LongString("lazy".into()));
-    }
-    channel
-        .queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            arguments,
-        )
-        .await
-        .map_err(|e| format!("queue {name}: {e}"))?;
-    channel
-        .queue_bind(
-            name.as_str().into(),
-            exchange.into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| format!("binding {name} to {exchange}: {e}"))?;
-    Ok(BoundQueue {
-        connection,
-        channel,
-        name,
-    })
-}
-
-impl BoundQueue {
-    async fn message_count(&self) -> Result<u32, String> {
-        use lapin::options::QueueDeclareOptions;
-        self.channel
-            .queue_declare(
-                self.name.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .map(|q| q.message_count())
-            .map_err(|e| format!("queue {}: {e}", self.name))
-    }
-
-    async fn delete(self) -> Result<(), String> {
-        let deleted = self
-            .channel
-            .queue_delete(self.name.as_str().into(), Default::default())
-            .await
-            .map_err(|e| format!("deleting queue {}: {e}", self.name));
-        let _ = self.connection.close(200, "done".into()).await;
-        deleted.map(|_| ())
-    }
-}
-
-async fn delete_queue(url: &str, queue: &str) -> Result<(), String> {
-    if !queue.starts_with("hlgate.load.") {
-        return Err(format!(
-            "refusing to delete {queue:?}: only this tool's hlgate.load.* queues"
-        ));
-    }
-    let (connection, channel) = amqp_channel(url).await?;
-    let deleted = channel
-        .queue_delete(queue.into(), Default::default())
-        .await
-        .map_err(|e| format!("deleting queue {queue}: {e}"));
-    let _ = connection.close(200, "done".into()).await;
-    let count = deleted?;
-    println!("deleted queue {queue} ({count} messages)");
-    Ok(())
-}
-
-async fn delete_exchange(url: &str, exchange: &str) -> Result<(), String> {
-    if exchange.starts_with("amq.") || exchange == "highlevel.unrouted" || exchange.is_empty() {
-        return Err(format!("refusing to delete {exchange:?}"));
-    }
-    let (connection, channel) = amqp_channel(url).await?;
-    let deleted = channel
-        .exchange_delete(exchange.into(), Default::default())
-        .await
-        .map_err(|e| format!("deleting exchange {exchange}: {e}"));
-    let _ = connection.close(200, "done".into()).await;
-    deleted?;
-    println!("deleted exchange {exchange}");
-    Ok(())
-}
-
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
-}
-
-/// CPU time (user + system, seconds) of one process from `/proc/<pid>/stat`, which counts in
-/// USER_HZ (100 per second on Linux), with the process's name; `None` elsewhere.
-fn cpu_seconds(pid: &str) -> Option<(String, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The name is in parentheses and may hold spaces; the fields follow it.
-    let name = &stat[stat.find('(')? + 1..stat.rfind(')')?];
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some((name.to_string(), ticks / 100.0))
-}
-
-/// Where the machine's CPU went: this tool, the processes named in `--watch` (summed by name),
-/// and how much stayed idle, from `/proc`.
-#[derive(Clone, Default)]
-struct CpuSample {
-    own: f64,
-    watched: BTreeMap<String, f64>,
-    /// Idle and total jiffies of the whole machine (`/proc/stat`, first line).
-    idle: f64,
-    total: f64,
-}
-
-impl CpuSample {
-    fn take(watch: &[String]) -> Option<CpuSample> {
-        let own = cpu_seconds("self")?.1;
-        let mut watched: BTreeMap<String, f64> = watch.iter().map(|w| (w.clone(), 0.0)).collect();
-        if let Ok(dir) = std::fs::read_dir("/proc") {
-            for entry in dir.flatten() {
-                let pid = entry.file_name();
-                let Some(pid) = pid
-                    .to_str()
-                    .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
-                else {
-                    continue;
-                };
-                if let Some((name, secs)) = cpu_seconds(pid) {
-                    if let Some(sum) = watched.get_mut(&name) {
-                        *sum += secs;
-                    }
-                }
-            }
-        }
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let jiffies: Vec<f64> = stat
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        let idle = jiffies.get(3)? + jiffies.get(4).unwrap_or(&0.0);
-        Some(CpuSample {
-            own,
-            watched,
-            idle,
-            total: jiffies.iter().sum(),
-        })
-    }
-
-    /// Per cent of one core each used between `self` and `later`, over `secs`, and the share
-    /// of the whole machine that stayed idle. A process that started or ended in between is
-    /// counted only for the time it was seen at both ends.
-    /// Returns the tool's own share, all shares as one line, and the idle share.
-    fn usage(&self, later: &CpuSample, secs: f64) -> (String, String, String) {
-        let pct = |a: f64, b: f64| format!("{:.0}%", (b - a).max(0.0) / secs * 100.0);
-        let own = pct(self.own, later.own);
-        let mut parts = vec![format!("load {own}")];
-        for (name, before) in &self.watched {
-            if let Some(after) = later.watched.get(name) {
-                parts.push(format!("{name} {}", pct(*before, *after)));
-            }
-        }
-        let total = later.total - self.total;
-        let idle = if total > 0.0 {
-            format!("{:.0}%", (later.idle - self.idle) / total * 100.0)
-        } else {
-            "n/a".into()
-        };
-        (own, parts.join(", "), idle)
-    }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "n/a".into())
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -860,13 +349,17 @@ async fn run(args: Args) -> Result<(), String> {
     let elapsed = start.elapsed();
     let ended = Instant::now();
     let cpu_after = CpuSample::take(&args.watch);
-    let (tool_cpu, cpu_split) = match (&cpu_before, &cpu_after) {
-        (Some(a), Some(b)) => {
-            let (tool, split, idle) = a.usage(b, elapsed.as_secs_f64());
-            (tool, format!("{split}; machine idle {idle}"))
-        }
-        _ => ("n/a".into(), "n/a".into()),
+    let usage = match (&cpu_before, &cpu_after) {
+        (Some(a), Some(b)) => Some(a.usage(b, elapsed.as_secs_f64())),
+        _ => None,
     };
+    let tool_cpu = usage.as_ref().map_or("n/a".into(), |u| u.own());
+    let cpu_split = usage.as_ref().map_or("n/a".into(), |u| u.line());
+    // The gateway under test is the first watched name.
+    let served = args.watch.first().map(String::as_str).unwrap_or("hlgate");
+    let per_event = usage
+        .as_ref()
+        .and_then(|u| u.per_event(served, total.accepted + total.duplicates));
     let load_at_end = loadavg();
 
     let mut lat = std::mem::take(&mut total.latencies_us);
@@ -907,6 +400,13 @@ async fn run(args: Args) -> Result<(), String> {
     println!("latency ms: p50={p50:.2} p90={p90:.2} p99={p99:.2} max={max:.2}");
     println!("loadavg at end of run: {load_at_end}");
     println!("CPU during the run, % of one core: {cpu_split}");
+    let (cpu_us, split) = match &per_event {
+        Some((us, split)) => {
+            println!("{served} CPU per answered 2xx: {us:.1} µs ({split})");
+            (format!("{us:.1}us"), split.clone())
+        }
+        None => ("n/a".into(), "n/a".into()),
+    };
 
     // Drain: how long until the relay has confirmed everything this run put in the outbox.
     let at_end = match before {
@@ -1004,8 +504,8 @@ async fn run(args: Args) -> Result<(), String> {
     println!(
         "SUMMARY c={} dur={secs:.1}s size={body_len}B accepted={} rate={rate:.0}/s \
          p50={p50:.2}ms p90={p90:.2}ms p99={p99:.2}ms max={max:.2}ms non2xx={non_2xx} \
-         errors={} published={published} queued={queued} drain={drain} e2e={e2e} tool_cpu={tool_cpu} \
-         loadavg=[{load_at_end}]",
+         errors={} published={published} queued={queued} drain={drain} e2e={e2e} cpu={cpu_us} \
+         cpu_split=[{split}] tool_cpu={tool_cpu} loadavg=[{load_at_end}]",
         args.concurrency, total.accepted, total.errors
     );
     Ok(())
