@@ -74,10 +74,14 @@ impl Ingest {
         body: &[u8],
         headers: SignatureHeaders<'_>,
     ) -> Result<Receipt, IngestError> {
-        let verified = self.verifier.verify(body, headers).map_err(|e| match e {
-            VerifyError::Missing => IngestError::MissingSignature,
-            VerifyError::Invalid => IngestError::InvalidSignature,
-        })?;
+        let verified = self
+            .verifier
+            .verify_gathered(body, headers)
+            .await
+            .map_err(|e| match e {
+                VerifyError::Missing => IngestError::MissingSignature,
+                VerifyError::Invalid => IngestError::InvalidSignature,
+            })?;
         if verified.used_fallback() {
             self.metrics
                 .signature_fallback

@@ -184,6 +184,27 @@ impl Metrics {
             "hlgate_signature_fallback_total {}",
             self.signature_fallback.load(Ordering::Relaxed)
         );
+        let batched = crate::verify::batch::counts();
+        for (name, help, n) in [
+            (
+                "hlgate_signature_batches_total",
+                "Ed25519 batches verified (signatures of requests that arrived together).",
+                batched.batches,
+            ),
+            (
+                "hlgate_signature_batched_total",
+                "Signatures in those batches.",
+                batched.signatures,
+            ),
+            (
+                "hlgate_signature_batches_failed_total",
+                "Batches that did not hold; their signatures were checked one by one.",
+                batched.failed,
+            ),
+        ] {
+            counter(&mut out, name, help);
+            let _ = writeln!(out, "{name} {n}");
+        }
         gauge(
             &mut out,
             "hlgate_outbox_depth",

@@ -1,15 +1,19 @@
 //! Pure signature checks: Ed25519 (`X-GHL-Signature`) and legacy RSA-SHA256 (`X-WH-Signature`).
 //!
-//! Keys are decoded once, at start-up: Ed25519 keys into decompressed points
-//! (`ed25519-dalek`, which verifies in about three quarters of the time `ring` takes and keeps
-//! the parsed key; `ring` parses it again on every call), RSA keys into the PKCS#1 form `ring`
-//! verifies with. Only a [`Verified`] body may reach the store, and only this module can make
-//! one.
+//! Keys are decoded once, at start-up: Ed25519 keys into decompressed points ([`ed25519`]),
+//! RSA keys into the PKCS#1 form `ring` verifies with. Ed25519 signatures of requests that
+//! arrive together are verified together ([`batch`]). Only a [`Verified`] body may reach the
+//! store, and only this module can make one.
 
+pub mod batch;
 mod compact;
+pub mod ed25519;
 pub mod pem;
 
 pub use compact::compact_json;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use base64::Engine;
 use ring::signature::{self, UnparsedPublicKey};
@@ -52,21 +56,21 @@ impl Scheme {
 pub struct Keyring {
     scheme: Scheme,
     keys: Vec<PublicKey>,
+    /// The Ed25519 key that verified last: the one a batch assumes (during a key rotation,
+    /// HighLevel signs with one key at a time).
+    recent: Arc<AtomicUsize>,
 }
 
 #[derive(Clone)]
 enum PublicKey {
-    Ed25519(ed25519_dalek::VerifyingKey),
+    Ed25519(ed25519::Key),
     Rsa(UnparsedPublicKey<Vec<u8>>),
 }
 
 impl PublicKey {
-    /// Ed25519 as RFC 8032 and `ring` check it: canonical `S`, `R` compared by encoding, no
-    /// cofactor.
     fn verifies(&self, message: &[u8], sig: &[u8]) -> bool {
         match self {
-            PublicKey::Ed25519(key) => ed25519_dalek::Signature::from_slice(sig)
-                .is_ok_and(|sig| ed25519_dalek::Verifier::verify(key, message, &sig).is_ok()),
+            PublicKey::Ed25519(key) => key.verifies(message, sig),
             PublicKey::Rsa(key) => key.verify(message, sig).is_ok(),
         }
     }
@@ -111,14 +115,15 @@ impl Keyring {
         for (i, block) in public_blocks(text)?.into_iter().enumerate() {
             let key = block
                 .strip_prefix(&ED25519_SPKI_PREFIX[..])
-                .and_then(|raw| <&[u8; 32]>::try_from(raw).ok())
-                .and_then(|raw| ed25519_dalek::VerifyingKey::from_bytes(raw).ok())
+                .and_then(|raw| <[u8; 32]>::try_from(raw).ok())
+                .and_then(ed25519::Key::from_bytes)
                 .ok_or(KeyringError::NotEd25519(i + 1))?;
             keys.push(PublicKey::Ed25519(key));
         }
         Ok(Keyring {
             scheme: Scheme::Ed25519,
             keys,
+            recent: Arc::default(),
         })
     }
 
@@ -138,6 +143,7 @@ impl Keyring {
         Ok(Keyring {
             scheme: Scheme::RsaSha256,
             keys,
+            recent: Arc::default(),
         })
     }
 
@@ -150,7 +156,30 @@ impl Keyring {
     }
 
     fn verifies(&self, message: &[u8], sig: &[u8]) -> bool {
-        self.keys.iter().any(|k| k.verifies(message, sig))
+        let recent = self.recent.load(Ordering::Relaxed);
+        let order = self
+            .keys
+            .iter()
+            .enumerate()
+            .skip(recent)
+            .chain(self.keys.iter().enumerate().take(recent));
+        for (i, key) in order {
+            if key.verifies(message, sig) {
+                if i != recent {
+                    self.recent.store(i, Ordering::Relaxed);
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// What a batch needs of `sig` over `message`, by the key that verified last.
+    fn batch_item(&self, message: &[u8], sig: &[u8]) -> Option<ed25519_zebra::batch::Item> {
+        match self.keys.get(self.recent.load(Ordering::Relaxed))? {
+            PublicKey::Ed25519(key) => key.item(message, sig),
+            PublicKey::Rsa(_) => None,
+        }
     }
 }
 
@@ -284,6 +313,33 @@ impl<'a> Verified<'a> {
 }
 
 impl Verifier {
+    /// [`Verifier::verify`], with an Ed25519 signature of the body as received verified in a
+    /// batch with those of the requests that ask at the same time on this thread
+    /// ([`batch`]); what the batch does not vouch for is checked on its own.
+    pub async fn verify_gathered<'a>(
+        &self,
+        body: &'a [u8],
+        headers: SignatureHeaders<'a>,
+    ) -> Result<Verified<'a>, VerifyError> {
+        if let Some(header) = present(headers.ghl) {
+            let item = base64::engine::general_purpose::STANDARD
+                .decode(header)
+                .ok()
+                .and_then(|sig| self.ed25519.batch_item(body, &sig));
+            if let Some(item) = item {
+                if batch::verified_together(item).await {
+                    return Ok(Verified {
+                        body,
+                        scheme: Scheme::Ed25519,
+                        signature: header,
+                        compact: None,
+                    });
+                }
+            }
+        }
+        self.verify(body, headers)
+    }
+
     /// Checks a body against its signature headers.
     ///
     /// `X-GHL-Signature` wins when present (no RSA fallback when it fails); otherwise
@@ -388,7 +444,11 @@ mod tests {
                 raw[0] = y;
                 raw
             })
-            .find(|raw| ed25519_dalek::VerifyingKey::from_bytes(raw).is_err())
+            .find(|raw| {
+                curve25519_dalek::edwards::CompressedEdwardsY(*raw)
+                    .decompress()
+                    .is_none()
+            })
             .expect("some small y has no x on the curve");
         assert_eq!(
             Keyring::ed25519_from_pem(&ed25519_public_pem(&not_a_point)).unwrap_err(),

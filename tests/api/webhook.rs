@@ -188,6 +188,56 @@ async fn wrong_signatures_are_refused() {
     tap.cleanup(&app.exchange).await;
 }
 
+/// Signatures of concurrent requests are verified in batches: a forged one among them must be
+/// refused on its own, and every good one around it accepted and published.
+#[tokio::test]
+async fn forged_signatures_among_concurrent_good_ones_are_refused_alone() {
+    let app = spawn_app().await;
+    let mut tap = Tap::bind(&app.exchange, "#").await;
+    let forger = Signer::ed25519();
+    let events: Vec<(String, Vec<u8>, String, bool)> = (0..60)
+        .map(|i| {
+            let (id, body) = contact_event(&format!("loc{i}"));
+            let forged = i % 12 == 5;
+            let (_, sig) = if forged {
+                forger.sign(&body)
+            } else {
+                app.ed.sign(&body)
+            };
+            (id, body, sig, forged)
+        })
+        .collect();
+    let app = &app;
+    let posts = events
+        .iter()
+        .map(|(_, body, sig, _)| async move { app.post(body, &[("X-GHL-Signature", sig)]).await });
+    let answers = futures_util::future::join_all(posts).await;
+    let mut good = Vec::new();
+    for (r, (id, _, _, forged)) in answers.into_iter().zip(&events) {
+        let (status, v) = json(r).await;
+        if *forged {
+            assert_eq!(status, 401, "{id}");
+            assert_eq!(v["error"], "invalid_signature", "{id}");
+        } else {
+            assert_eq!(status, 200, "{id}");
+            assert_eq!(v, serde_json::json!({"status": "accepted", "id": id}));
+            good.push(id.clone());
+        }
+    }
+    assert_eq!(good.len(), 55);
+    let mut published: Vec<String> = tap.take(55).await.iter().map(message_id).collect();
+    tap.assert_quiet(QUIET).await;
+    published.sort();
+    good.sort();
+    assert_eq!(published, good);
+    let m = app.metrics_text().await;
+    assert_eq!(
+        metric(&m, "hlgate_webhooks_total{outcome=\"invalid_signature\"}"),
+        5.0
+    );
+    tap.cleanup(&app.exchange).await;
+}
+
 #[tokio::test]
 async fn legacy_rsa_is_accepted_and_can_be_turned_off() {
     let app = spawn_app().await;
