@@ -126,8 +126,7 @@ fn verify(c: &mut Criterion) {
     g.bench_function("ed25519_good", |b| {
         b.iter(|| verifier.verify(black_box(&body), ghl(&ed_good)).is_ok())
     });
-    // The same check with `ring` alone, which hlgate used before: `ed25519-dalek` was chosen
-    // for Ed25519 on these two figures.
+    // The same check with `ring` alone (cofactorless), for comparison.
     let ring_key = ring::signature::UnparsedPublicKey::new(
         &ring::signature::ED25519,
         ed_signer_public.clone(),
@@ -159,6 +158,41 @@ fn verify(c: &mut Criterion) {
     });
     g.finish();
     loadavg("verify", "after");
+    verify_batch(c, &verifier, &ed_signer);
+}
+
+/// `n` requests verified together on one thread, as one HTTP worker's requests meet
+/// (`verify_gathered`): criterion's time is per signature.
+fn verify_batch(c: &mut Criterion, verifier: &Verifier, signer: &SigningKey) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let mut g = c.benchmark_group("verify_batch");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(30);
+    for n in [1usize, 8, 16, 32, 64] {
+        let signed: Vec<(Vec<u8>, String)> = (0..n)
+            .map(|i| {
+                let body = contact_create(&format!("bench-batch-{i:04}"), BODY_SIZE);
+                let (_, sig) = signer.sign(&body);
+                (body, sig)
+            })
+            .collect();
+        let all = || {
+            futures_util::future::join_all(
+                signed
+                    .iter()
+                    .map(|(body, sig)| verifier.verify_gathered(body, ghl(sig))),
+            )
+        };
+        assert!(runtime.block_on(all()).iter().all(Result::is_ok));
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(BenchmarkId::new("ed25519_good", n), |b| {
+            b.iter(|| runtime.block_on(all()))
+        });
+    }
+    g.finish();
 }
 
 fn fixtures() -> Vec<(String, Vec<u8>)> {

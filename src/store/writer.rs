@@ -35,8 +35,8 @@ const GATHER: Duration = Duration::from_millis(2);
 /// commits after a slice that brought nothing: when every client is already waiting in the
 /// batch, nothing more will come. Longer than the gap between requests while both HTTP workers
 /// are busy, shorter than one flush. Sleeping rather than waiting on the channel means a
-/// request that joins a gathering batch wakes no thread (BENCHMARKS.md, "Gathering without
-/// wake-ups").
+/// request that joins a gathering batch wakes no thread (BENCHMARKS.md, "Gathering and the
+/// relay window").
 const GATHER_IDLE: Duration = Duration::from_micros(100);
 /// How many buckets the retention window is cut into: expired events stay on disk at most
 /// this fraction of the retention longer than it asks.
