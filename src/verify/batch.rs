@@ -61,6 +61,12 @@ pub fn counts_here() -> BatchCounts {
     COUNTED_HERE.with(Cell::get)
 }
 
+/// Forgets a failed batch on this thread, so that a test's next requests are batched again.
+#[cfg(test)]
+pub(crate) fn trust_again() {
+    HERE.with(|here| lock(here).distrust = 0);
+}
+
 /// What all threads of the process have batched so far.
 pub fn counts() -> BatchCounts {
     BatchCounts {
@@ -324,5 +330,86 @@ mod tests {
         });
         let outcomes: Vec<bool> = results.iter().map(Result::is_ok).collect();
         assert_eq!(outcomes, [true, false, true]);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use base64::Engine;
+    use futures_util::future::join_all;
+    use proptest::prelude::*;
+    use ring::rand::SystemRandom;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+
+    use crate::verify::{ed25519_public_pem, Keyring, SignatureHeaders, Verifier};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Whatever mix of good, tampered and garbled signatures asks together, each request
+        /// gets the verdict it gets alone.
+        #[test]
+        fn together_each_gets_its_single_verdict(
+            requests in proptest::collection::vec(
+                (proptest::collection::vec(any::<u8>(), 0..300), 0u8..4, any::<prop::sample::Index>()),
+                2..40,
+            ),
+        ) {
+            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+            let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+            let pem = ed25519_public_pem(pair.public_key().as_ref());
+            let v = Verifier {
+                ed25519: Keyring::ed25519_from_pem(&pem).unwrap(),
+                rsa: Keyring::rsa_from_pem(include_str!("highlevel-rsa.pem")).unwrap(),
+                accept_legacy_rsa: false,
+            };
+            let b64 = |raw: &[u8]| base64::engine::general_purpose::STANDARD.encode(raw);
+            let signed: Vec<(Vec<u8>, String)> = requests
+                .iter()
+                .map(|(body, how, at)| {
+                    let mut sig = pair.sign(body).as_ref().to_vec();
+                    match how {
+                        // 0: as signed; 1: a flipped signature bit; 2: a flipped body bit;
+                        // 3: not a signature at all.
+                        1 => sig[at.index(64)] ^= 1 << (at.index(8)),
+                        2 if !body.is_empty() => {
+                            let mut tampered = body.clone();
+                            tampered[at.index(body.len())] ^= 1;
+                            return (tampered, b64(&sig));
+                        }
+                        3 => return (body.clone(), b64(&sig[..at.index(64)])),
+                        _ => {}
+                    }
+                    (body.clone(), b64(&sig))
+                })
+                .collect();
+            fn headers(sig: &str) -> SignatureHeaders<'_> {
+                SignatureHeaders { ghl: Some(sig), wh: None }
+            }
+            let alone: Vec<bool> = signed
+                .iter()
+                .map(|(body, sig)| v.verify(body, headers(sig)).is_ok())
+                .collect();
+            super::trust_again();
+            let before = super::counts_here();
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let together: Vec<bool> = runtime.block_on(join_all(
+                signed.iter().map(|(body, sig)| async {
+                    v.verify_gathered(body, headers(sig)).await.is_ok()
+                }),
+            ));
+            prop_assert_eq!(together, alone);
+            // Those that could be batched met in a batch.
+            let batchable = signed
+                .iter()
+                .filter(|(body, sig)| {
+                    let raw = base64::engine::general_purpose::STANDARD.decode(sig).unwrap();
+                    v.ed25519.batch_item(body, &raw).is_some()
+                })
+                .count();
+            if batchable >= 2 {
+                prop_assert!(super::counts_here().batches > before.batches);
+            }
+        }
     }
 }
