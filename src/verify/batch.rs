@@ -189,7 +189,7 @@ mod tests {
     use super::*;
     use crate::verify::{ed25519_public_pem, Keyring, SignatureHeaders, Verifier, VerifyError};
 
-    fn setup() -> (Ed25519KeyPair, Verifier) {
+    pub(super) fn setup() -> (Ed25519KeyPair, Verifier) {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
         let pem = ed25519_public_pem(pair.public_key().as_ref());
@@ -338,10 +338,8 @@ mod properties {
     use base64::Engine;
     use futures_util::future::join_all;
     use proptest::prelude::*;
-    use ring::rand::SystemRandom;
-    use ring::signature::{Ed25519KeyPair, KeyPair};
 
-    use crate::verify::{ed25519_public_pem, Keyring, SignatureHeaders, Verifier};
+    use crate::verify::SignatureHeaders;
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
@@ -355,14 +353,7 @@ mod properties {
                 2..40,
             ),
         ) {
-            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
-            let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-            let pem = ed25519_public_pem(pair.public_key().as_ref());
-            let v = Verifier {
-                ed25519: Keyring::ed25519_from_pem(&pem).unwrap(),
-                rsa: Keyring::rsa_from_pem(include_str!("highlevel-rsa.pem")).unwrap(),
-                accept_legacy_rsa: false,
-            };
+            let (pair, v) = super::tests::setup();
             let b64 = |raw: &[u8]| base64::engine::general_purpose::STANDARD.encode(raw);
             let signed: Vec<(Vec<u8>, String)> = requests
                 .iter()
