@@ -290,6 +290,48 @@ mod tests {
         assert_eq!(since(before).batches, 1);
     }
 
+    /// During a key rotation HighLevel signs with the new key: the first batch (built for the
+    /// old one) fails, the single checks find the new key, and the batches after use it.
+    #[test]
+    fn after_a_key_rotation_batches_use_the_key_that_verified() {
+        let (old, _) = setup();
+        let (new, _) = setup();
+        let pem = [old.public_key().as_ref(), new.public_key().as_ref()]
+            .map(ed25519_public_pem)
+            .join("\n");
+        let v = Verifier {
+            ed25519: Keyring::ed25519_from_pem(&pem).unwrap(),
+            rsa: Keyring::rsa_from_pem(include_str!("highlevel-rsa.pem")).unwrap(),
+            accept_legacy_rsa: false,
+        };
+        trust_again();
+        let before = counts_here();
+        assert!(together(&v, &signed(&new, 10, &[]))
+            .iter()
+            .all(Result::is_ok));
+        assert_eq!(
+            since(before),
+            BatchCounts {
+                batches: 1,
+                signatures: 10,
+                failed: 1
+            }
+        );
+        trust_again();
+        let before = counts_here();
+        assert!(together(&v, &signed(&new, 10, &[]))
+            .iter()
+            .all(Result::is_ok));
+        assert_eq!(
+            since(before),
+            BatchCounts {
+                batches: 1,
+                signatures: 10,
+                failed: 0
+            }
+        );
+    }
+
     #[test]
     fn a_lone_request_is_checked_on_its_own() {
         let (pair, v) = setup();

@@ -1,4 +1,4 @@
-//! Pure signature checks: Ed25519 (`X-GHL-Signature`) and legacy RSA-SHA256 (`X-WH-Signature`).
+//! Signature checks: Ed25519 (`X-GHL-Signature`) and legacy RSA-SHA256 (`X-WH-Signature`).
 //!
 //! Keys are decoded once, at start-up: Ed25519 keys into decompressed points ([`ed25519`]),
 //! RSA keys into the PKCS#1 form `ring` verifies with. Ed25519 signatures of requests that
