@@ -235,6 +235,15 @@ async fn forged_signatures_among_concurrent_good_ones_are_refused_alone() {
         metric(&m, "hlgate_webhooks_total{outcome=\"invalid_signature\"}"),
         5.0
     );
+    // The batch counters are process-wide (other tests' gateways count into them too): only
+    // that they are exported is checked here; src/verify/batch.rs counts exactly per thread.
+    for series in [
+        "hlgate_signature_batches_total",
+        "hlgate_signature_batched_total",
+        "hlgate_signature_batches_failed_total",
+    ] {
+        assert!(metric(&m, series) >= 0.0, "{series}");
+    }
     tap.cleanup(&app.exchange).await;
 }
 
