@@ -16,26 +16,34 @@
 //!
 //! The load tool finds no admin metrics here and says so; its own counts (accepted/s, latency,
 //! what the bound queue holds) and the CPU figures are comparable.
+//!
+//! `--verify PEM` adds one of hlgate's guarantees: each body's `X-GHL-Signature` is checked with
+//! hlgate's verifier (batched per worker, as in hlgate) before it is published, and a bad one is
+//! answered 401. The difference to the plain bridge is what verification costs; the rest of the
+//! difference to hlgate is dedup, the fsync'd outbox and the relay.
 
 use std::net::SocketAddr;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use hlgate::verify::{Keyring, SignatureHeaders, Verifier};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 const USAGE: &str = "\
-usage: bridge [--listen ADDR] [--amqp URL] [--exchange NAME]
+usage: bridge [--listen ADDR] [--amqp URL] [--exchange NAME] [--verify PEM]
 
   --listen ADDR    where to serve POST /webhooks/highlevel (default 127.0.0.1:18090)
   --amqp URL       RabbitMQ (default amqp://guest:guest@127.0.0.1:5672/%2f)
   --exchange NAME  durable topic exchange, declared at start (default hlgate.bench.bridge)
+  --verify PEM     check X-GHL-Signature against this Ed25519 public key first (401 if bad)
 ";
 
 struct Args {
     listen: SocketAddr,
     amqp: String,
     exchange: String,
+    verify: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -43,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
         listen: ([127, 0, 0, 1], 18090).into(),
         amqp: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
         exchange: "hlgate.bench.bridge".into(),
+        verify: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--amqp" => args.amqp = value()?,
             "--exchange" => args.exchange = value()?,
+            "--verify" => args.verify = Some(value()?),
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -67,11 +77,24 @@ fn parse_args() -> Result<Args, String> {
 struct Bridge {
     channel: Channel,
     exchange: lapin::types::ShortString,
+    verifier: Option<Verifier>,
 }
 
 const ANSWER: &str = r#"{"status":"accepted","id":"bridge"}"#;
 
-async fn webhook(body: web::Bytes, bridge: web::Data<Bridge>) -> HttpResponse {
+async fn webhook(req: HttpRequest, body: web::Bytes, bridge: web::Data<Bridge>) -> HttpResponse {
+    if let Some(verifier) = &bridge.verifier {
+        let headers = SignatureHeaders {
+            ghl: req
+                .headers()
+                .get("x-ghl-signature")
+                .and_then(|v| v.to_str().ok()),
+            wh: None,
+        };
+        if verifier.verify_gathered(&body, headers).await.is_err() {
+            return HttpResponse::Unauthorized().finish();
+        }
+    }
     let properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into());
@@ -96,6 +119,19 @@ async fn webhook(body: web::Bytes, bridge: web::Data<Bridge>) -> HttpResponse {
     } else {
         HttpResponse::ServiceUnavailable().finish()
     }
+}
+
+/// hlgate's verifier with the Ed25519 key in `path`, legacy RSA off.
+fn verifier(path: &str) -> Result<Verifier, String> {
+    let pem = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let ed25519 = Keyring::ed25519_from_pem(&pem).map_err(|e| format!("{path}: {e}"))?;
+    let rsa = Keyring::rsa_from_pem(include_str!("../src/verify/highlevel-rsa.pem"))
+        .map_err(|e| format!("the built-in RSA key: {e}"))?;
+    Ok(Verifier {
+        ed25519,
+        rsa,
+        accept_legacy_rsa: false,
+    })
 }
 
 async fn connect(args: &Args) -> Result<Channel, String> {
@@ -144,9 +180,18 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    let verifier = match args.verify.as_deref().map(verifier) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => {
+            eprintln!("bridge: {e}");
+            std::process::exit(2);
+        }
+    };
     let bridge = web::Data::new(Bridge {
         channel,
         exchange: args.exchange.as_str().into(),
+        verifier,
     });
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let server = HttpServer::new(move || {
