@@ -231,6 +231,14 @@ mod tests {
         })))
     }
 
+    fn batched(batches: u64, signatures: u64, failed: u64) -> BatchCounts {
+        BatchCounts {
+            batches,
+            signatures,
+            failed,
+        }
+    }
+
     fn since(before: BatchCounts) -> BatchCounts {
         let now = counts_here();
         BatchCounts {
@@ -248,14 +256,7 @@ mod tests {
         assert!(results.iter().all(Result::is_ok));
         // 100 at 64 a batch.
         let counted = since(before);
-        assert_eq!(
-            counted,
-            BatchCounts {
-                batches: 2,
-                signatures: 100,
-                failed: 0
-            }
-        );
+        assert_eq!(counted, batched(2, 100, 0));
     }
 
     #[test]
@@ -271,14 +272,7 @@ mod tests {
             };
             assert_eq!(*r, expected, "request {i}");
         }
-        assert_eq!(
-            since(before),
-            BatchCounts {
-                batches: 1,
-                signatures: 20,
-                failed: 1
-            }
-        );
+        assert_eq!(since(before), batched(1, 20, 1));
 
         // The next DISTRUST signatures on this thread are not batched, then batching resumes.
         let before = counts_here();
@@ -309,27 +303,13 @@ mod tests {
         assert!(together(&v, &signed(&new, 10, &[]))
             .iter()
             .all(Result::is_ok));
-        assert_eq!(
-            since(before),
-            BatchCounts {
-                batches: 1,
-                signatures: 10,
-                failed: 1
-            }
-        );
+        assert_eq!(since(before), batched(1, 10, 1));
         trust_again();
         let before = counts_here();
         assert!(together(&v, &signed(&new, 10, &[]))
             .iter()
             .all(Result::is_ok));
-        assert_eq!(
-            since(before),
-            BatchCounts {
-                batches: 1,
-                signatures: 10,
-                failed: 0
-            }
-        );
+        assert_eq!(since(before), batched(1, 10, 0));
     }
 
     #[test]
