@@ -40,10 +40,33 @@ impl Key {
         signature(sig).is_some_and(|sig| self.key.verify(&sig, message).is_ok())
     }
 
-    /// What a batch needs of one signature of `message` by this key; `None` when the signature
-    /// cannot be valid (wrong length, non-canonical `R`).
+    /// `sig` ready for a batch with this key; `None` when it cannot be valid (wrong length,
+    /// non-canonical `R`). Cheap: the hash of the message waits for [`Batchable::item`].
+    pub fn batchable(&self, sig: &[u8]) -> Option<Batchable> {
+        signature(sig).map(|sig| Batchable {
+            key: self.bytes(),
+            sig,
+        })
+    }
+
+    /// What a batch needs of one signature of `message` by this key.
+    #[cfg(test)]
     pub fn item(&self, message: &[u8], sig: &[u8]) -> Option<batch::Item> {
-        signature(sig).map(|sig| batch::Item::from((self.bytes(), sig, message)))
+        self.batchable(sig).map(|b| b.item(message))
+    }
+}
+
+/// A signature and the key a batch is to check it with, before the message is hashed.
+#[derive(Clone, Copy)]
+pub struct Batchable {
+    key: VerificationKeyBytes,
+    sig: Signature,
+}
+
+impl Batchable {
+    /// Hashes `message` with `R` and the key: the part of a check that is done per signature.
+    pub fn item(self, message: &[u8]) -> batch::Item {
+        batch::Item::from((self.key, self.sig, message))
     }
 }
 

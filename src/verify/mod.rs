@@ -174,10 +174,10 @@ impl Keyring {
         false
     }
 
-    /// What a batch needs of `sig` over `message`, by the key that verified last.
-    fn batch_item(&self, message: &[u8], sig: &[u8]) -> Option<ed25519_zebra::batch::Item> {
+    /// `sig` ready for a batch, with the key that verified last.
+    fn batchable(&self, sig: &[u8]) -> Option<ed25519::Batchable> {
         match self.keys.get(self.recent.load(Ordering::Relaxed))? {
-            PublicKey::Ed25519(key) => key.item(message, sig),
+            PublicKey::Ed25519(key) => key.batchable(sig),
             PublicKey::Rsa(_) => None,
         }
     }
@@ -322,12 +322,12 @@ impl Verifier {
         headers: SignatureHeaders<'a>,
     ) -> Result<Verified<'a>, VerifyError> {
         if let Some(header) = present(headers.ghl) {
-            let item = base64::engine::general_purpose::STANDARD
+            let batchable = base64::engine::general_purpose::STANDARD
                 .decode(header)
                 .ok()
-                .and_then(|sig| self.ed25519.batch_item(body, &sig));
-            if let Some(item) = item {
-                if batch::verified_together(item).await {
+                .and_then(|sig| self.ed25519.batchable(&sig));
+            if let Some(batchable) = batchable {
+                if batch::verified_together(|| batchable.item(body)).await {
                     return Ok(Verified {
                         body,
                         scheme: Scheme::Ed25519,
