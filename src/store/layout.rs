@@ -5,7 +5,7 @@
 //! - `d<dedup key>` → acceptance time (u64 BE, unix ms)
 //! - `e<seq>` (u64 BE) → an encoded entry, or an array record covering one seq per element
 //!
-//! In the main database's `meta` tree: [`WATERMARK`], [`STOPPED_AT`], [`ACCEPTED`].
+//! In the main database's `meta` tree: [`WATERMARK`], [`CONFIRMED`], [`STOPPED_AT`], [`ACCEPTED`].
 
 use crate::entry::{ArrayRecord, Entry};
 use crate::schema::Outcome;
@@ -16,6 +16,9 @@ pub const EVENT: u8 = b'e';
 
 /// `meta` key of the published watermark (u64 BE): every seq up to it is confirmed.
 pub const WATERMARK: &[u8] = b"w";
+/// `meta` key of the seqs confirmed above the watermark (behind an entry the broker refused):
+/// (first, last) seq pairs, u64 BE each; absent when there are none.
+pub const CONFIRMED: &[u8] = b"c";
 /// `meta` key of the last seq committed when the store was last stopped cleanly (u64 BE): the
 /// newest bucket has no summary, so only this tells that it was cut short.
 pub const STOPPED_AT: &[u8] = b"last";

@@ -17,6 +17,7 @@
 
 mod bucket;
 mod check;
+mod confirmed;
 mod damage;
 mod dedup;
 mod error;
@@ -49,10 +50,11 @@ use tokio::sync::oneshot;
 use crate::entry::{now_ms, ArrayRecord, Entry};
 
 use bucket::{Bucket, Buckets};
+use confirmed::Confirmed;
 use damage::{Held, Ledger};
 use dedup::BucketKeys;
 use keys::KeyIndex;
-use layout::{accepted, meta_u64, EVENTS, MAIN_DB, STOPPED_AT, WATERMARK};
+use layout::{accepted, meta_u64, CONFIRMED, EVENTS, MAIN_DB, STOPPED_AT, WATERMARK};
 use outbox::Outbox;
 use writer::{Command, Events, Health, Parts, Writer};
 
@@ -101,6 +103,12 @@ impl Store {
         let meta = meta_db.open_tree("meta")?;
         let ledger = Arc::new(Ledger::new(accepted(&meta)?));
         let published = ledger.past_accepted(meta_u64(&meta, WATERMARK)?);
+        // Written only with the watermark: ranges that do not decode are a damaged meta tree,
+        // and forgetting them only publishes those entries again.
+        let confirmed = meta
+            .get(CONFIRMED)?
+            .and_then(|v| Confirmed::decode(&v))
+            .unwrap_or_default();
         let stopped_at = meta_u64(&meta, STOPPED_AT)?;
         let now = now_ms();
         let events_dir = dir.join(EVENTS);
@@ -137,6 +145,7 @@ impl Store {
             ledger.clone(),
             last_seq,
             published,
+            confirmed,
         ));
         let health = Arc::new(Health::new(dir.to_path_buf()));
         let (sender, receiver) = mpsc::sync_channel(QUEUE_DEPTH);
@@ -284,10 +293,16 @@ impl Store {
         self.outbox.pending_after(after, limit)
     }
 
-    /// Moves the watermark over the confirmed `first..=through`; returns whether it moved (see
-    /// [`Outbox::mark_published`](outbox::Outbox::mark_published)).
+    /// Records `first..=through` as confirmed; returns whether the watermark moved (see
+    /// [`Outbox::mark_confirmed`](outbox::Outbox::mark_confirmed)).
     pub fn mark_published(&self, first: u64, through: u64) -> Result<bool, StoreError> {
-        self.outbox.mark_published(first, through)
+        self.outbox.mark_confirmed(&[(first, through)])
+    }
+
+    /// Records the seqs of `ranges` as confirmed, in one flush; returns whether the watermark
+    /// moved.
+    pub fn mark_confirmed(&self, ranges: &[(u64, u64)]) -> Result<bool, StoreError> {
+        self.outbox.mark_confirmed(ranges)
     }
 
     /// The oldest unpublished entry's seq and acceptance time.

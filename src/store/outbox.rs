@@ -1,7 +1,7 @@
 //! The outbox: every entry above the watermark, in seq order. The relay reads it
 //! ([`Outbox::pending_after`]), from the last committed entries kept in memory while it keeps
-//! up, else from the buckets; and moves the watermark over what the broker confirmed
-//! ([`Outbox::mark_published`]). Also the archive read that replays take ([`Outbox::archived`]).
+//! up, else from the buckets; and records what the broker confirmed, moving the watermark
+//! over the confirmed prefix ([`Outbox::mark_confirmed`]). Also the archive read that replays take ([`Outbox::archived`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,9 +13,10 @@ use crate::entry::{now_ms, ArrayRecord, Entry};
 use crate::event::for_each_element;
 
 use super::bucket::Buckets;
+use super::confirmed::Confirmed;
 use super::damage::Ledger;
 use super::error::StoreError;
-use super::layout::{key, last_of, seq_of, Stored, EVENT, WATERMARK};
+use super::layout::{key, last_of, seq_of, Stored, CONFIRMED, EVENT, WATERMARK};
 
 /// How many just-committed entries the store keeps in memory for the relay: while the relay
 /// keeps up it never reads sled, whose reads keep what they page in (sled issue 1036).
@@ -31,6 +32,10 @@ pub(super) struct Outbox {
     last_seq: AtomicU64,
     /// Every seq up to this one is confirmed by the broker.
     published: AtomicU64,
+    /// What the broker confirmed above the watermark (behind an entry it refused).
+    confirmed: Mutex<Confirmed>,
+    /// How many seqs `confirmed` holds.
+    confirmed_count: AtomicU64,
     /// The newest committed entries, consecutive seqs, exactly as they are on disk.
     pub(super) recent: Mutex<VecDeque<Entry>>,
     /// The outbox gained entries.
@@ -47,7 +52,9 @@ impl Outbox {
         ledger: Arc<Ledger>,
         last_seq: u64,
         published: u64,
+        mut confirmed: Confirmed,
     ) -> Outbox {
+        confirmed.advance(published);
         Outbox {
             meta_db,
             meta,
@@ -55,6 +62,8 @@ impl Outbox {
             ledger,
             last_seq: AtomicU64::new(last_seq),
             published: AtomicU64::new(published),
+            confirmed_count: AtomicU64::new(confirmed.count()),
+            confirmed: Mutex::new(confirmed),
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
             appended: Notify::new(),
             limit: AtomicU64::new(u64::MAX),
@@ -73,7 +82,13 @@ impl Outbox {
 
     /// Unpublished events.
     pub fn depth(&self) -> u64 {
-        self.last_seq().saturating_sub(self.published_through())
+        self.unconfirmed(self.last_seq())
+    }
+
+    /// How many seqs up to `last` are not confirmed.
+    fn unconfirmed(&self, last: u64) -> u64 {
+        last.saturating_sub(self.published_through())
+            .saturating_sub(self.confirmed_count.load(Ordering::Acquire))
     }
 
     /// New deliveries are refused while the outbox holds `max` unpublished events or more.
@@ -84,7 +99,7 @@ impl Outbox {
     /// Whether a new delivery may follow `last`, the last seq taken so far (committed or in
     /// the batch being put together).
     pub fn has_room(&self, last: u64) -> Result<(), StoreError> {
-        let depth = last.saturating_sub(self.published_through());
+        let depth = self.unconfirmed(last);
         if depth >= self.limit.load(Ordering::Relaxed) {
             return Err(StoreError::OutboxFull(depth));
         }
@@ -128,17 +143,24 @@ impl Outbox {
         }
     }
 
-    /// Up to `limit` outbox entries (above the watermark) after `after`, in seq order: from
-    /// memory when they were committed recently, else from disk. Seqs given up with `hlgate
-    /// store accept-loss` are skipped; the read stops before any other seq that is missing
-    /// (and reports it), so that the watermark never moves over a loss nobody accepted.
+    /// Up to `limit` outbox entries (above the watermark, not confirmed) after `after`, in seq
+    /// order: from memory when they were committed recently, else from disk. Seqs given up with
+    /// `hlgate store accept-loss` are skipped; the read stops before any other seq that is
+    /// missing (and reports it), so that the watermark never moves over a loss nobody accepted.
     pub fn pending_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let confirmed = self.confirmed.lock().expect("confirmed seqs");
         let from = after.max(self.published_through()) + 1;
         {
             let recent = self.recent.lock().expect("recent entries");
             if let Some(oldest) = recent.front().map(|e| e.seq).filter(|&s| s <= from) {
                 let skip = (from - oldest) as usize;
-                return Ok(recent.iter().skip(skip).take(limit).cloned().collect());
+                return Ok(recent
+                    .iter()
+                    .skip(skip)
+                    .filter(|e| !confirmed.contains(e.seq))
+                    .take(limit)
+                    .cloned()
+                    .collect());
             }
         }
         // Every seq up to this one is committed, so a read that ends below it met a loss.
@@ -147,13 +169,18 @@ impl Outbox {
         let mut next = from;
         for bucket in self.buckets.from(from) {
             let stopped = bucket.with_db(|db| {
-                for entry in entries_from(db, from).take(limit - out.len()) {
+                for entry in entries_from(db, from) {
                     let entry = entry?;
                     if !self.continues(next, entry.seq) {
                         return Ok(true);
                     }
                     next = entry.seq + 1;
-                    out.push(entry);
+                    if !confirmed.contains(entry.seq) {
+                        out.push(entry);
+                        if out.len() == limit {
+                            break;
+                        }
+                    }
                 }
                 Ok(false)
             })?;
@@ -177,22 +204,48 @@ impl Outbox {
         false
     }
 
-    /// Moves the watermark to `through` once every seq from `first` to `through` is confirmed,
-    /// and flushes it; on over the accepted losses that follow, which nothing will confirm.
-    /// Only a prefix that continues the watermark moves it (after a nack the relay starts over
-    /// from the oldest unconfirmed entry); returns whether it moved.
-    pub fn mark_published(&self, first: u64, through: u64) -> Result<bool, StoreError> {
+    /// Records the seqs of `ranges` as confirmed and moves the watermark over every confirmed
+    /// seq that continues it, and over the accepted losses that follow, which nothing will
+    /// confirm. The watermark and what stays confirmed above it are flushed together: a crash
+    /// then publishes again only what was in flight. Returns whether the watermark moved.
+    pub fn mark_confirmed(&self, ranges: &[(u64, u64)]) -> Result<bool, StoreError> {
+        let mut confirmed = self.confirmed.lock().expect("confirmed seqs");
         let current = self.published_through();
-        if first > current + 1 || through <= current {
+        let was_empty = confirmed.is_empty();
+        let mut added = false;
+        for &(first, last) in ranges {
+            let first = first.max(current + 1);
+            if first <= last {
+                confirmed.insert(first, last);
+                added = true;
+            }
+        }
+        if !added {
             return Ok(false);
         }
-        let through = self.ledger.past_accepted(through);
-        self.meta.insert(WATERMARK, &through.to_be_bytes())?;
+        let mut through = current;
+        loop {
+            let next = self.ledger.past_accepted(confirmed.advance(through));
+            if next == through {
+                break;
+            }
+            through = next;
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(WATERMARK, &through.to_be_bytes());
+        if !confirmed.is_empty() {
+            batch.insert(CONFIRMED, confirmed.encode());
+        } else if !was_empty {
+            batch.remove(CONFIRMED);
+        }
+        self.meta.apply_batch(batch)?;
         // Flushed with every confirmed window: a crash then publishes again only what was in
         // flight, not every window confirmed since sled's last background flush.
         self.meta_db.flush()?;
         self.published.store(through, Ordering::Release);
-        Ok(true)
+        self.confirmed_count
+            .store(confirmed.count(), Ordering::Release);
+        Ok(through > current)
     }
 
     /// The oldest unpublished entry's seq and acceptance time.

@@ -32,15 +32,21 @@ async fn accept_dedup_publish_and_reopen() {
             vec![1, 2, 3]
         );
         assert!(store.mark_published(1, 1).unwrap());
-        // A prefix that skips an unconfirmed seq does not move the watermark.
+        // Confirmed behind an unconfirmed seq: the watermark stays, the entry is no longer
+        // pending.
         assert!(!store.mark_published(3, 3).unwrap());
-        assert_eq!(store.depth(), 2);
+        assert_eq!(store.depth(), 1);
+        assert_eq!(seqs(&store.pending_after(0, 10).unwrap()), [2]);
     }
     // Give the old writer thread a moment to drop the database lock.
     std::thread::sleep(Duration::from_millis(200));
     let store = Store::open(dir.path(), Duration::from_secs(60)).unwrap();
-    assert_eq!(store.depth(), 2);
-    assert_eq!(store.pending_after(0, 10).unwrap()[0].seq, 2);
+    assert_eq!(store.depth(), 1);
+    assert_eq!(seqs(&store.pending_after(0, 10).unwrap()), [2]);
+    // Once 2 is confirmed, the watermark takes 3 along.
+    assert!(store.mark_published(2, 2).unwrap());
+    assert_eq!(store.published_through(), 3);
+    assert_eq!(store.depth(), 0);
     let c = store
         .accept("c".into(), vec![entry("c", "4")])
         .await
