@@ -4,7 +4,7 @@
 //! keys), `schema`, `entry` (the outbox entry), `store` (sled: dedup, outbox, archive), `ingest`
 //! (the use case), `publish` (relay to RabbitMQ), `highlevel` (HighLevel's HTTP API), `oauth` (the
 //! token module), `http` (listeners), `metrics`, `telemetry`, `startup` (wiring), `cli`; the
-//! small helpers `backoff` and `files`. ARCHITECTURE.md draws the arrows between them.
+//! small helpers `backoff`, `files` and `loglimit`. ARCHITECTURE.md draws the arrows between them.
 
 pub mod backoff;
 pub mod cli;
@@ -15,6 +15,7 @@ pub mod files;
 pub mod highlevel;
 pub mod http;
 pub mod ingest;
+pub mod loglimit;
 pub mod metrics;
 pub mod oauth;
 pub mod publish;

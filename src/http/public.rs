@@ -1,6 +1,6 @@
 //! The public listener's webhook: `POST /webhooks/highlevel`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -11,6 +11,7 @@ use super::error::ApiError;
 use super::state::PublicState;
 use crate::config::format_duration;
 use crate::ingest::{IngestError, Receipt};
+use crate::loglimit::LogLimit;
 use crate::metrics::WebhookOutcome;
 use crate::verify::SignatureHeaders;
 
@@ -92,7 +93,11 @@ pub async fn webhook(
             ),
         ),
         Err(e @ (IngestError::OutboxFull(_) | IngestError::Store(_))) => {
-            tracing::warn!(error = %e, "refusing an event for now");
+            // Every delivery gets this while it lasts: a line per cause per interval.
+            static REFUSING: LogLimit = LogLimit::new(Duration::from_secs(10));
+            if let Some(held_back) = REFUSING.admit(&e.to_string()) {
+                tracing::warn!(error = %e, held_back, "refusing events for now");
+            }
             (
                 WebhookOutcome::Overloaded,
                 ApiError::overloaded("hlgate cannot store events right now; retry later"),
