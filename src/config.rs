@@ -73,6 +73,9 @@ pub struct AmqpSettings {
     pub exchange: String,
     /// Declare exchanges and queues at start-up.
     pub declare_topology: bool,
+    /// How long the broker may refuse (nack) one entry, while it takes others, before that
+    /// entry goes to the quarantine queue.
+    pub nack_quarantine_after: Duration,
 }
 
 /// The app's Marketplace credentials; present only when the token module is on.
@@ -217,6 +220,8 @@ specs! {
     EXCHANGE: "HLGATE_EXCHANGE", Some("highlevel.events"), |s| s.amqp.exchange.clone();
     DECLARE_TOPOLOGY: "HLGATE_DECLARE_TOPOLOGY", Some("true"),
         |s| s.amqp.declare_topology.to_string();
+    NACK_QUARANTINE_AFTER: "HLGATE_NACK_QUARANTINE_AFTER", Some("1m"),
+        |s| format_duration(s.amqp.nack_quarantine_after);
     ED25519_PUBLIC_KEYS: "HLGATE_ED25519_PUBLIC_KEYS", None,
         |s| format!("{} key(s)", s.ingest.ed25519_keys.len());
     RSA_PUBLIC_KEYS: "HLGATE_RSA_PUBLIC_KEYS", None,
@@ -418,6 +423,7 @@ impl Settings {
                 url: Secret::new(s.parsed(&AMQP_URL, parse_amqp_url)?),
                 exchange: s.parsed(&EXCHANGE, parse_exchange)?,
                 declare_topology: s.parsed(&DECLARE_TOPOLOGY, parse_bool)?,
+                nack_quarantine_after: s.parsed(&NACK_QUARANTINE_AFTER, parse_duration)?,
             },
             schema_mode: s.parsed(&SCHEMA_MODE, parse_schema_mode)?,
             oauth: OAuthSettings {

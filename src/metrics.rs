@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -41,6 +41,36 @@ impl WebhookOutcome {
             WebhookOutcome::TooLarge => "too_large",
             WebhookOutcome::Overloaded => "overloaded",
             WebhookOutcome::BodyTimeout => "body_timeout",
+        }
+    }
+}
+
+/// The link to RabbitMQ as readiness and `hlgate_broker_state` report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerState {
+    Disconnected,
+    Connected,
+    /// The broker blocks publishers (a memory or disk alarm): the relay waits on the same
+    /// connection, since a new one would be blocked too.
+    Blocked,
+    /// The broker refuses every publish to the exchange (missing, or no write permission).
+    Refused,
+}
+
+impl BrokerState {
+    pub const ALL: [BrokerState; 4] = [
+        BrokerState::Disconnected,
+        BrokerState::Connected,
+        BrokerState::Blocked,
+        BrokerState::Refused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerState::Disconnected => "disconnected",
+            BrokerState::Connected => "connected",
+            BrokerState::Blocked => "blocked",
+            BrokerState::Refused => "refused",
         }
     }
 }
@@ -101,7 +131,12 @@ pub struct Metrics {
     publish: [AtomicU64; 4],
     pub publish_seconds: Histogram,
     pub ingest_seconds: Histogram,
-    pub broker_connected: AtomicBool,
+    /// The link to RabbitMQ ([`BrokerState`]).
+    broker: AtomicU8,
+    /// Entries the broker nacked, waiting to be retried.
+    publish_refused: AtomicU64,
+    /// Connections to the broker opened.
+    pub broker_connections: AtomicU64,
     schema: [AtomicU64; 3],
     token_refresh: Mutex<BTreeMap<&'static str, u64>>,
     api_requests: Mutex<BTreeMap<&'static str, u64>>,
@@ -125,6 +160,18 @@ pub struct Gauges {
 }
 
 impl Metrics {
+    pub fn set_broker(&self, state: BrokerState) {
+        self.broker.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn set_refused(&self, entries: u64) {
+        self.publish_refused.store(entries, Ordering::Relaxed);
+    }
+
+    pub fn broker(&self) -> BrokerState {
+        BrokerState::ALL[usize::from(self.broker.load(Ordering::Relaxed)).min(3)]
+    }
+
     pub fn webhook(&self, outcome: WebhookOutcome) {
         let i = WebhookOutcome::ALL
             .iter()
@@ -251,6 +298,16 @@ impl Metrics {
             let n = self.publish[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "hlgate_publish_total{{result=\"{r}\"}} {n}");
         }
+        gauge(
+            &mut out,
+            "hlgate_publish_refused",
+            "Entries RabbitMQ nacked, waiting to be retried on their own.",
+        );
+        let _ = writeln!(
+            out,
+            "hlgate_publish_refused {}",
+            self.publish_refused.load(Ordering::Relaxed)
+        );
         self.publish_seconds.render(
             &mut out,
             "hlgate_publish_seconds",
@@ -266,11 +323,35 @@ impl Metrics {
             "hlgate_broker_connected",
             "1 while connected to RabbitMQ.",
         );
+        let broker = self.broker();
         let _ = writeln!(
             out,
             "hlgate_broker_connected {}",
-            u8::from(self.broker_connected.load(Ordering::Relaxed))
+            u8::from(broker == BrokerState::Connected)
         );
+        counter(
+            &mut out,
+            "hlgate_broker_connections_total",
+            "Connections to RabbitMQ opened.",
+        );
+        let _ = writeln!(
+            out,
+            "hlgate_broker_connections_total {}",
+            self.broker_connections.load(Ordering::Relaxed)
+        );
+        gauge(
+            &mut out,
+            "hlgate_broker_state",
+            "1 for the link's state: connected, disconnected, blocked (alarm) or refused (exchange).",
+        );
+        for state in BrokerState::ALL {
+            let _ = writeln!(
+                out,
+                "hlgate_broker_state{{state=\"{}\"}} {}",
+                state.as_str(),
+                u8::from(broker == state)
+            );
+        }
         counter(
             &mut out,
             "hlgate_schema_total",

@@ -197,6 +197,7 @@ impl Application {
                 amqp_url: settings.amqp.url.clone(),
                 exchange: settings.amqp.exchange.clone(),
                 declare_topology: settings.amqp.declare_topology,
+                nack_quarantine_after: settings.amqp.nack_quarantine_after,
                 schema_mode: settings.schema_mode,
             },
             store: store.clone(),

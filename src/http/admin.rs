@@ -1,8 +1,6 @@
 //! The admin listener: health, readiness, metrics, replay (and the token API when the token
 //! module is on). Everything but `/healthz` wants the admin bearer token when one is set.
 
-use std::sync::atomic::Ordering;
-
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -44,7 +42,7 @@ async fn readyz(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpRe
     let (depth, oldest) = blocking(move || store.outbox_state()).await?;
     let writable = state.store.writable();
     let damaged = !state.store.damage().is_empty();
-    let connected = state.metrics.broker_connected.load(Ordering::Relaxed);
+    let broker = state.metrics.broker();
     let ready = !damaged && writable && depth < state.outbox_max_events;
     let store = match (damaged, writable) {
         (true, _) => "damaged",
@@ -53,7 +51,7 @@ async fn readyz(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpRe
     };
     let body = serde_json::json!({
         "store": store,
-        "broker": if connected { "connected" } else { "disconnected" },
+        "broker": broker.as_str(),
         "outbox_depth": depth,
         "oldest_pending_seconds": oldest,
     });

@@ -43,6 +43,20 @@ pub async fn connect(url: &str) -> Result<Link, lapin::Error> {
     })
 }
 
+/// The AMQP reply code with which the broker closed the channel or connection, if it did.
+pub fn reply_code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
+}
+
+/// Whether the broker's refusal concerns the exchange or the user's permission on it (404 no
+/// such exchange, 403 access refused), which every publish would get, rather than the message.
+pub fn refuses_every_publish(code: u16) -> bool {
+    matches!(code, 403 | 404)
+}
+
 /// Declares the topic exchange with its alternate exchange, the unrouted exchange and queue,
 /// and the quarantine queue.
 pub async fn declare_topology(channel: &Channel, exchange: &str) -> Result<(), lapin::Error> {

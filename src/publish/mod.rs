@@ -2,7 +2,10 @@
 
 pub mod amqp;
 mod poison;
+mod refused;
 pub mod relay;
+mod window;
 
 pub use amqp::Attached;
-pub use relay::{Relay, RelayConfig, TokenHooks};
+pub use relay::{Relay, RelayConfig};
+pub use window::TokenHooks;

@@ -25,11 +25,11 @@ pub struct Suspect {
 }
 
 impl Suspect {
-    /// Records a break: `oldest` was the oldest unconfirmed seq, `handed_through` the last seq
-    /// handed to the broker.
+    /// Records a break: `oldest` was the oldest unconfirmed seq in flight (0: none),
+    /// `handed_through` the last seq handed to the broker.
     pub fn broke(&mut self, oldest: u64, handed_through: u64, why: &str) {
         self.careful_through = self.careful_through.max(handed_through);
-        if handed_through < oldest {
+        if oldest == 0 || handed_through < oldest {
             // Nothing was in flight: the link broke on its own.
             return;
         }
@@ -42,14 +42,15 @@ impl Suspect {
         self.why = why.to_string();
     }
 
-    /// Whether entries up to the watermark `published` must still go one at a time.
-    pub fn careful(&self, published: u64) -> bool {
-        published < self.careful_through
+    /// Whether entry `seq` must go alone: it was in flight when the link broke.
+    pub fn careful(&self, seq: u64) -> bool {
+        seq <= self.careful_through
     }
 
-    /// The entry to quarantine and why, when one has broken the link often enough alone.
-    pub fn poisoned(&self, published: u64) -> Option<(u64, &str)> {
-        (self.strikes >= STRIKES && self.seq == published + 1).then_some((self.seq, &self.why))
+    /// The entry to quarantine and why, when one has broken the link often enough alone. The
+    /// relay diverts it only if it is still unconfirmed.
+    pub fn poisoned(&self) -> Option<(u64, &str)> {
+        (self.strikes >= STRIKES).then_some((self.seq, &self.why))
     }
 
     /// The oldest unconfirmed entry was confirmed or quarantined: its strikes are over.
@@ -66,14 +67,14 @@ mod tests {
     fn only_repeated_breaks_on_the_same_oldest_entry_make_it_poison() {
         let mut s = Suspect::default();
         s.broke(5, 900, "frame");
-        assert!(s.careful(4) && !s.careful(900));
-        assert_eq!(s.poisoned(4), None);
+        assert!(s.careful(5) && s.careful(900) && !s.careful(901));
+        assert_eq!(s.poisoned(), None);
         s.broke(5, 5, "frame");
-        assert_eq!(s.poisoned(4), None);
+        assert_eq!(s.poisoned(), None);
         s.broke(5, 5, "frame too large");
-        assert_eq!(s.poisoned(4), Some((5, "frame too large")));
-        // Once the watermark has moved past it, it is no longer the one to quarantine.
-        assert_eq!(s.poisoned(5), None);
+        assert_eq!(s.poisoned(), Some((5, "frame too large")));
+        s.cleared();
+        assert_eq!(s.poisoned(), None);
     }
 
     #[test]
@@ -83,11 +84,11 @@ mod tests {
         s.broke(5, 5, "a");
         s.broke(6, 6, "b");
         s.broke(7, 6, "idle");
-        assert_eq!(s.poisoned(5), None);
+        assert_eq!(s.poisoned(), None);
         s.broke(6, 6, "b");
         s.broke(6, 6, "b");
-        assert_eq!(s.poisoned(5), Some((6, "b")));
+        assert_eq!(s.poisoned(), Some((6, "b")));
         s.cleared();
-        assert_eq!(s.poisoned(5), None);
+        assert_eq!(s.poisoned(), None);
     }
 }

@@ -1,24 +1,22 @@
 //! The relay: drains the outbox in order to RabbitMQ, removing an entry only after its confirm.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::options::BasicPublishOptions;
-use lapin::types::ShortString;
 use lapin::Confirmation;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
-use super::amqp::{self, Attached, Link};
+use super::amqp::{self, Link};
 use super::poison::Suspect;
+use super::refused::Refused;
+use super::window::{InFlight, Stop, TokenHooks, Wire, CONFIRM_TIMEOUT, LOGS};
 use crate::backoff::Backoff;
-use crate::entry::{now_ms, Entry};
-use crate::metrics::{Metrics, PublishResult};
-use crate::schema::{Outcome, SchemaMode};
+use crate::entry::Entry;
+use crate::metrics::{BrokerState, Metrics, PublishResult};
+use crate::schema::SchemaMode;
 use crate::secret::Secret;
 use crate::store::Store;
 
@@ -31,23 +29,12 @@ const WINDOW: usize = 2000;
 /// confirms and the next. The store keeps the buckets holding those seqs open
 /// (`Store::close_idle`).
 pub const READ_AHEAD: u64 = 2 * WINDOW as u64;
-/// A window whose confirms have not all come within this time means a stalled link (a broker
-/// that blocks publishers, a network that drops without a reset): reconnect.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refused entries retried in one window, besides the new ones.
+const RETRIES_PER_WINDOW: usize = 256;
+/// New entries sent with each probe while the broker refuses everything.
+const PROBE_NEW: usize = 8;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-/// What the token module does around a publish. The relay works without one.
-pub trait TokenHooks: Send + Sync {
-    /// The token facts to attach to each of a window's entries, in order; empty when nothing
-    /// is attached. Answered from memory, without waiting on HighLevel beyond a short bound.
-    fn attach_many<'a>(
-        &'a self,
-        entries: &'a [Entry],
-    ) -> Pin<Box<dyn Future<Output = Vec<Attached>> + Send + 'a>>;
-    /// Called once a message is confirmed (INSTALL, UNINSTALL handling).
-    fn published<'a>(&'a self, entry: &'a Entry) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-}
 
 /// Where and how to publish.
 #[derive(Clone, Debug)]
@@ -56,6 +43,8 @@ pub struct RelayConfig {
     pub amqp_url: Secret,
     pub exchange: String,
     pub declare_topology: bool,
+    /// How long one entry may be nacked while others pass before it is quarantined.
+    pub nack_quarantine_after: Duration,
     pub schema_mode: SchemaMode,
 }
 
@@ -66,45 +55,6 @@ pub struct Relay {
     pub hooks: Option<Arc<dyn TokenHooks>>,
 }
 
-/// A batch handed to the broker, its confirms not yet awaited.
-struct InFlight {
-    confirms: Vec<(Entry, lapin::PublisherConfirm)>,
-    /// Set when the batch could not be handed over whole.
-    failure: Option<String>,
-}
-
-/// Why a window could not be settled.
-enum LinkDown {
-    /// The broker closed the channel or the connection, or a publish failed.
-    Failed(String),
-    /// Confirms stopped coming: no entry's fault.
-    Stalled,
-}
-
-impl LinkDown {
-    /// The stop it means for a link on which entries up to `handed_through` were handed over.
-    fn stop(self, handed_through: u64) -> Stop {
-        match self {
-            LinkDown::Failed(why) => Stop::Broken {
-                why,
-                handed_through,
-            },
-            LinkDown::Stalled => Stop::Broken {
-                why: format!("no confirm within {CONFIRM_TIMEOUT:?}: the link is stalled"),
-                handed_through: 0,
-            },
-        }
-    }
-}
-
-enum Stop {
-    /// The connection or channel failed; reconnect. `handed_through` is the last seq handed to
-    /// the broker on it.
-    Broken { why: String, handed_through: u64 },
-    /// Shutdown was asked for.
-    Shutdown,
-}
-
 impl Relay {
     /// Runs until `shutdown`; finishes the batch in flight first.
     pub async fn run(self, shutdown: CancellationToken) {
@@ -112,6 +62,7 @@ impl Relay {
         // entry after every connect backs off like one that cannot connect.
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut suspect = Suspect::default();
+        let mut refused = Refused::new(self.config.nack_quarantine_after);
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -123,13 +74,19 @@ impl Relay {
             match link {
                 Ok(link) => {
                     info!(exchange = %self.config.exchange, "connected to RabbitMQ");
-                    self.metrics.broker_connected.store(true, Ordering::Relaxed);
-                    let stop = self
-                        .drain(&link, &shutdown, &mut backoff, &mut suspect)
-                        .await;
                     self.metrics
-                        .broker_connected
-                        .store(false, Ordering::Relaxed);
+                        .broker_connections
+                        .fetch_add(1, Ordering::Relaxed);
+                    // A refusal of the exchange is reported until a publish passes again.
+                    if self.metrics.broker() != BrokerState::Refused {
+                        self.metrics.set_broker(BrokerState::Connected);
+                    }
+                    let stop = self
+                        .drain(&link, &shutdown, &mut backoff, &mut suspect, &mut refused)
+                        .await;
+                    if self.metrics.broker() != BrokerState::Refused {
+                        self.metrics.set_broker(BrokerState::Disconnected);
+                    }
                     // A dead connection may never answer the close; do not wait on it long.
                     let close = link.connection.close(200, "hlgate closing".into());
                     let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
@@ -137,16 +94,32 @@ impl Relay {
                         Stop::Shutdown => break,
                         Stop::Broken {
                             why,
-                            handed_through,
+                            every_publish: true,
+                            ..
                         } => {
-                            warn!(error = %why, "lost RabbitMQ; reconnecting");
-                            let oldest = self.store.published_through() + 1;
+                            self.metrics.set_broker(BrokerState::Refused);
+                            if let Some(held_back) = LOGS.admit(&why) {
+                                error!(error = %why, held_back,
+                                    "RabbitMQ refuses every publish to the exchange; events wait in the outbox");
+                            }
+                        }
+                        Stop::Broken {
+                            why,
+                            oldest,
+                            handed_through,
+                            every_publish: false,
+                        } => {
+                            if let Some(held_back) = LOGS.admit(&why) {
+                                warn!(error = %why, held_back, "lost RabbitMQ; reconnecting");
+                            }
                             suspect.broke(oldest, handed_through, &why);
                         }
                     }
                 }
                 Err(e) => {
-                    warn!(error = %e, "cannot reach RabbitMQ; events wait in the outbox");
+                    if let Some(held_back) = LOGS.admit(&e) {
+                        warn!(error = %e, held_back, "cannot reach RabbitMQ; events wait in the outbox");
+                    }
                 }
             }
             let delay = backoff.next_delay();
@@ -156,6 +129,18 @@ impl Relay {
             }
         }
         info!("relay stopped");
+    }
+
+    fn wire<'a>(&'a self, link: &'a Link, shutdown: &'a CancellationToken) -> Wire<'a> {
+        Wire {
+            link,
+            shutdown,
+            store: &self.store,
+            metrics: &self.metrics,
+            hooks: self.hooks.as_ref(),
+            exchange: &self.config.exchange,
+            schema_mode: self.config.schema_mode,
+        }
     }
 
     async fn open(&self) -> Result<Link, String> {
@@ -183,106 +168,200 @@ impl Relay {
         }
     }
 
+    /// The refused entries in `seqs` that are still unconfirmed, read again for a retry; the
+    /// others are forgotten.
+    async fn read_refused(
+        &self,
+        seqs: Vec<u64>,
+        refused: &mut Refused,
+    ) -> Result<Vec<Entry>, String> {
+        let mut out = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            match self.read_after(seq - 1, 1).await?.pop() {
+                Some(entry) if entry.seq == seq => out.push(entry),
+                _ => refused.settled(seq),
+            }
+        }
+        Ok(out)
+    }
+
     /// Publishes the outbox in order, keeping up to two windows unconfirmed: the next window
-    /// goes out while the broker confirms the previous one.
+    /// goes out while the broker confirms the previous one. An entry the broker nacks is retried
+    /// on its own when due, in a later window, while the entries behind it go on.
     async fn drain(
         &self,
         link: &Link,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
         suspect: &mut Suspect,
+        refused: &mut Refused,
     ) -> Stop {
-        if let Some((seq, why)) = suspect.poisoned(self.store.published_through()) {
+        refused.link_lost();
+        if let Some((seq, why)) = suspect.poisoned() {
             let why = why.to_string();
             if let Err(why) = self.quarantine(link, seq, &why).await {
-                return Stop::Broken {
-                    why,
-                    handed_through: 0,
-                };
+                return Stop::read_failed(why);
             }
+            refused.settled(seq);
             suspect.cleared();
         }
-        if let Some(stop) = self.step_carefully(link, shutdown, backoff, suspect).await {
+        if let Some(stop) = self
+            .step_carefully(link, shutdown, backoff, suspect, refused)
+            .await
+        {
             return stop;
         }
-        // The last seq handed to the broker; 0 re-reads the outbox from its oldest entry.
+        // The last seq read from the outbox; 0 re-reads it from its oldest entry.
         let mut last_seq = 0;
         let mut in_flight: Option<InFlight> = None;
         loop {
             if shutdown.is_cancelled() && in_flight.is_none() {
                 return Stop::Shutdown;
             }
-            let batch = if shutdown.is_cancelled() {
-                Vec::new()
-            } else {
-                match self.read_after(last_seq, WINDOW).await {
-                    Ok(batch) => batch,
-                    Err(why) => {
-                        return Stop::Broken {
-                            why,
-                            handed_through: last_seq,
+            if let Some(oldest) = refused.refusing_all() {
+                if let Some(previous) = in_flight.take() {
+                    let first = previous.first();
+                    match self.wire(link, shutdown).settle(previous, refused).await {
+                        Ok(settled) => {
+                            if let Err(why) = self.divert(link, settled.expired, refused).await {
+                                return Stop::read_failed(why);
+                            }
                         }
+                        Err(down) => return down.stop(first, last_seq),
                     }
+                    continue;
                 }
-            };
+                match self
+                    .probe(link, shutdown, backoff, oldest, &mut last_seq, refused)
+                    .await
+                {
+                    Ok(()) => continue,
+                    Err(stop) => return stop,
+                }
+            }
+            let mut batch = Vec::new();
+            let mut read_any = false;
+            if !shutdown.is_cancelled() {
+                let due = refused.take_due(Instant::now(), RETRIES_PER_WINDOW);
+                match self.read_refused(due, refused).await {
+                    Ok(retries) => batch = retries,
+                    Err(why) => return Stop::read_failed(why),
+                }
+                match self.read_after(last_seq, WINDOW).await {
+                    Ok(read) => {
+                        read_any = !read.is_empty();
+                        last_seq = read.last().map_or(last_seq, |e| e.seq);
+                        batch.extend(read.into_iter().filter(|e| !refused.contains(e.seq)));
+                    }
+                    Err(why) => return Stop::read_failed(why),
+                }
+            }
+            let handed_through = last_seq;
             let sent = if batch.is_empty() {
                 None
             } else {
-                last_seq = batch.last().map_or(last_seq, |e| e.seq);
-                Some(self.publish(link, batch).await)
+                Some(self.wire(link, shutdown).publish(batch).await)
             };
             if let Some(previous) = in_flight.take() {
-                match self.settle(previous).await {
-                    Ok(true) => backoff.reset(),
-                    Ok(false) => {
-                        // Nacked entries stay in the outbox; after a pause, start over from the
-                        // oldest (what is in flight now may then go twice: at least once).
-                        if let Some(current) = sent {
-                            let _ = self.settle(current).await;
+                let first = previous.first();
+                match self.wire(link, shutdown).settle(previous, refused).await {
+                    Ok(settled) => {
+                        if settled.acked > 0 {
+                            backoff.reset();
                         }
-                        last_seq = 0;
-                        let delay = backoff.next_delay();
-                        tokio::select! {
-                            () = tokio::time::sleep(delay) => {}
-                            () = shutdown.cancelled() => return Stop::Shutdown,
+                        if let Err(why) = self.divert(link, settled.expired, refused).await {
+                            return Stop::read_failed(why);
                         }
-                        continue;
                     }
-                    Err(down) => return down.stop(last_seq),
+                    Err(down) => return down.stop(first, handed_through),
                 }
             }
             match sent {
-                Some(current) => {
-                    if let Some(why) = &current.failure {
-                        let why = why.clone();
-                        let _ = self.settle(current).await;
-                        return Stop::Broken {
-                            why,
-                            handed_through: last_seq,
-                        };
+                Some(mut current) => {
+                    if let Some(down) = current.failure.take() {
+                        let first = current.first();
+                        let _ = self.wire(link, shutdown).settle(current, refused).await;
+                        return down.stop(first, handed_through);
                     }
                     in_flight = Some(current);
                 }
+                // Only refused entries were read: read on.
+                None if read_any => {}
                 None => {
                     if shutdown.is_cancelled() {
                         return Stop::Shutdown;
                     }
+                    let retry_at = refused
+                        .next_due()
+                        .map(tokio::time::Instant::from_std)
+                        .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
                     tokio::select! {
                         () = self.store.appended() => {}
+                        () = tokio::time::sleep_until(retry_at) => {}
                         () = tokio::time::sleep(Duration::from_millis(500)) => {
                             if !link.connection.status().connected() {
-                                return Stop::Broken {
-                                    why: "connection closed".into(),
-                                    handed_through: last_seq,
-                                };
+                                return Stop::read_failed("connection closed".into());
                             }
-                            // Catch entries a nack or a reconnect left behind.
+                            // Catch entries a reconnect left behind.
                             last_seq = 0;
                         }
                         () = shutdown.cancelled() => {}
                     }
                 }
             }
+        }
+    }
+
+    /// While the broker refuses everything: waits out the backoff, then sends the oldest refused
+    /// entry and a few new ones, and settles them. One ack ends the outage.
+    async fn probe(
+        &self,
+        link: &Link,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+        oldest: u64,
+        last_seq: &mut u64,
+        refused: &mut Refused,
+    ) -> Result<(), Stop> {
+        if let Some(held_back) = LOGS.admit("refusing everything") {
+            error!(
+                refused = refused.len(),
+                held_back,
+                "RabbitMQ nacks every publish; retrying the oldest refused entry, quarantining none"
+            );
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = shutdown.cancelled() => return Err(Stop::Shutdown),
+        }
+        refused.take(oldest);
+        let mut batch = self
+            .read_refused(vec![oldest], refused)
+            .await
+            .map_err(Stop::read_failed)?;
+        let fresh = self
+            .read_after(*last_seq, PROBE_NEW)
+            .await
+            .map_err(Stop::read_failed)?;
+        *last_seq = fresh.last().map_or(*last_seq, |e| e.seq);
+        batch.extend(fresh.into_iter().filter(|e| !refused.contains(e.seq)));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let sent = self.wire(link, shutdown).publish(batch).await;
+        let first = sent.first();
+        let failure = sent.failure.is_some();
+        match self.wire(link, shutdown).settle(sent, refused).await {
+            Ok(settled) if !failure => {
+                if settled.acked > 0 {
+                    backoff.reset();
+                }
+                self.divert(link, settled.expired, refused)
+                    .await
+                    .map_err(Stop::read_failed)
+            }
+            Ok(_) => Err(Stop::read_failed("publish failed".into())),
+            Err(down) => Err(down.stop(first, *last_seq)),
         }
     }
 
@@ -295,41 +374,63 @@ impl Relay {
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
         suspect: &Suspect,
+        refused: &mut Refused,
     ) -> Option<Stop> {
-        while suspect.careful(self.store.published_through()) {
+        let mut cursor = 0;
+        loop {
             if shutdown.is_cancelled() {
                 return Some(Stop::Shutdown);
             }
-            let (batch, handed_through) = match self.read_after(0, 1).await {
-                Ok(batch) if batch.is_empty() => return None,
-                Ok(batch) => {
-                    let seq = batch[0].seq;
-                    (batch, seq)
-                }
-                Err(why) => {
-                    return Some(Stop::Broken {
-                        why,
-                        handed_through: 0,
-                    })
-                }
+            let entry = match self.read_after(cursor, 1).await {
+                Ok(mut batch) => batch.pop()?,
+                Err(why) => return Some(Stop::read_failed(why)),
             };
-            let sent = self.publish(link, batch).await;
-            match self.settle(sent).await {
-                Ok(true) => backoff.reset(),
-                Ok(false) => {
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff.next_delay()) => {}
-                        () = shutdown.cancelled() => return Some(Stop::Shutdown),
+            if !suspect.careful(entry.seq) {
+                return None;
+            }
+            cursor = entry.seq;
+            if refused.contains(entry.seq) {
+                // Retried when due, with the windows.
+                continue;
+            }
+            let seq = entry.seq;
+            let mut sent = self.wire(link, shutdown).publish(vec![entry]).await;
+            let failure = sent.failure.take();
+            match self.wire(link, shutdown).settle(sent, refused).await {
+                Ok(settled) => {
+                    if let Some(down) = failure {
+                        return Some(down.stop(seq, seq));
+                    }
+                    if settled.acked > 0 {
+                        backoff.reset();
+                    }
+                    if let Err(why) = self.divert(link, settled.expired, refused).await {
+                        return Some(Stop::read_failed(why));
                     }
                 }
-                Err(down) => return Some(down.stop(handed_through)),
+                Err(down) => return Some(down.stop(seq, seq)),
             }
         }
-        None
+    }
+
+    /// Diverts the entries refused past the bound to the quarantine queue.
+    async fn divert(
+        &self,
+        link: &Link,
+        expired: Vec<(u64, String)>,
+        refused: &mut Refused,
+    ) -> Result<(), String> {
+        for (seq, why) in expired {
+            self.quarantine(link, seq, &why).await?;
+            refused.settled(seq);
+        }
+        self.metrics.set_refused(refused.len() as u64);
+        Ok(())
     }
 
     /// Diverts entry `seq`, which the broker keeps refusing, to the quarantine queue with its
-    /// body intact, and moves the watermark over it once that publish is confirmed.
+    /// body intact, and records it as confirmed once that publish is. Nothing to do when it
+    /// is no longer unconfirmed.
     async fn quarantine(&self, link: &Link, seq: u64, why: &str) -> Result<(), String> {
         let entry = match self.read_after(seq - 1, 1).await?.pop() {
             Some(entry) if entry.seq == seq => entry,
@@ -371,135 +472,5 @@ impl Relay {
             "RabbitMQ refused an entry repeatedly; diverted it to the quarantine queue"
         );
         Ok(())
-    }
-
-    /// Hands a batch to the broker without waiting for its confirms.
-    ///
-    /// lapin takes a publish's delivery tag and queues its frames on the first poll, then waits
-    /// until its I/O thread has written them. Polling every publish once, in seq order, before
-    /// awaiting any keeps the broker's order and lets that thread write the whole batch in a few
-    /// large writes instead of one write and two thread switches per message.
-    async fn publish(&self, link: &Link, batch: Vec<Entry>) -> InFlight {
-        let mut handed = Vec::with_capacity(batch.len());
-        let mut failure = None;
-        let attached = match &self.hooks {
-            Some(h) => h.attach_many(&batch).await,
-            None => Vec::new(),
-        };
-        {
-            let mut sending = Vec::with_capacity(batch.len());
-            for (i, entry) in batch.iter().enumerate() {
-                let attached = attached.get(i).unwrap_or(&Attached::Off);
-                let (exchange, routing_key) = self.destination(entry);
-                let mut send = Box::pin(link.channel.basic_publish(
-                    exchange,
-                    amqp::short(&routing_key),
-                    BasicPublishOptions::default(),
-                    &entry.body,
-                    amqp::properties(entry, attached),
-                ));
-                let first = futures_util::poll!(send.as_mut());
-                let failed = matches!(first, Poll::Ready(Err(_)));
-                sending.push((send, first));
-                if failed {
-                    break;
-                }
-            }
-            for (send, first) in sending {
-                let published = match first {
-                    Poll::Ready(result) => result,
-                    Poll::Pending => send.await,
-                };
-                match published {
-                    Ok(confirm) => handed.push(confirm),
-                    Err(e) => {
-                        failure = Some(format!("publish: {e}"));
-                        break;
-                    }
-                }
-            }
-        }
-        let confirms = batch.into_iter().zip(handed).collect();
-        InFlight { confirms, failure }
-    }
-
-    /// Awaits a batch's confirms in order and moves the outbox watermark over the confirmed
-    /// prefix. `Ok(false)` when something was nacked.
-    async fn settle(&self, in_flight: InFlight) -> Result<bool, LinkDown> {
-        let mut failure = in_flight.failure.map(LinkDown::Failed);
-        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
-        let first = in_flight.confirms.first().map(|(e, _)| e.seq);
-        let mut acked = Vec::with_capacity(in_flight.confirms.len());
-        let mut prefix_end = None;
-        let mut all_acked = true;
-        for (entry, confirm) in in_flight.confirms {
-            let Ok(confirmed) = tokio::time::timeout_at(deadline, confirm).await else {
-                // Readiness says so at once; the reconnect follows.
-                self.metrics
-                    .broker_connected
-                    .store(false, Ordering::Relaxed);
-                failure.get_or_insert(LinkDown::Stalled);
-                break;
-            };
-            match confirmed {
-                Ok(c) if c.is_ack() => {
-                    if all_acked && failure.is_none() {
-                        prefix_end = Some(entry.seq);
-                    }
-                    acked.push(entry);
-                }
-                Ok(_) => {
-                    all_acked = false;
-                    self.metrics.publish(PublishResult::Nack, 1);
-                    warn!(
-                        seq = entry.seq,
-                        "RabbitMQ nacked a publish; it will be retried"
-                    );
-                }
-                Err(e) => {
-                    self.metrics.publish(PublishResult::Error, 1);
-                    failure.get_or_insert_with(|| LinkDown::Failed(format!("confirm: {e}")));
-                }
-            }
-        }
-
-        let now = now_ms();
-        for entry in &acked {
-            self.metrics
-                .publish_seconds
-                .observe(Duration::from_millis(now.saturating_sub(entry.accepted_ms)));
-            self.metrics.schema(entry.schema);
-        }
-        self.metrics.publish(PublishResult::Ack, acked.len() as u64);
-        if let (Some(first), Some(through)) = (first, prefix_end) {
-            let store = self.store.clone();
-            let moved =
-                tokio::task::spawn_blocking(move || store.mark_published(first, through)).await;
-            if !matches!(moved, Ok(Ok(_))) {
-                return Err(LinkDown::Failed(
-                    "cannot record confirmed entries in the outbox".into(),
-                ));
-            }
-        }
-        debug!(count = acked.len(), "published");
-        if let Some(hooks) = &self.hooks {
-            for entry in &acked {
-                hooks.published(entry).await;
-            }
-        }
-        match failure {
-            Some(why) => Err(why),
-            None => Ok(all_acked),
-        }
-    }
-
-    /// The main exchange and routing key, or the quarantine queue for invalid events in
-    /// enforce mode.
-    fn destination(&self, entry: &Entry) -> (ShortString, String) {
-        if self.config.schema_mode == SchemaMode::Enforce && entry.schema == Outcome::Invalid {
-            ("".into(), amqp::QUARANTINE.to_string())
-        } else {
-            (amqp::short(&self.config.exchange), entry.routing_key())
-        }
     }
 }

@@ -10,6 +10,7 @@ mod forms;
 mod helpers;
 mod highlevel;
 mod hlapi;
+mod nacks;
 mod poison;
 mod proxy;
 mod refusals;
