@@ -112,3 +112,66 @@ async fn a_memory_alarm_reads_blocked_and_publishes_each_event_once_after() {
 async fn a_disk_alarm_reads_blocked_and_publishes_each_event_once_after() {
     blocked_then_released("disk").await;
 }
+
+/// Builds `examples/<name>` with the profile of this test binary and returns its path.
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(std::path::Path::parent).unwrap();
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--locked", "--example", name])
+        .args(["--profile", profile])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "cargo build --example {name}");
+    profile_dir.join("examples").join(name)
+}
+
+/// The soak tool, two minutes of it: cuts, kills and an alarm, and every accepted event
+/// published (BENCHMARKS.md has a long run).
+#[tokio::test]
+async fn two_minutes_of_faults_lose_no_accepted_event() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let soak = tokio::task::spawn_blocking(|| example("soak"))
+        .await
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(soak)
+            .args(["--bin", env!("CARGO_BIN_EXE_hlgate")])
+            .args(["--minutes", "2", "--rate", "200", "--concurrency", "8"])
+            .args(["--cut-every", "25", "--cut-for", "3", "--kill-every", "35"])
+            .args(["--alarm-at", "50", "--alarm-for", "10"])
+            .args(["--drain-timeout", "120"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("SUMMARY "))
+        .unwrap_or_else(|| {
+            panic!(
+                "no SUMMARY in {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let field = |name: &str| -> u64 {
+        summary
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {summary}"))
+    };
+    assert!(out.status.success(), "{stdout}");
+    assert!(field("accepted") > 1000, "{summary}");
+    assert_eq!(field("missing"), 0, "{stdout}");
+    assert!(field("kills") >= 3 && field("cuts") >= 4, "{summary}");
+    assert_eq!(field("alarms"), 1, "{summary}");
+    assert!(field("copies") <= field("copies_bound"), "{summary}");
+}
