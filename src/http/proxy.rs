@@ -226,6 +226,7 @@ async fn forward(
         wait_ms = timing.wait.as_millis() as u64,
         upstream_ms = timing.upstream.as_millis() as u64,
         refreshed = timing.refreshed,
+        held = timing.held,
         "proxied"
     );
     Ok(answer)

@@ -12,6 +12,7 @@ mod highlevel;
 mod hlapi;
 mod poison;
 mod proxy;
+mod proxy_guards;
 mod refusals;
 mod schema;
 mod shapes;
