@@ -98,7 +98,7 @@ impl ApiClient {
         }
     }
 
-    /// Sends `request` with `token`, and `Version` when the caller sent none.
+    /// Sends `request` with `token`, and `Version` when the caller sent none or an empty one.
     pub async fn send(
         &self,
         request: ApiRequest<'_>,
@@ -110,7 +110,13 @@ impl ApiClient {
         let mut builder = self.http.request(method, url).bearer_auth(token.expose());
         let mut versioned = false;
         for (name, value) in request.headers {
-            versioned |= name.eq_ignore_ascii_case("version");
+            if name.eq_ignore_ascii_case("version") {
+                // HighLevel refuses an empty Version with a 401, as it does a missing one.
+                if value.trim_ascii().is_empty() {
+                    continue;
+                }
+                versioned = true;
+            }
             builder = builder.header(name.as_str(), value.as_slice());
         }
         if !versioned {

@@ -1,8 +1,8 @@
 //! What a proxy caller cannot make hlgate do upstream: spend a tenant's refresh token on 401s
-//! that no new token cures.
+//! that no new token cures, or send HighLevel an empty `Version`.
 
 use crate::helpers::*;
-use crate::proxy::{expiring, get, installed};
+use crate::proxy::{expiring, get, installed, proxied};
 
 const NO_SCOPE: &str = "The token is not authorized for this scope.";
 
@@ -50,4 +50,29 @@ async fn a_401_for_a_token_renewed_just_now_is_passed_on_without_another_refresh
         "a token renewed just now was refreshed again after its 401"
     );
     assert_eq!(standin.with(|s| s.api.calls("/out-of-scope")), 1);
+}
+
+#[tokio::test]
+async fn an_empty_version_is_replaced_by_the_default_one() {
+    let (standin, app) = installed(&[], &["loc-a"]).await;
+    for version in ["", " ", "\t "] {
+        for _ in 0..3 {
+            let r = app
+                .http
+                .get(proxied(&app, "loc-a", "/contacts/c1"))
+                .header("Version", version)
+                .send()
+                .await
+                .unwrap();
+            let (status, body) = json(r).await;
+            assert_eq!(status, 200, "Version {version:?}: {body}");
+            assert_eq!(body["version"], "2021-07-28", "Version {version:?}");
+        }
+    }
+    assert_eq!(standin.with(|s| s.api.unauthorized), 0);
+    assert_eq!(
+        standin.with(|s| s.refresh_calls),
+        0,
+        "refresh token rotated"
+    );
 }
