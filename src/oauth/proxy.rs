@@ -243,7 +243,9 @@ impl Proxy {
                     {
                         return Err(ProxyError::TooLarge);
                     }
-                    if retriable && !retried {
+                    // A request that cannot be built fails the same way again.
+                    let invalid = matches!(e, ApiCallError::Invalid(_));
+                    if retriable && !retried && !invalid {
                         retried = true;
                         tokio::time::sleep(backoff.next_delay()).await;
                         continue;

@@ -1,8 +1,18 @@
 //! What a proxy caller cannot make hlgate do upstream: spend a tenant's refresh token on 401s
-//! that no new token cures, or send HighLevel an empty `Version`.
+//! that no new token cures, send HighLevel an empty `Version`, or leave the base path of
+//! `HLGATE_API_BASE_URL`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::helpers::*;
 use crate::proxy::{expiring, get, installed, proxied};
+
+/// Longest a raw request may take: a hang guard, not a measure.
+const HANG_GUARD: Duration = Duration::from_secs(30);
 
 const NO_SCOPE: &str = "The token is not authorized for this scope.";
 
@@ -74,5 +84,74 @@ async fn an_empty_version_is_replaced_by_the_default_one() {
         standin.with(|s| s.refresh_calls),
         0,
         "refresh token rotated"
+    );
+}
+
+/// A GET of `path` exactly as written (HTTP clients resolve dot segments before sending): the
+/// status and the JSON body, `Null` when the body is not JSON.
+async fn raw_get(app: &TestApp, path: &str) -> (u16, Value) {
+    let mut stream = TcpStream::connect(app.admin).await.unwrap();
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        app.admin
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(HANG_GUARD, stream.read_to_end(&mut raw))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_path_that_climbs_above_the_base_path_is_refused_and_reaches_nothing() {
+    let standin = crate::highlevel::StandIn::start().await;
+    let base = format!("{}/api/v2", standin.url);
+    let app = crate::tokens::app_with(&standin, &[("HLGATE_API_BASE_URL", base.as_str())]).await;
+    crate::tokens::install(&app, &standin, "loc-a", "Location").await;
+    let climbing = [
+        "%2e%2e/%2e%2e/x",
+        "%2E%2e/x",
+        "contacts/../../x",
+        "./contacts/.%2e/%2e./x",
+        "a/%2e%2e/%2e%2e/%2e%2e/api/v2/contacts/c1",
+        "a%2F..%2F..%2Fx",
+        "a%5c..%5c..%5cx",
+        "..%5Cx",
+        "contacts\\..\\..\\x",
+    ];
+    for path in climbing {
+        let (status, body) = raw_get(&app, &format!("/v1/highlevel/loc-a/{path}")).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("bad_path")),
+            "{path}: {body}"
+        );
+        assert!(body["message"]
+            .as_str()
+            .unwrap()
+            .contains("HLGATE_API_BASE_URL"));
+    }
+    assert_eq!(
+        standin.with(|s| s.api.paths.clone()),
+        Vec::<String>::new(),
+        "HighLevel was called"
+    );
+    let refused = metric(
+        &app.metrics_text().await,
+        r#"hlgate_api_requests_total{outcome="client_error"}"#,
+    );
+    assert_eq!(refused, climbing.len() as f64, "each refusal is counted");
+
+    // Dot segments that stay below the base are resolved, and the path is sent on.
+    let (status, _) = raw_get(&app, "/v1/highlevel/loc-a/x/%2e%2e/contacts/./c1?q=1").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        standin.with(|s| s.api.paths.clone()),
+        ["/api/v2/contacts/c1"]
     );
 }
