@@ -48,12 +48,19 @@ fn connection_listed<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> 
         .collect()
 }
 
-/// The caller's headers as HighLevel gets them: its credentials and the hop's own go.
+/// Headers that tell where a request came from through the hops before hlgate: the network
+/// inside the app is none of HighLevel's business.
+fn names_a_hop(name: &str) -> bool {
+    name == "forwarded" || name == "x-real-ip" || name.starts_with("x-forwarded-")
+}
+
+/// The caller's headers as HighLevel gets them: its credentials and the hops' own go.
 fn request_headers(req: &HttpRequest) -> Vec<(String, Vec<u8>)> {
     let listed = connection_listed(req.headers().get_all("connection").map(|v| v.as_bytes()));
     req.headers()
         .iter()
         .filter(|(k, _)| passes(k.as_str(), &listed, &["authorization", "cookie", "host"]))
+        .filter(|(k, _)| !names_a_hop(k.as_str()))
         .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
         .collect()
 }
@@ -278,13 +285,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credentials_and_hop_by_hop_headers_stay_behind() {
+    fn credentials_and_the_hops_headers_stay_behind() {
         let req = actix_web::test::TestRequest::default()
             .insert_header(("Authorization", "Bearer caller"))
             .insert_header(("Cookie", "a=b"))
             .insert_header(("Connection", "keep-alive, x-hop"))
             .insert_header(("X-Hop", "1"))
             .insert_header(("Accept", "application/json"))
+            .insert_header(("Forwarded", "for=10.0.0.7"))
+            .insert_header(("X-Forwarded-For", "10.0.0.7"))
+            .insert_header(("X-Forwarded-Host", "internal.example"))
+            .insert_header(("X-Real-IP", "10.0.0.7"))
             .to_http_request();
         let names: Vec<String> = request_headers(&req).into_iter().map(|(k, _)| k).collect();
         assert_eq!(names, vec!["accept".to_string()]);

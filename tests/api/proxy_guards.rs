@@ -1,6 +1,6 @@
 //! What a proxy caller cannot make hlgate do upstream: spend a tenant's refresh token on 401s
-//! that no new token cures, send HighLevel an empty `Version`, or leave the base path of
-//! `HLGATE_API_BASE_URL`.
+//! that no new token cures, send HighLevel an empty `Version`, leave the base path of
+//! `HLGATE_API_BASE_URL`, or tell HighLevel about the hops in front of hlgate.
 
 use std::time::Duration;
 
@@ -154,4 +154,32 @@ async fn a_path_that_climbs_above_the_base_path_is_refused_and_reaches_nothing()
         standin.with(|s| s.api.paths.clone()),
         ["/api/v2/contacts/c1"]
     );
+}
+
+#[tokio::test]
+async fn the_hops_in_front_of_hlgate_are_not_told_to_highlevel() {
+    let (_standin, app) = installed(&[], &["loc-a"]).await;
+    let hops = [
+        ("Forwarded", "for=10.0.0.7;proto=https"),
+        ("X-Forwarded-For", "10.0.0.7"),
+        ("X-Forwarded-Host", "internal.example"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Port", "8443"),
+        ("X-Real-IP", "10.0.0.7"),
+    ];
+    let mut request = app.http.get(proxied(&app, "loc-a", "/contacts/c1"));
+    for (name, value) in hops {
+        request = request.header(name, value);
+    }
+    let r = request.header("X-Trace", "t1").send().await.unwrap();
+    let (status, body) = json(r).await;
+    assert_eq!(status, 200);
+    let seen: Vec<&str> = (body["headers"].as_array().unwrap().iter())
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    for (name, _) in hops {
+        let name = name.to_ascii_lowercase();
+        assert!(!seen.contains(&name.as_str()), "{name} sent on: {seen:?}");
+    }
+    assert!(seen.contains(&"x-trace"), "other headers pass: {seen:?}");
 }
