@@ -79,6 +79,8 @@ pub enum ApiCallError {
 pub struct ApiClient {
     http: reqwest::Client,
     base_url: String,
+    /// The base URL's path without its trailing `/`: every request's path stays below it.
+    base_path: String,
     version: String,
 }
 
@@ -91,14 +93,34 @@ impl ApiClient {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("HTTP client");
+        let base_url = base_url.trim_end_matches('/').to_string();
+        let base_path = reqwest::Url::parse(&base_url)
+            .map(|u| u.path().trim_end_matches('/').to_string())
+            .unwrap_or_default();
         ApiClient {
             http,
-            base_url: base_url.trim_end_matches('/').to_string(),
+            base_url,
+            base_path,
             version: version.to_string(),
         }
     }
 
-    /// Sends `request` with `token`, and `Version` when the caller sent none.
+    /// The URL of `path_and_query` below the base URL. Parsing resolves dot segments (also
+    /// percent-encoded ones) and reads a backslash as a slash: a path that climbs out of the
+    /// base path is refused, whatever the caller checked before.
+    fn url(&self, path_and_query: &str) -> Result<reqwest::Url, ApiCallError> {
+        let url = reqwest::Url::parse(&format!("{}{}", self.base_url, path_and_query))
+            .map_err(|_| ApiCallError::Invalid("the path is not a valid URL path".into()))?;
+        let below = url.path().strip_prefix(self.base_path.as_str());
+        if !below.is_some_and(|rest| rest.is_empty() || rest.starts_with('/')) {
+            return Err(ApiCallError::Invalid(
+                "the path leaves the API base URL's path".into(),
+            ));
+        }
+        Ok(url)
+    }
+
+    /// Sends `request` with `token`, and `Version` when the caller sent none or an empty one.
     pub async fn send(
         &self,
         request: ApiRequest<'_>,
@@ -106,11 +128,17 @@ impl ApiClient {
     ) -> Result<ApiResponse, ApiCallError> {
         let method = reqwest::Method::from_bytes(request.method.as_bytes())
             .map_err(|_| ApiCallError::Invalid("unknown method".into()))?;
-        let url = format!("{}{}", self.base_url, request.path_and_query);
+        let url = self.url(request.path_and_query)?;
         let mut builder = self.http.request(method, url).bearer_auth(token.expose());
         let mut versioned = false;
         for (name, value) in request.headers {
-            versioned |= name.eq_ignore_ascii_case("version");
+            if name.eq_ignore_ascii_case("version") {
+                // HighLevel refuses an empty Version with a 401, as it does a missing one.
+                if value.trim_ascii().is_empty() {
+                    continue;
+                }
+                versioned = true;
+            }
             builder = builder.header(name.as_str(), value.as_slice());
         }
         if !versioned {
@@ -154,5 +182,33 @@ fn classify(e: reqwest::Error) -> ApiCallError {
     } else {
         // Without the URL: it is ours, and the error text stays short.
         ApiCallError::Network(e.without_url().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_below_the_base_path() {
+        let api = ApiClient::new("http://h/api/v2/", "v", Duration::from_secs(1));
+        let url = |p: &str| api.url(p).map(|u| u.to_string());
+        assert_eq!(
+            url("/contacts/c1?a=b").unwrap(),
+            "http://h/api/v2/contacts/c1?a=b"
+        );
+        assert_eq!(url("/a/../contacts").unwrap(), "http://h/api/v2/contacts");
+        for escape in [
+            "/loc1/%2e%2e/%2e%2e/x",
+            "/%2E%2e/x",
+            "/..",
+            "/a/../../v2x",
+            "/..\\x",
+            "/.%2e/.%2E/x",
+        ] {
+            assert!(url(escape).is_err(), "{escape} left the base");
+        }
+        let root = ApiClient::new("http://h", "v", Duration::from_secs(1));
+        assert_eq!(root.url("/../x").unwrap().to_string(), "http://h/x");
     }
 }

@@ -48,14 +48,58 @@ fn connection_listed<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> 
         .collect()
 }
 
-/// The caller's headers as HighLevel gets them: its credentials and the hop's own go.
+/// Headers that tell where a request came from through the hops before hlgate: the network
+/// inside the app is none of HighLevel's business.
+fn names_a_hop(name: &str) -> bool {
+    name == "forwarded" || name == "x-real-ip" || name.starts_with("x-forwarded-")
+}
+
+/// The caller's headers as HighLevel gets them: its credentials and the hops' own go.
 fn request_headers(req: &HttpRequest) -> Vec<(String, Vec<u8>)> {
     let listed = connection_listed(req.headers().get_all("connection").map(|v| v.as_bytes()));
     req.headers()
         .iter()
         .filter(|(k, _)| passes(k.as_str(), &listed, &["authorization", "cookie", "host"]))
+        .filter(|(k, _)| !names_a_hop(k.as_str()))
         .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
         .collect()
+}
+
+/// The path below HLGATE_API_BASE_URL as HighLevel gets it, from the raw `path` after the
+/// tenant: dot segments resolved (`.`, `..` and their percent-encoded forms, which URL parsers
+/// resolve too) and a backslash read as the slash URL parsers take it for; the other segments
+/// as the caller encoded them. `None` when the path climbs above the base, or hides a slash or
+/// backslash in a percent-encoding, which a server further on may decode into one.
+fn upstream_path(path: &str) -> Option<String> {
+    let segments: Vec<&str> = path.split(['/', '\\']).collect();
+    let mut kept: Vec<&str> = Vec::with_capacity(segments.len());
+    for (i, segment) in segments.iter().enumerate() {
+        let lower = segment.to_ascii_lowercase();
+        if lower.contains("%2f") || lower.contains("%5c") {
+            return None;
+        }
+        let dots = lower.replace("%2e", ".");
+        match dots.as_str() {
+            "." => {}
+            ".." => {
+                kept.pop()?;
+            }
+            _ => kept.push(segment),
+        }
+        // A path ending in a dot segment names the directory it resolves to.
+        if i + 1 == segments.len() && (dots == "." || dots == "..") {
+            kept.push("");
+        }
+    }
+    Some(format!("/{}", kept.join("/")))
+}
+
+fn bad_path() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_path",
+        "the path climbs above HLGATE_API_BASE_URL's path, or hides a slash as %2F or %5C",
+    )
 }
 
 /// The body's declared length: `Some(0)` when the request has none.
@@ -164,10 +208,14 @@ async fn forward(
         state.metrics.api_request("unauthorized");
         return Err(e);
     }
-    // The raw path, as the caller encoded it: HighLevel gets it unchanged.
+    // The raw path, as the caller encoded it: HighLevel gets it so, its dot segments resolved.
     let rest = req.uri().path().strip_prefix(PREFIX).unwrap_or_default();
     let (tenant, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (tenant, upstream_path) = (tenant.to_string(), format!("/{path}"));
+    let Some(upstream_path) = upstream_path(path) else {
+        state.metrics.api_request("client_error");
+        return Err(bad_path());
+    };
+    let tenant = tenant.to_string();
     let mut path_and_query = upstream_path.clone();
     if let Some(query) = req.uri().query() {
         path_and_query = format!("{path_and_query}?{query}");
@@ -226,6 +274,7 @@ async fn forward(
         wait_ms = timing.wait.as_millis() as u64,
         upstream_ms = timing.upstream.as_millis() as u64,
         refreshed = timing.refreshed,
+        held = timing.held,
         "proxied"
     );
     Ok(answer)
@@ -236,15 +285,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credentials_and_hop_by_hop_headers_stay_behind() {
+    fn credentials_and_the_hops_headers_stay_behind() {
         let req = actix_web::test::TestRequest::default()
             .insert_header(("Authorization", "Bearer caller"))
             .insert_header(("Cookie", "a=b"))
             .insert_header(("Connection", "keep-alive, x-hop"))
             .insert_header(("X-Hop", "1"))
             .insert_header(("Accept", "application/json"))
+            .insert_header(("Forwarded", "for=10.0.0.7"))
+            .insert_header(("X-Forwarded-For", "10.0.0.7"))
+            .insert_header(("X-Forwarded-Host", "internal.example"))
+            .insert_header(("X-Real-IP", "10.0.0.7"))
             .to_http_request();
         let names: Vec<String> = request_headers(&req).into_iter().map(|(k, _)| k).collect();
         assert_eq!(names, vec!["accept".to_string()]);
+    }
+
+    #[test]
+    fn dot_segments_are_resolved_and_none_climbs_above_the_base() {
+        let inside = [
+            ("", "/"),
+            ("contacts/c1", "/contacts/c1"),
+            ("contacts/./c1", "/contacts/c1"),
+            ("x/%2E%2e/contacts/c%20d", "/contacts/c%20d"),
+            ("contacts\\c1", "/contacts/c1"),
+            ("contacts/c1/..", "/contacts/"),
+            ("contacts//../c1", "/contacts/c1"),
+            ("..a/.b/%2e%2e%2e", "/..a/.b/%2e%2e%2e"),
+        ];
+        for (path, expected) in inside {
+            assert_eq!(upstream_path(path).as_deref(), Some(expected), "{path}");
+        }
+        let outside = [
+            "..",
+            "%2e%2e/x",
+            "loc1/%2e%2e/%2e%2e/x",
+            "a/%2E%2e/.%2E/x",
+            "a/../..",
+            "..\\x",
+            "a%2f..%2f..%2fx",
+            "a%5C..",
+        ];
+        for path in outside {
+            assert_eq!(upstream_path(path), None, "{path}");
+        }
     }
 }

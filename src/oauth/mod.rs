@@ -10,6 +10,7 @@
 //! - `refresher`: the background schedule: due tenants, soonest first, a bounded number at once.
 //! - `budget`: the request budget per resource, fed by HighLevel's rate-limit headers.
 //! - `proxy`: the HighLevel API proxy without HTTP: token, rate governor, retries.
+//! - `renewals`: tenants renewed just now, for whom a 401 forces no refresh (the hold-down).
 //! - `vault`: token records encrypted at rest.
 
 pub mod budget;
@@ -19,6 +20,7 @@ mod installs;
 mod kept;
 mod proxy;
 pub mod refresher;
+mod renewals;
 mod service;
 pub mod vault;
 mod views;

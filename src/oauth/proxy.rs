@@ -1,6 +1,7 @@
 //! The HighLevel API proxy without HTTP: the tenant's token (refreshed once after a 401 it
-//! was believed valid for), the tenant's rate governor (a FIFO in front of its budget), and
-//! the one retry each failure allows. One tenant's queue never holds another's requests.
+//! was believed valid for, unless it was renewed just now), the tenant's rate governor (a FIFO
+//! in front of its budget), and the one retry each failure allows. One tenant's queue never
+//! holds another's requests.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,12 +72,15 @@ pub struct Forward {
     pub body: ProxyBody,
 }
 
-/// Where the time of a request went, and whether a 401 forced a refresh.
+/// Where the time of a request went, and what a 401 did: `refreshed` when the request was sent
+/// again with a new token, `held` when HighLevel's 401 was passed on because the token was
+/// renewed just now.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Timing {
     pub wait: Duration,
     pub upstream: Duration,
     pub refreshed: bool,
+    pub held: bool,
 }
 
 /// A tenant's budget as `GET /v1/tenants` shows it.
@@ -178,6 +182,9 @@ impl Proxy {
         if timing.refreshed {
             self.metrics.api_request("refreshed_401");
         }
+        if timing.held {
+            self.metrics.api_request("held_401");
+        }
         let outcome = match &result {
             Ok(r) if r.status < 400 => "ok",
             Ok(r) if r.status == 429 => "upstream_rate_limited",
@@ -236,7 +243,9 @@ impl Proxy {
                     {
                         return Err(ProxyError::TooLarge);
                     }
-                    if retriable && !retried {
+                    // A request that cannot be built fails the same way again.
+                    let invalid = matches!(e, ApiCallError::Invalid(_));
+                    if retriable && !retried && !invalid {
                         retried = true;
                         tokio::time::sleep(backoff.next_delay()).await;
                         continue;
@@ -249,13 +258,20 @@ impl Proxy {
             };
             self.budget.observe(&key, &response.rate);
             match response.status {
+                // A 401 for the token this request was sent again with stands: another
+                // refresh would give another token to the same refusal.
                 401 if !refreshed => {
                     refreshed = true;
-                    timing.refreshed = true;
                     match self.tokens.force_refresh(tenant, &token).await? {
-                        Some(fresh) => token = fresh,
-                        // A private token: nothing to refresh, HighLevel's answer stands.
-                        None => return Ok(response),
+                        Forced::Fresh(fresh) => {
+                            timing.refreshed = true;
+                            token = fresh;
+                        }
+                        Forced::Private => return Ok(response),
+                        Forced::Held => {
+                            timing.held = true;
+                            return Ok(response);
+                        }
                     }
                 }
                 429 => {
@@ -339,6 +355,16 @@ impl Proxy {
     }
 }
 
+/// What a 401 gets the request.
+pub(super) enum Forced {
+    /// A token newer than the refused one: send the request again with it.
+    Fresh(Secret),
+    /// A private token cannot be refreshed: HighLevel's answer stands.
+    Private,
+    /// The tenant was renewed just now: HighLevel's answer stands.
+    Held,
+}
+
 /// HighLevel's 429 with a `Retry-After` (when it sent none) from its interval.
 fn with_retry_after(mut response: ApiResponse, pause: Duration) -> ApiResponse {
     if !response
@@ -366,25 +392,32 @@ impl TokenService {
     }
 
     /// HighLevel refused `stale`: a new token, refreshed once however many requests were
-    /// refused with it (the first refreshes, the others find its result). `None` for a
-    /// private token, which cannot be refreshed.
+    /// refused with it (the first refreshes, the others find its result). No refresh for a
+    /// private token, nor within the hold-down of the tenant's last renewal or forced refresh:
+    /// so a 401 that no new token cures (a missing scope) costs the tenant at most one
+    /// refresh per hold-down, however often it is asked for.
     pub(super) async fn force_refresh(
         self: &Arc<Self>,
         tenant: &str,
         stale: &Secret,
-    ) -> Result<Option<Secret>, TokenError> {
+    ) -> Result<Forced, TokenError> {
         let (this, tenant, stale) = (self.clone(), tenant.to_string(), stale.clone());
         let task = self.spawn(async move {
             let _flight = this.flight(&tenant).await;
             let record = this.load(&tenant).await?.ok_or(TokenError::Unknown)?;
             if record.access_token != stale {
-                return Ok(Some(record.access_token));
+                return Ok(Forced::Fresh(record.access_token));
             }
             if record.state == TenantState::Private {
-                return Ok(None);
+                return Ok(Forced::Private);
             }
+            if this.renewals.holds(&tenant) {
+                return Ok(Forced::Held);
+            }
+            // Marked before the refresh: a failed one holds too, or each call would try again.
+            this.renewals.mark(&tenant);
             let fresh = this.refresh_record(record).await?;
-            Ok(Some(fresh.access_token))
+            Ok(Forced::Fresh(fresh.access_token))
         });
         task.await
             .map_err(|e| TokenError::Vault(VaultError::Task(e.to_string())))?

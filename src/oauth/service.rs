@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use super::budget::{Limits, RateBudget};
 use super::flights::Flights;
 use super::kept::Kept;
+use super::renewals::Renewals;
 use super::vault::{now_secs, rfc3339, TenantState, TokenRecord, Vault, VaultError};
 use crate::backoff::Backoff;
 use crate::highlevel::{HighLevelClient, OAuthError, TenantKind, TokenResponse};
@@ -132,6 +133,8 @@ pub struct TokenService {
     pub(super) metrics: Arc<Metrics>,
     pub(super) budget: RateBudget,
     flights: Flights,
+    /// Tenants renewed just now: the proxy forces no refresh for them after a 401.
+    pub(super) renewals: Renewals,
     pub(super) kept: Kept,
     /// Unix seconds before which the Reconnect API is not called, for any tenant: HighLevel
     /// answered that it was removed.
@@ -173,6 +176,7 @@ impl TokenService {
             metrics: p.metrics,
             budget: RateBudget::new(Limits::default(), p.app_wide_budget),
             flights: Flights::default(),
+            renewals: Renewals::default(),
             kept: Kept::new(p.refresh_before.as_secs() as i64),
             reconnect_paused_until: AtomicI64::new(0),
             tasks: p.tasks,
@@ -364,7 +368,11 @@ impl TokenService {
         match check(&record, need) {
             Check::Ready => Ok(record),
             Check::Refused(e) => Err(e),
-            Check::Due => self.refresh_record(record).await,
+            Check::Due => {
+                let fresh = self.refresh_record(record).await?;
+                self.renewals.mark(tenant);
+                Ok(fresh)
+            }
         }
     }
 

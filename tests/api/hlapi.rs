@@ -1,7 +1,8 @@
 //! A stand-in for HighLevel's API, served by the OAuth stand-in's server: it accepts only a
-//! tenant's current access token, counts requests per token against a burst window and a
-//! daily limit as HighLevel does (answering `X-RateLimit-*` and 429 over the limit), and
-//! offers a few endpoints: a contact, an echo, and failures on demand.
+//! tenant's current access token and a request with a `Version` (answering HighLevel's 401s
+//! otherwise), counts requests per token against a burst window and a daily limit as
+//! HighLevel does (answering `X-RateLimit-*` and 429 over the limit), and offers a few
+//! endpoints: a contact, an echo, one the tokens lack the scope for, and failures on demand.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -25,7 +26,7 @@ pub struct ApiState {
     pub max_in_window: usize,
     /// Requests answered 429 for being over the limit.
     pub limited: usize,
-    /// Requests refused for their token.
+    /// Requests refused for their token or for a missing `Version`.
     pub unauthorized: usize,
     /// Requests that passed the token and rate checks, per path.
     pub calls: HashMap<String, usize>,
@@ -33,6 +34,8 @@ pub struct ApiState {
     pub failures: VecDeque<u16>,
     /// The method of every request that passed the checks, in order.
     pub methods: Vec<String>,
+    /// The raw path of every request that arrived, checked or not, in order.
+    pub paths: Vec<String>,
 }
 
 impl ApiState {
@@ -46,6 +49,7 @@ impl ApiState {
             max_in_window: 0,
             limited: 0,
             methods: Vec::new(),
+            paths: Vec::new(),
             unauthorized: 0,
             calls: HashMap::new(),
             failures: VecDeque::new(),
@@ -128,12 +132,21 @@ async fn api(
         .unwrap_or("")
         .to_string();
     let path = req.path().to_string();
+    let versioned = req
+        .headers()
+        .get("version")
+        .is_some_and(|v| !v.as_bytes().trim_ascii().is_empty());
     let (headers, failure) = {
         let mut s = state.lock().unwrap();
+        s.api.paths.push(path.clone());
         let current = s.current.values().any(|t| *t == bearer);
         if !current {
             s.api.unauthorized += 1;
             return error(401, "Invalid JWT");
+        }
+        if !versioned {
+            s.api.unauthorized += 1;
+            return error(401, "version header was not found.");
         }
         let headers = match count(&mut s.api, &bearer) {
             Ok(h) => h,
@@ -156,6 +169,8 @@ async fn api(
     };
     let mut answer = match (path.as_str(), failure) {
         (_, Some(status)) => error(status, "Bad gateway"),
+        // No token of the app has the scope: a new one would not either.
+        ("/out-of-scope", None) => error(401, "The token is not authorized for this scope."),
         (p, None) if p.starts_with("/contacts/") => {
             let id = p.trim_start_matches("/contacts/");
             let version = req.headers().get("version").and_then(|v| v.to_str().ok());

@@ -13,6 +13,7 @@ mod hlapi;
 mod nacks;
 mod poison;
 mod proxy;
+mod proxy_guards;
 mod refusals;
 mod schema;
 mod shapes;

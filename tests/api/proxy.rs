@@ -10,11 +10,11 @@ use crate::helpers::*;
 use crate::highlevel::StandIn;
 use crate::tokens::{app_with, install};
 
-fn proxied(app: &TestApp, tenant: &str, path: &str) -> String {
+pub(crate) fn proxied(app: &TestApp, tenant: &str, path: &str) -> String {
     app.admin_url(&format!("/v1/highlevel/{tenant}{path}"))
 }
 
-async fn get(app: &TestApp, tenant: &str, path: &str) -> reqwest::Response {
+pub(crate) async fn get(app: &TestApp, tenant: &str, path: &str) -> reqwest::Response {
     app.http
         .get(proxied(app, tenant, path))
         .send()
@@ -22,7 +22,7 @@ async fn get(app: &TestApp, tenant: &str, path: &str) -> reqwest::Response {
         .unwrap()
 }
 
-async fn installed(extra: &[(&str, &str)], tenants: &[&str]) -> (StandIn, TestApp) {
+pub(crate) async fn installed(extra: &[(&str, &str)], tenants: &[&str]) -> (StandIn, TestApp) {
     let standin = StandIn::start().await;
     let mut all = vec![("HLGATE_API_BASE_URL", standin.url.as_str())];
     all.extend_from_slice(extra);
@@ -35,7 +35,7 @@ async fn installed(extra: &[(&str, &str)], tenants: &[&str]) -> (StandIn, TestAp
 
 /// Tenants whose every token expires sooner than `HLGATE_TOKEN_MIN_TTL` wants, left alone by
 /// the background schedule: only the proxy's need refreshes them.
-async fn expiring(tenants: &[&str]) -> (StandIn, TestApp) {
+pub(crate) async fn expiring(tenants: &[&str]) -> (StandIn, TestApp) {
     let standin = StandIn::start().await;
     standin.with(|s| s.expires_in = 600);
     let base = [
@@ -413,6 +413,7 @@ async fn spend(standin: &StandIn, tenant: &str, n: usize) {
     let url = format!("{}/contacts/elsewhere", standin.url);
     for _ in 0..n {
         let r = reqwest::Client::new().get(&url).bearer_auth(&token);
+        let r = r.header("Version", "2021-07-28");
         r.send().await.unwrap();
     }
 }
