@@ -11,12 +11,14 @@
 //! - `budget`: the request budget per resource, fed by HighLevel's rate-limit headers.
 //! - `proxy`: the HighLevel API proxy without HTTP: token, rate governor, retries.
 //! - `vault`: token records encrypted at rest.
+//! - `key`: the key they are sealed with, and the check that a start has the right one.
 
 pub mod budget;
 mod flights;
 mod hooks;
 mod installs;
 mod kept;
+pub mod key;
 mod proxy;
 pub mod refresher;
 mod service;

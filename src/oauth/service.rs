@@ -249,7 +249,16 @@ impl TokenService {
     /// Indexes every record of the vault by due time and state; call it once, before the
     /// refresher starts. Blocking.
     pub fn index_vault(&self) -> Result<(), VaultError> {
-        self.kept.index_all(self.vault.list()?);
+        let records = self.vault.list()?;
+        let unopened = records.iter().filter(|r| r.is_err()).count();
+        if unopened > 0 {
+            warn!(
+                records = unopened,
+                "token records the token key does not open (damaged, or sealed with another \
+                 key): their tenants count as needs_reauth"
+            );
+        }
+        self.kept.index_all(records);
         Ok(())
     }
 

@@ -62,3 +62,13 @@ impl KeyedTree {
             })
     }
 }
+
+/// The trees of a stopped gateway's main database, for the offline checks (`hlgate store
+/// check`), which open that database once for everything they read.
+pub struct OfflineTrees<'a>(pub(super) &'a sled::Db);
+
+impl OfflineTrees<'_> {
+    pub fn keyed_tree(&self, name: &str) -> Result<KeyedTree, StoreError> {
+        KeyedTree::open(self.0, name)
+    }
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hlgate::highlevel::TenantKind;
-use hlgate::oauth::{vault, TenantState, TokenRecord, Vault};
+use hlgate::oauth::{key, TenantState, TokenRecord};
 use hlgate::secret::Secret;
 use hlgate::store::Store;
 
@@ -32,8 +32,8 @@ fn seeded(standin: &StandIn, tenant: &str, expires_at: i64) -> TokenRecord {
 fn seed(dir: &Path, records: &[TokenRecord], garbage: &[&str]) {
     let store = Store::open(dir, Duration::from_secs(3600)).unwrap();
     let tree = store.keyed_tree("tokens").unwrap();
-    let key = vault::load_or_create_key(None, dir).unwrap();
-    let vault = Vault::new(tree.clone(), &key);
+    let checks = store.keyed_tree(key::KEY_CHECK_TREE).unwrap();
+    let vault = key::open_vault(tree.clone(), &checks, None, dir).unwrap();
     for record in records {
         vault.put(record).unwrap();
     }
