@@ -99,6 +99,7 @@ fn token_service(
     let service = TokenService::new(TokenServiceParts {
         vault: key::open_vault(tree("tokens")?, &checks, token_key, data_dir)?,
         installs: tree("installs")?,
+        refreshing: tree("refreshing")?,
         client,
         install: InstallSettings {
             marketplace_url: oauth.marketplace_url.clone(),

@@ -12,6 +12,8 @@
 //! - `proxy`: the HighLevel API proxy without HTTP: token, rate governor, retries.
 //! - `vault`: token records encrypted at rest.
 //! - `key`: the key they are sealed with, and the check that a start has the right one.
+//! - `resume`: the mark of a refresh in flight, and the retry first at start of those a crash
+//!   cut short.
 
 pub mod budget;
 mod flights;
@@ -21,6 +23,7 @@ mod kept;
 pub mod key;
 mod proxy;
 pub mod refresher;
+mod resume;
 mod service;
 pub mod vault;
 mod views;

@@ -39,6 +39,13 @@ impl KeyedTree {
         Ok(existed)
     }
 
+    /// Removes without flushing: for an entry whose removal may be lost to a crash without
+    /// harm (the next flush, of this tree or another of the database, persists it).
+    pub fn forget(&self, key: &str) -> Result<(), StoreError> {
+        self.tree.remove(key.as_bytes())?;
+        Ok(())
+    }
+
     /// Every entry, in key order.
     pub fn list(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.after(None).collect()
