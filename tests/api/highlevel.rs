@@ -125,15 +125,30 @@ async fn token(
     if let Some(delay) = delay.1 {
         tokio::time::sleep(delay).await;
     }
-    let mut s = state.lock().unwrap();
-    // Answered from here on, under the lock.
-    s.refreshes_in_flight -= usize::from(delay.0);
+    let mut hold = None;
+    let response = {
+        let mut s = state.lock().unwrap();
+        s.refreshes_in_flight -= usize::from(delay.0);
+        answer(&mut s, form.into_inner(), &mut hold)
+    };
+    if let Some(hold) = hold {
+        tokio::time::sleep(hold).await;
+    }
+    response
+}
+
+/// What `/oauth/token` answers, decided under the lock; `hold`: how long to wait before it is
+/// sent.
+fn answer(
+    s: &mut State,
+    f: HashMap<String, String>,
+    hold: &mut Option<std::time::Duration>,
+) -> HttpResponse {
     if let Some(status) = s.outage {
         s.refresh_calls += 1;
         return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
             .body("upstream unavailable");
     }
-    let f = form.into_inner();
     let Some(client_id) = f.get("client_id") else {
         return error(400, "Missing parameter: clientId");
     };
@@ -180,11 +195,7 @@ async fn token(
                 let at = std::time::Instant::now();
                 s.answers.insert(presented, (at, answer.clone()));
             }
-            let delay = s.answer_delay;
-            drop(s);
-            if let Some(delay) = delay {
-                tokio::time::sleep(delay).await;
-            }
+            *hold = s.answer_delay;
             HttpResponse::Ok().json(answer)
         }
         _ => error(400, "Invalid parameter: grantType"),

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ fn key_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("data/token.key")
 }
 
-fn write_key(path: &PathBuf, key: &TokenKey) {
+fn write_key(path: &Path, key: &TokenKey) {
     hlgate::files::write_private(path, key.to_base64().as_bytes()).unwrap();
 }
 
