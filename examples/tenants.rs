@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use hlgate::config::Settings;
 use hlgate::highlevel::TenantKind;
-use hlgate::oauth::{vault, TokenRecord, Vault};
+use hlgate::oauth::{key, TokenRecord};
 use hlgate::secret::Secret;
 use hlgate::startup::Application;
 use hlgate::store::Store;
@@ -104,8 +104,8 @@ fn status_kb(name: &str) -> u64 {
 /// Writes `n` active tenants expiring at `expires_at` into `dir`'s vault.
 fn seed(standin: &highlevel::StandIn, dir: &Path, n: usize, expires_at: i64) {
     let store = Store::open(dir, Duration::from_secs(3600)).unwrap();
-    let key = vault::load_or_create_key(None, dir).unwrap();
-    let vault = Vault::new(store.keyed_tree("tokens").unwrap(), &key);
+    let checks = store.keyed_tree(key::KEY_CHECK_TREE).unwrap();
+    let vault = key::open_vault(store.keyed_tree("tokens").unwrap(), &checks, None, dir).unwrap();
     for i in 0..n {
         let tenant = format!("loc{i:06}");
         let (access, refresh) = standin.grant(&tenant, "Location");

@@ -314,7 +314,7 @@ fn parse_page(text: &str) -> Result<serde_json::Value, String> {
 
 /// A stopped gateway's vault and waiting INSTALLs, read with the token key.
 struct StoredTenants {
-    /// `None` when no key exists and nothing was ever sealed.
+    /// `None` when no token is stored.
     vault: Option<oauth::Vault>,
     installs: crate::store::KeyedTree,
     /// The proxy's budget lives in the gateway's memory only: a stopped gateway's tenants
@@ -335,18 +335,14 @@ impl StoredTenants {
                 .map_err(|e| format!("cannot read the {name} tree: {e}"))
         };
         let (records, installs) = (tree("tokens")?, tree("installs")?);
-        let key =
-            oauth::vault::load_key(settings.oauth.token_key.as_ref(), &settings.store.data_dir)
-                .map_err(|e| e.to_string())?;
-        let vault = match key {
-            Some(key) => Some(oauth::Vault::new(records, &key)),
-            // No key was ever generated, so nothing was ever sealed, unless the key file was lost.
-            None if records.after(None).next().is_none() => None,
-            None => {
-                return Err("tokens are stored but there is no token key: \
-                            set HLGATE_TOKEN_KEY or restore token.key in the data dir"
-                    .into())
-            }
+        let (configured, dir) = (settings.oauth.token_key.as_ref(), &settings.store.data_dir);
+        let checks = tree(oauth::key::KEY_CHECK_TREE)?;
+        // A missing or wrong key is refused as a start would refuse it.
+        let state = oauth::key::key_state(records.clone(), &checks, configured, dir)
+            .map_err(|e| e.to_string())?;
+        let vault = match state {
+            oauth::key::KeyState::Empty => None,
+            oauth::key::KeyState::Opens(key, _) => Some(oauth::Vault::new(records, &key)),
         };
         let rate = oauth::RateView::starting(settings.api.burst, settings.api.daily);
         Ok(StoredTenants {
@@ -379,10 +375,15 @@ pub fn store(settings: &Settings, action: StoreAction) -> Result<(), String> {
     let (dir, retention) = (&settings.store.data_dir, settings.store.dedup_retention);
     match action {
         StoreAction::Check => {
-            let report = crate::store::check(dir, retention).map_err(|e| e.to_string())?;
+            let vault = |trees: &crate::store::OfflineTrees| vault_line(settings, trees);
+            let report =
+                crate::store::check_with_vault(dir, retention, vault).map_err(|e| e.to_string())?;
             print!("{report}");
             if report.is_damaged() {
                 return Err("the store is damaged".into());
+            }
+            if report.key_refused() {
+                return Err("the token key does not open the stored tokens".into());
             }
         }
         StoreAction::AcceptLoss => {
@@ -392,6 +393,23 @@ pub fn store(settings: &Settings, action: StoreAction) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// What `hlgate store check` says of the token vault under the configured key: `Err` when a
+/// start would refuse it.
+fn vault_line(settings: &Settings, trees: &crate::store::OfflineTrees) -> Result<String, String> {
+    let tree = |name| trees.keyed_tree(name).map_err(|e| e.to_string());
+    let state = oauth::key::key_state(
+        tree("tokens")?,
+        &tree(oauth::key::KEY_CHECK_TREE)?,
+        settings.oauth.token_key.as_ref(),
+        &settings.store.data_dir,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(match state {
+        oauth::key::KeyState::Empty => "no tokens stored".into(),
+        oauth::key::KeyState::Opens(_, source) => format!("the token key from {source} opens it"),
+    })
 }
 
 /// `hlgate healthcheck`.

@@ -16,8 +16,8 @@ use crate::http::{self, AdminState, BindError, PublicState, Servers};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::oauth::{
-    refresher, vault, Hooks, InstallSettings, Proxy, ProxySettings, TokenService,
-    TokenServiceParts, Vault, VaultError,
+    key, refresher, Hooks, InstallSettings, Proxy, ProxySettings, TokenService, TokenServiceParts,
+    VaultError,
 };
 use crate::publish::{relay, Relay, RelayConfig};
 use crate::schema::Schemas;
@@ -42,14 +42,15 @@ pub enum StartupError {
 }
 
 impl StartupError {
-    /// The data dir is damaged so that starting would hide it.
+    /// The data dir is damaged so that starting would hide it, or its token key is missing or
+    /// wrong so that starting would lose every tenant: an operator must act first.
     pub fn is_damage(&self) -> bool {
         matches!(
             self,
             StartupError::Store {
                 source: StoreError::Damaged(_),
                 ..
-            }
+            } | StartupError::Vault(VaultError::KeyMissing { .. } | VaultError::WrongKey { .. })
         )
     }
 }
@@ -83,7 +84,6 @@ fn token_service(
     tasks: &TaskTracker,
 ) -> Result<TokenService, StartupError> {
     let (oauth, data_dir) = (&settings.oauth, &settings.store.data_dir);
-    let key = vault::load_or_create_key(oauth.token_key.as_ref(), data_dir)?;
     let credentials = oauth.credentials.as_ref();
     let client = credentials.map(|c| {
         HighLevelClient::new(
@@ -94,9 +94,12 @@ fn token_service(
         )
     });
     let tree = |name| store.keyed_tree(name).map_err(store_error(data_dir));
+    let checks = tree(key::KEY_CHECK_TREE)?;
+    let token_key = oauth.token_key.as_ref();
     let service = TokenService::new(TokenServiceParts {
-        vault: Vault::new(tree("tokens")?, &key),
+        vault: key::open_vault(tree("tokens")?, &checks, token_key, data_dir)?,
         installs: tree("installs")?,
+        refreshing: tree("refreshing")?,
         client,
         install: InstallSettings {
             marketplace_url: oauth.marketplace_url.clone(),

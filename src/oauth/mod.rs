@@ -12,15 +12,20 @@
 //! - `proxy`: the HighLevel API proxy without HTTP: token, rate governor, retries.
 //! - `renewals`: tenants renewed just now, for whom a 401 forces no refresh (the hold-down).
 //! - `vault`: token records encrypted at rest.
+//! - `key`: the key they are sealed with, and the check that a start has the right one.
+//! - `resume`: the mark of a refresh in flight, and the retry first at start of those a crash
+//!   cut short.
 
 pub mod budget;
 mod flights;
 mod hooks;
 mod installs;
 mod kept;
+pub mod key;
 mod proxy;
 pub mod refresher;
 mod renewals;
+mod resume;
 mod service;
 pub mod vault;
 mod views;

@@ -1,6 +1,7 @@
-//! The background schedule: refresh what falls due, soonest first and a bounded number at a
-//! time, retry inactive tenants and waiting INSTALLs, and stop taking tenants when asked,
-//! never cutting a refresh short.
+//! The background schedule: first the refreshes a stopped process left in flight (`resume`),
+//! then refresh what falls due, soonest first and a bounded number at a time, retry inactive
+//! tenants and waiting INSTALLs, and stop taking tenants when asked, never cutting a refresh
+//! short.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -23,6 +24,14 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    // At once, before anything else: HighLevel answers them only within 30 s of the first ask.
+    let resumed = resume(&service, &slots, &stop).await;
+    if resumed > 0 {
+        info!(
+            resumed,
+            "token refreshes in flight at the last stop asked again"
+        );
+    }
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
@@ -33,6 +42,32 @@ pub async fn run(
             info!(attempted, "token refresh pass");
         }
     }
+}
+
+/// Refreshes every tenant whose refresh a stopped process left in flight, at most
+/// `slots` at once; returns how many.
+async fn resume(
+    service: &Arc<TokenService>,
+    slots: &Arc<Semaphore>,
+    stop: &CancellationToken,
+) -> usize {
+    let mut started = Vec::new();
+    for tenant in service.take_interrupted() {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            () = stop.cancelled() => break,
+        };
+        let this = service.clone();
+        started.push(service.spawn(async move {
+            let _ = this.resume(&tenant).await;
+            drop(slot);
+        }));
+    }
+    let resumed = started.len();
+    for task in started {
+        let _ = task.await;
+    }
+    resumed
 }
 
 /// One pass of the schedule: refresh every tenant that is due, each at most once, then retry

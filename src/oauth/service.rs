@@ -124,6 +124,10 @@ pub struct InstallSettings {
 pub struct TokenService {
     pub(super) vault: Vault,
     pub(super) installs: KeyedTree,
+    /// The tenants whose refresh is in flight (`resume`).
+    pub(super) refreshing: KeyedTree,
+    /// Those a stopped process left marked, until the refresher takes them.
+    pub(super) interrupted: std::sync::Mutex<Vec<String>>,
     /// `None` without Marketplace credentials: only private tokens can be served then.
     pub(super) client: Option<HighLevelClient>,
     pub(super) install: InstallSettings,
@@ -149,6 +153,8 @@ pub struct TokenService {
 pub struct TokenServiceParts {
     pub vault: Vault,
     pub installs: KeyedTree,
+    /// Where a refresh is marked while HighLevel may have spent the refresh token.
+    pub refreshing: KeyedTree,
     pub client: Option<HighLevelClient>,
     pub install: InstallSettings,
     pub refresh_before: Duration,
@@ -168,6 +174,8 @@ impl TokenService {
         TokenService {
             vault: p.vault,
             installs: p.installs,
+            refreshing: p.refreshing,
+            interrupted: Default::default(),
             client: p.client,
             install: p.install,
             refresh_before: p.refresh_before,
@@ -248,13 +256,6 @@ impl TokenService {
         }
         let mut read = self.load_many(vec![tenant.to_string()]).await?;
         read.pop().map_or(Ok(None), |(_, record)| record)
-    }
-
-    /// Indexes every record of the vault by due time and state; call it once, before the
-    /// refresher starts. Blocking.
-    pub fn index_vault(&self) -> Result<(), VaultError> {
-        self.kept.index_all(self.vault.list()?);
-        Ok(())
     }
 
     /// Tenants by state, for `hlgate_tenants{state}`, from the index: no disk, no decryption.
@@ -376,18 +377,39 @@ impl TokenService {
         }
     }
 
-    /// Spends the refresh token; the new pair is stored before it is returned.
+    /// Spends the refresh token; the new pair is stored before it is returned. The tenant is
+    /// marked before HighLevel can spend the token, and unmarked once its answer is known and
+    /// stored: a crash in between leaves the mark for the next start (`resume`).
     pub(super) async fn refresh_record(
         &self,
-        mut record: TokenRecord,
+        record: TokenRecord,
     ) -> Result<TokenRecord, TokenError> {
-        let kind = record.user_type;
         let Some(refresh_token) = record.refresh_token.clone() else {
             return self.recover(record).await;
         };
         let client = self.oauth()?;
         self.budget.acquire(&record.tenant).await;
-        match client.refresh(refresh_token.expose(), kind).await {
+        let tenant = record.tenant.clone();
+        self.mark_refreshing(&tenant).await?;
+        let answer = client
+            .refresh(refresh_token.expose(), record.user_type)
+            .await;
+        // A network error or a 5xx may come after HighLevel spent the token: still unknown.
+        let known = !matches!(&answer, Err(e) if e.is_transient());
+        let outcome = self.refreshed(record, answer).await;
+        if known && !matches!(outcome, Err(TokenError::Vault(_))) {
+            self.unmark_refreshing(&tenant).await;
+        }
+        outcome
+    }
+
+    /// Stores what HighLevel answered to a refresh.
+    async fn refreshed(
+        &self,
+        mut record: TokenRecord,
+        answer: Result<TokenResponse, OAuthError>,
+    ) -> Result<TokenRecord, TokenError> {
+        match answer {
             Ok(response) => {
                 let scope = record.scope.clone();
                 let mut fresh = self.renewed(record, response);

@@ -1,15 +1,12 @@
-//! Tenants' token pairs at rest: AES-256-GCM (`ring::aead`) under `HLGATE_TOKEN_KEY`, or a key
-//! generated once into the data dir with mode 0600. The tenant id is the associated data, so a
-//! record cannot be moved to another tenant.
-
-use std::path::Path;
+//! Tenants' token pairs at rest: AES-256-GCM (`ring::aead`) under the token key (`key` says
+//! which key, and whether it is the one the vault was sealed with). The tenant id is the
+//! associated data, so a record cannot be moved to another tenant.
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use tracing::warn;
 
 use crate::highlevel::TenantKind;
 use crate::secret::{Secret, TokenKey};
@@ -124,6 +121,19 @@ pub enum VaultError {
     Decrypt,
     #[error("the token key file {path}: {reason}")]
     KeyFile { path: String, reason: String },
+    /// Records are stored but no key is: a new one would open none of them.
+    #[error(
+        "tokens are stored but their key is missing: restore {path} from the backup of this data \
+         dir (or set HLGATE_TOKEN_KEY to that key); hlgate does not make a new key, which would \
+         leave every tenant needs_reauth"
+    )]
+    KeyMissing { path: String },
+    /// The key opens none of the stored records: they were sealed with another.
+    #[error(
+        "the token key from {from} is not the key the stored tokens were sealed with: restore \
+         the token.key of this data dir from its backup (or set HLGATE_TOKEN_KEY to that key)"
+    )]
+    WrongKey { from: String },
     /// The blocking task doing the vault's I/O did not finish (a panic, or the runtime
     /// shutting down).
     #[error("the vault task stopped: {0}")]
@@ -137,61 +147,6 @@ pub struct Vault {
     key: std::sync::Arc<LessSafeKey>,
 }
 
-const KEY_FILE: &str = "token.key";
-
-/// The configured key, or the one generated into `data_dir` (created on first use, mode 0600).
-pub fn load_or_create_key(
-    configured: Option<&TokenKey>,
-    data_dir: &Path,
-) -> Result<TokenKey, VaultError> {
-    if let Some(key) = load_key(configured, data_dir)? {
-        return Ok(key);
-    }
-    let path = data_dir.join(KEY_FILE);
-    let mut key = TokenKey([0u8; 32]);
-    SystemRandom::new()
-        .fill(&mut key.0)
-        .map_err(|_| key_file_error(&path, "no randomness".into()))?;
-    crate::files::write_private(&path, key.to_base64().as_bytes())
-        .map_err(|e| key_file_error(&path, e))?;
-    Ok(key)
-}
-
-/// The configured key, else the one in `data_dir`; `None` when neither exists. A key file that
-/// group or others can read is warned about: whoever reads it can decrypt every stored token.
-pub fn load_key(
-    configured: Option<&TokenKey>,
-    data_dir: &Path,
-) -> Result<Option<TokenKey>, VaultError> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(key) = configured {
-        return Ok(Some(key.clone()));
-    }
-    let path = data_dir.join(KEY_FILE);
-    let err = |reason: String| key_file_error(&path, reason);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(err(e.to_string())),
-    };
-    let mode = std::fs::metadata(&path)
-        .map_err(|e| err(e.to_string()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777),
-            "the token key file is readable by group or others; make it 0600 (chmod 600)");
-    }
-    TokenKey::from_base64(&text).map(Some).map_err(err)
-}
-
-fn key_file_error(path: &Path, reason: String) -> VaultError {
-    VaultError::KeyFile {
-        path: path.display().to_string(),
-        reason,
-    }
-}
-
 impl Vault {
     pub fn new(tree: KeyedTree, key: &TokenKey) -> Vault {
         let unbound = UnboundKey::new(&AES_256_GCM, &key.0).expect("32-byte key");
@@ -202,13 +157,25 @@ impl Vault {
     }
 
     fn seal(&self, record: &TokenRecord) -> Vec<u8> {
+        let data = serde_json::to_vec(record).expect("record serialises");
+        self.seal_bytes(record.tenant.as_bytes(), data)
+    }
+
+    fn open(&self, tenant: &str, bytes: Vec<u8>) -> Result<TokenRecord, VaultError> {
+        let plain = self
+            .open_bytes(tenant.as_bytes(), bytes)
+            .ok_or(VaultError::Decrypt)?;
+        serde_json::from_slice(&plain).map_err(|_| VaultError::Decrypt)
+    }
+
+    /// A random nonce, then `data` sealed with `aad` as associated data.
+    pub(super) fn seal_bytes(&self, aad: &[u8], mut data: Vec<u8>) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new().fill(&mut nonce).expect("randomness");
-        let mut data = serde_json::to_vec(record).expect("record serialises");
         self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(record.tenant.as_bytes()),
+                Aad::from(aad),
                 &mut data,
             )
             .expect("seal");
@@ -217,17 +184,18 @@ impl Vault {
         out
     }
 
-    fn open(&self, tenant: &str, mut bytes: Vec<u8>) -> Result<TokenRecord, VaultError> {
+    /// What [`Vault::seal_bytes`] sealed with this key and `aad`; `None` for anything else.
+    pub(super) fn open_bytes(&self, aad: &[u8], mut bytes: Vec<u8>) -> Option<Vec<u8>> {
         if bytes.len() < NONCE_LEN {
-            return Err(VaultError::Decrypt);
+            return None;
         }
         let mut sealed = bytes.split_off(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(&bytes).map_err(|_| VaultError::Decrypt)?;
+        let nonce = Nonce::try_assume_unique_for_key(&bytes).ok()?;
         let plain = self
             .key
-            .open_in_place(nonce, Aad::from(tenant.as_bytes()), &mut sealed)
-            .map_err(|_| VaultError::Decrypt)?;
-        serde_json::from_slice(plain).map_err(|_| VaultError::Decrypt)
+            .open_in_place(nonce, Aad::from(aad), &mut sealed)
+            .ok()?;
+        Some(plain.to_vec())
     }
 
     pub fn get(&self, tenant: &str) -> Result<Option<TokenRecord>, VaultError> {
@@ -289,10 +257,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), std::time::Duration::from_secs(60)).unwrap();
         let tree = store.keyed_tree("tokens").unwrap();
-        let key = load_or_create_key(None, dir.path()).unwrap();
-        // The generated key is kept: a second load gives the same one.
-        assert_eq!(load_or_create_key(None, dir.path()).unwrap(), key);
-        let vault = Vault::new(tree.clone(), &key);
+        let vault = Vault::new(tree.clone(), &TokenKey([3; 32]));
         vault.put(&record("locA")).unwrap();
         let raw = tree.get("locA").unwrap().unwrap();
         assert!(!raw.windows(12).any(|w| w == b"access-plain"));

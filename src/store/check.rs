@@ -17,6 +17,7 @@ use super::layout::{
     READY, SET_ASIDE, STOPPED_AT, WATERMARK,
 };
 use super::summary::Summary;
+use super::tokens::OfflineTrees;
 
 /// Refuses a store whose event buckets lost their main database: without the watermark
 /// nothing tells what was published, and the token vault is gone with it.
@@ -60,11 +61,20 @@ pub struct Report {
     pub lost: Vec<Lost>,
     pub set_aside: Vec<SetAside>,
     pub accepted: Vec<(u64, u64)>,
+    /// What the token module makes of the vault with the configured key: a line for the
+    /// report, or why a start would refuse it. `None` when not asked, or without a main
+    /// database.
+    pub vault: Option<Result<String, String>>,
 }
 
 impl Report {
     pub fn is_damaged(&self) -> bool {
         self.main_db_missing || !self.lost.is_empty()
+    }
+
+    /// A start would refuse the token key: missing over stored tokens, or not theirs.
+    pub fn key_refused(&self) -> bool {
+        matches!(self.vault, Some(Err(_)))
     }
 
     fn seqs_text(&self) -> String {
@@ -119,14 +129,28 @@ impl fmt::Display for Report {
         for (a, b) in &self.accepted {
             writeln!(f, "accepted earlier: seqs {a}..{b}")?;
         }
+        match &self.vault {
+            Some(Ok(line)) => writeln!(f, "token vault: {line}")?,
+            Some(Err(why)) => writeln!(f, "TOKEN KEY: {why}")?,
+            None => {}
+        }
         if self.is_damaged() {
             writeln!(
                 f,
                 "damaged: `hlgate store accept-loss` gives this up and lets hlgate start ready"
-            )
-        } else {
-            writeln!(f, "clean")
+            )?;
         }
+        if self.key_refused() {
+            writeln!(
+                f,
+                "refused: hlgate does not start with this token key (`accept-loss` does not \
+                 change that)"
+            )?;
+        }
+        if !self.is_damaged() && !self.key_refused() {
+            writeln!(f, "clean")?;
+        }
+        Ok(())
     }
 }
 
@@ -152,6 +176,18 @@ fn open_main(dir: &Path) -> Result<Option<sled::Db>, StoreError> {
 /// nothing but what sled itself writes when it opens a database.
 pub fn check(dir: &Path, retention: Duration) -> Result<Report, StoreError> {
     check_with(dir, open_main(dir)?.as_ref(), retention)
+}
+
+/// [`check`], and what `vault` (the token module) says of the vault in the main database.
+pub fn check_with_vault(
+    dir: &Path,
+    retention: Duration,
+    vault: impl FnOnce(&OfflineTrees<'_>) -> Result<String, String>,
+) -> Result<Report, StoreError> {
+    let main = open_main(dir)?;
+    let mut report = check_with(dir, main.as_ref(), retention)?;
+    report.vault = main.as_ref().map(|db| vault(&OfflineTrees(db)));
+    Ok(report)
 }
 
 /// [`check`] with the main database already open (or missing).
@@ -226,6 +262,7 @@ fn check_with(
         lost,
         set_aside,
         accepted,
+        vault: None,
     })
 }
 

@@ -32,12 +32,12 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use check::{accept_loss, check, Acceptance, Report};
+pub use check::{accept_loss, check, check_with_vault, Acceptance, Report};
 pub use damage::{Damage, Lost};
 pub use error::StoreError;
 pub use layout::Encoded;
 pub use sweep::SweepReport;
-pub use tokens::KeyedTree;
+pub use tokens::{KeyedTree, OfflineTrees};
 pub use writer::AcceptOutcome;
 
 use std::path::Path;

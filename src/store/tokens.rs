@@ -39,6 +39,13 @@ impl KeyedTree {
         Ok(existed)
     }
 
+    /// Removes without flushing: for an entry whose removal may be lost to a crash without
+    /// harm (the next flush, of this tree or another of the database, persists it).
+    pub fn forget(&self, key: &str) -> Result<(), StoreError> {
+        self.tree.remove(key.as_bytes())?;
+        Ok(())
+    }
+
     /// Every entry, in key order.
     pub fn list(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.after(None).collect()
@@ -60,5 +67,15 @@ impl KeyedTree {
                 let (k, v) = item?;
                 Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
             })
+    }
+}
+
+/// The trees of a stopped gateway's main database, for the offline checks (`hlgate store
+/// check`), which open that database once for everything they read.
+pub struct OfflineTrees<'a>(pub(super) &'a sled::Db);
+
+impl OfflineTrees<'_> {
+    pub fn keyed_tree(&self, name: &str) -> Result<KeyedTree, StoreError> {
+        KeyedTree::open(self.0, name)
     }
 }

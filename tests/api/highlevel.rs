@@ -1,5 +1,6 @@
 //! A local stand-in for HighLevel's OAuth endpoints that behaves like the real ones:
-//! form-encoded `/oauth/token` with single-use rotating refresh tokens and HighLevel's real 400
+//! form-encoded `/oauth/token` with single-use rotating refresh tokens (and, when asked, the
+//! 30-second grace in which a spent one gets the same answer again) and HighLevel's real 400
 //! messages, `/oauth/locationToken` wanting the `Version` header and an agency token, and
 //! `/oauth/reconnect` (working, failing, or removed as HighLevel did in September 2026).
 
@@ -40,8 +41,18 @@ pub struct State {
     /// Refreshes arrived and not yet answered, and the most there ever were at once.
     pub refreshes_in_flight: usize,
     pub max_refreshes_in_flight: usize,
-    /// Refresh tokens presented again after they were spent (a double use).
+    /// Refresh tokens presented again after they were spent (a double use), outside the grace.
     pub reused_refresh_tokens: usize,
+    /// HighLevel's concurrency grace: a spent refresh token presented again within this long
+    /// gets the answer it got the first time. `None`: refused like any spent token.
+    pub grace: Option<std::time::Duration>,
+    /// Refreshes answered again within the grace.
+    pub grace_answers: usize,
+    /// The answer to each spent refresh token, and when it was given (with a grace only).
+    answers: HashMap<String, (std::time::Instant, serde_json::Value)>,
+    /// Answer refreshes only this long after the token is spent and the new pair issued (an
+    /// answer lost on its way back when the gateway dies meanwhile).
+    pub answer_delay: Option<std::time::Duration>,
     /// Bytes added to every issued token, for tokens as long as HighLevel's JWTs.
     pub pad: usize,
     pub refresh_calls: usize,
@@ -114,15 +125,30 @@ async fn token(
     if let Some(delay) = delay.1 {
         tokio::time::sleep(delay).await;
     }
-    let mut s = state.lock().unwrap();
-    // Answered from here on, under the lock.
-    s.refreshes_in_flight -= usize::from(delay.0);
+    let mut hold = None;
+    let response = {
+        let mut s = state.lock().unwrap();
+        s.refreshes_in_flight -= usize::from(delay.0);
+        answer(&mut s, form.into_inner(), &mut hold)
+    };
+    if let Some(hold) = hold {
+        tokio::time::sleep(hold).await;
+    }
+    response
+}
+
+/// What `/oauth/token` answers, decided under the lock; `hold`: how long to wait before it is
+/// sent.
+fn answer(
+    s: &mut State,
+    f: HashMap<String, String>,
+    hold: &mut Option<std::time::Duration>,
+) -> HttpResponse {
     if let Some(status) = s.outage {
         s.refresh_calls += 1;
         return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
             .body("upstream unavailable");
     }
-    let f = form.into_inner();
     let Some(client_id) = f.get("client_id") else {
         return error(400, "Missing parameter: clientId");
     };
@@ -146,6 +172,15 @@ async fn token(
                 return error(400, "Invalid grant: refresh token is invalid");
             };
             if used {
+                let grace = s.grace.unwrap_or_default();
+                let again = s
+                    .answers
+                    .get(&presented)
+                    .filter(|(at, _)| at.elapsed() < grace);
+                if let Some((_, answer)) = again.cloned() {
+                    s.grace_answers += 1;
+                    return HttpResponse::Ok().json(answer);
+                }
                 s.reused_refresh_tokens += 1;
                 return error(400, "Invalid grant: refresh token is invalid");
             }
@@ -153,8 +188,15 @@ async fn token(
                 // The same refresh token keeps working once the location is active again.
                 return error(400, "Location is not active");
             }
-            s.refresh_tokens.insert(presented, (grant.clone(), true));
-            HttpResponse::Ok().json(s.issue(&grant))
+            s.refresh_tokens
+                .insert(presented.clone(), (grant.clone(), true));
+            let answer = s.issue(&grant);
+            if s.grace.is_some() {
+                let at = std::time::Instant::now();
+                s.answers.insert(presented, (at, answer.clone()));
+            }
+            *hold = s.answer_delay;
+            HttpResponse::Ok().json(answer)
         }
         _ => error(400, "Invalid parameter: grantType"),
     }

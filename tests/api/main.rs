@@ -21,6 +21,7 @@ mod stall;
 mod stalled;
 mod tenant_pages;
 mod token_events;
+mod token_key;
 mod token_schedule;
 mod tokens;
 mod webhook;

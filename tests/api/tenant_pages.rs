@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use hlgate::highlevel::TenantKind;
-use hlgate::oauth::vault::load_or_create_key;
-use hlgate::oauth::{PendingInstall, TenantState, TokenRecord, Vault};
+use hlgate::oauth::key::{open_vault, KEY_CHECK_TREE};
+use hlgate::oauth::{PendingInstall, TenantState, TokenRecord};
 use hlgate::secret::Secret;
 use hlgate::store::Store;
 use serde_json::Value;
@@ -25,7 +25,8 @@ const BROKEN: &str = "t-broken";
 pub(crate) fn seed(data_dir: &Path, n: usize) -> Seeded {
     let store = Store::open(data_dir, std::time::Duration::from_secs(3600)).unwrap();
     let tree = store.keyed_tree("tokens").unwrap();
-    let vault = Vault::new(tree.clone(), &load_or_create_key(None, data_dir).unwrap());
+    let checks = store.keyed_tree(KEY_CHECK_TREE).unwrap();
+    let vault = open_vault(tree.clone(), &checks, None, data_dir).unwrap();
     let far = time::OffsetDateTime::now_utc().unix_timestamp() + 86_400;
     let mut seeded = Seeded::new();
     for i in 0..n {
@@ -63,7 +64,7 @@ pub(crate) fn seed(data_dir: &Path, n: usize) -> Seeded {
     installs
         .put("locWaiting", &serde_json::to_vec(&pending).unwrap())
         .unwrap();
-    drop((store, tree, vault, installs));
+    drop((store, tree, checks, vault, installs));
     wait_unlocked(data_dir);
     seeded
 }

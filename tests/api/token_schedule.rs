@@ -1,18 +1,20 @@
 //! The refresh schedule with a few hundred tenants seeded into the vault before the gateway
 //! starts: soonest expiry first, never more refreshes at once than the setting allows, no
-//! refresh token spent twice, and `hlgate_tenants` exact without listing the vault.
+//! refresh token spent twice, `hlgate_tenants` exact without listing the vault, and a refresh
+//! a crash cut short asked again first.
 
 use std::path::Path;
 use std::time::Duration;
 
 use hlgate::highlevel::TenantKind;
-use hlgate::oauth::{vault, TenantState, TokenRecord, Vault};
+use hlgate::oauth::{key, TenantState, TokenRecord};
 use hlgate::secret::Secret;
 use hlgate::store::Store;
 
+use crate::durability::spawn_process;
 use crate::helpers::*;
 use crate::highlevel::StandIn;
-use crate::tokens::{eventually, install};
+use crate::tokens::{eventually, install, process_env_with};
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
@@ -32,8 +34,8 @@ fn seeded(standin: &StandIn, tenant: &str, expires_at: i64) -> TokenRecord {
 fn seed(dir: &Path, records: &[TokenRecord], garbage: &[&str]) {
     let store = Store::open(dir, Duration::from_secs(3600)).unwrap();
     let tree = store.keyed_tree("tokens").unwrap();
-    let key = vault::load_or_create_key(None, dir).unwrap();
-    let vault = Vault::new(tree.clone(), &key);
+    let checks = store.keyed_tree(key::KEY_CHECK_TREE).unwrap();
+    let vault = key::open_vault(tree.clone(), &checks, None, dir).unwrap();
     for record in records {
         vault.put(record).unwrap();
     }
@@ -197,4 +199,67 @@ async fn a_token_that_would_expire_before_its_turn_goes_first() {
         "urgent refreshed {at}th, after {queued_before}"
     );
     assert_eq!(standin.with(|s| s.reused_refresh_tokens), 0);
+}
+
+// Two threads: the stand-in must answer while this test waits for the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_a_crash_cut_short_is_asked_again_first_within_the_grace() {
+    let standin = StandIn::start().await;
+    standin.with(|s| s.grace = Some(Duration::from_secs(30)));
+    // Ten tenants expiring within the hour, and one after all of them.
+    let mut records: Vec<_> = (0..10)
+        .map(|i| seeded(&standin, &format!("early{i}"), now() + 1200 + i))
+        .collect();
+    records.push(seeded(&standin, "late", now() + 3000));
+    let (dir, mut env) = process_env_with(&standin, "test.resume");
+    let data = dir.path().join("data");
+    seed(&data, &records, &[]);
+    wait_unlocked(&data);
+    env.insert("HLGATE_TOKEN_REFRESH_CONCURRENCY".into(), "1".into());
+
+    // Nothing is due for the schedule; a token asked for with an hour to live refreshes "late",
+    // and the gateway dies after HighLevel spent its refresh token, before the answer is back.
+    env.insert("HLGATE_TOKEN_REFRESH_BEFORE".into(), "1m".into());
+    env.insert("HLGATE_TOKEN_MIN_TTL".into(), "1h".into());
+    let process = spawn_process(&env, std::process::Stdio::null());
+    process.wait_ready().await;
+    standin.with(|s| s.answer_delay = Some(Duration::from_secs(60)));
+    let asked = tokio::spawn(reqwest::get(format!(
+        "http://{}/v1/tokens/late",
+        process.admin
+    )));
+    refreshes_reach(&standin, 1).await;
+    process.signal("KILL");
+    let mut process = process;
+    process.child.wait().unwrap();
+    asked.abort();
+    standin.with(|s| s.answer_delay = None);
+    let spent = standin.with(|s| s.refresh_tokens_seen.clone());
+    assert_eq!(refreshed_tenants(&standin), ["late"]);
+
+    // Restarted with every tenant due: "late" goes first, its spent token answered in the grace.
+    env.insert("HLGATE_TOKEN_REFRESH_BEFORE".into(), "1h".into());
+    env.remove("HLGATE_TOKEN_MIN_TTL");
+    let process = spawn_process(&env, std::process::Stdio::null());
+    process.wait_ready().await;
+    refreshes_reach(&standin, 12).await;
+    let order = refreshed_tenants(&standin);
+    let mut expected = vec!["late".to_string(), "late".to_string()];
+    expected.extend((0..10).map(|i| format!("early{i}")));
+    assert_eq!(order, expected);
+    assert_eq!(standin.with(|s| s.refresh_tokens_seen[1].clone()), spent[0]);
+    assert_eq!(
+        standin.with(|s| (s.grace_answers, s.reused_refresh_tokens)),
+        (1, 0)
+    );
+    // The pair HighLevel gave before the crash is the one stored and served.
+    let r = reqwest::get(format!("http://{}/v1/tokens/late", process.admin))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        token["access_token"],
+        standin.with(|s| s.current["late"].clone())
+    );
 }
