@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::budget::retry_after_secs;
 use super::service::{retry_at, TokenService};
-use super::vault::{TenantState, TokenRecord, VaultError};
+use super::vault::{now_secs, TenantState, TokenRecord, VaultError};
 use crate::highlevel::{OAuthError, TenantKind};
 use crate::store::KeyedTree;
 
@@ -126,7 +126,7 @@ impl TokenService {
         let client = self.client.as_ref().ok_or(InstallError::Off)?;
         let response = client.exchange_code(code, kind).await?;
         let tenant = tenant_of(&response)?;
-        let record = self.record_from(&tenant, response, kind);
+        let record = TokenRecord::from_response(&tenant, response, kind, now_secs());
         let record = self.save(record).await?;
         self.metrics.token_refresh("installed");
         info!(tenant = %record.tenant, user_type = ?record.user_type, "install connected");

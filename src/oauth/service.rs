@@ -292,43 +292,6 @@ impl TokenService {
         stored.map(|()| record)
     }
 
-    pub(super) fn record_from(
-        &self,
-        tenant: &str,
-        response: TokenResponse,
-        fallback_kind: TenantKind,
-    ) -> TokenRecord {
-        let now = now_secs();
-        let kind = response
-            .user_type
-            .as_deref()
-            .map(TenantKind::from_user_type)
-            .unwrap_or(fallback_kind);
-        TokenRecord {
-            tenant: tenant.to_string(),
-            user_type: kind,
-            access_token: response.access_token,
-            refresh_token: response.refresh_token,
-            expires_at: Some(now + response.expires_in.unwrap_or(86_399)),
-            scope: response.scope,
-            location_id: response.location_id,
-            company_id: response.company_id,
-            state: TenantState::Active,
-            last_error: None,
-            attempts: 0,
-            retry_at: 0,
-            updated_at: now,
-        }
-    }
-
-    /// The record a new pair makes of `old`, keeping the ids HighLevel did not repeat.
-    fn renewed(&self, old: TokenRecord, response: TokenResponse) -> TokenRecord {
-        let mut fresh = self.record_from(&old.tenant, response, old.user_type);
-        fresh.location_id = fresh.location_id.or(old.location_id);
-        fresh.company_id = fresh.company_id.or(old.company_id);
-        fresh
-    }
-
     /// A token valid for at least `HLGATE_TOKEN_MIN_TTL`, refreshing first when needed.
     pub async fn token(self: &Arc<Self>, tenant: &str) -> Result<ServedToken, TokenError> {
         let record = self
@@ -412,7 +375,7 @@ impl TokenService {
         match answer {
             Ok(response) => {
                 let scope = record.scope.clone();
-                let mut fresh = self.renewed(record, response);
+                let mut fresh = record.renewed(response, now_secs());
                 fresh.scope = fresh.scope.or(scope);
                 let fresh = self.save(fresh).await?;
                 self.metrics.token_refresh("ok");
@@ -499,7 +462,7 @@ impl TokenService {
         };
         match client.exchange_code(&code, kind).await {
             Ok(response) => {
-                let fresh = self.save(self.renewed(record, response)).await?;
+                let fresh = self.save(record.renewed(response, now_secs())).await?;
                 self.metrics.token_refresh("reconnected");
                 info!(tenant = %fresh.tenant, "tokens recovered through the Reconnect API");
                 Ok(fresh)
@@ -554,7 +517,8 @@ impl TokenService {
             .location_token(company.access_token.expose(), company_id, location_id)
             .await
             .map_err(|e| TokenError::Unavailable(e.to_string()))?;
-        let mut record = self.record_from(location_id, response, TenantKind::Location);
+        let mut record =
+            TokenRecord::from_response(location_id, response, TenantKind::Location, now_secs());
         record.user_type = TenantKind::Location;
         record
             .company_id

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::highlevel::TenantKind;
+use crate::highlevel::{TenantKind, TokenResponse};
 use crate::secret::{Secret, TokenKey};
 use crate::store::{KeyedTree, StoreError};
 
@@ -82,6 +82,44 @@ pub struct TokenRecord {
 }
 
 impl TokenRecord {
+    /// The record HighLevel's answer makes for `tenant`, active, without failures; the kind
+    /// it states, else `fallback_kind`.
+    pub fn from_response(
+        tenant: &str,
+        response: TokenResponse,
+        fallback_kind: TenantKind,
+        now: i64,
+    ) -> TokenRecord {
+        let kind = response
+            .user_type
+            .as_deref()
+            .map(TenantKind::from_user_type)
+            .unwrap_or(fallback_kind);
+        TokenRecord {
+            tenant: tenant.to_string(),
+            user_type: kind,
+            access_token: response.access_token,
+            refresh_token: response.refresh_token,
+            expires_at: Some(now + response.expires_in.unwrap_or(86_399)),
+            scope: response.scope,
+            location_id: response.location_id,
+            company_id: response.company_id,
+            state: TenantState::Active,
+            last_error: None,
+            attempts: 0,
+            retry_at: 0,
+            updated_at: now,
+        }
+    }
+
+    /// The record a new pair makes of this one, keeping the ids HighLevel did not repeat.
+    pub fn renewed(self, response: TokenResponse, now: i64) -> TokenRecord {
+        let mut fresh = TokenRecord::from_response(&self.tenant, response, self.user_type, now);
+        fresh.location_id = fresh.location_id.or(self.location_id);
+        fresh.company_id = fresh.company_id.or(self.company_id);
+        fresh
+    }
+
     /// A fresh pair for `tenant`, active, without failures.
     pub fn active(
         tenant: &str,
