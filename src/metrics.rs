@@ -204,6 +204,13 @@ impl Metrics {
         let counter = |out: &mut String, name: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         };
+        // A metric with one unlabelled value.
+        let single = |out: &mut String, kind: &str, name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
         let gauge = |out: &mut String, name: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
         };
@@ -221,15 +228,12 @@ impl Metrics {
                 o.as_str()
             );
         }
-        counter(
+        single(
             &mut out,
+            "counter",
             "hlgate_signature_fallback_total",
             "Signatures that verified only over the compact re-serialisation.",
-        );
-        let _ = writeln!(
-            out,
-            "hlgate_signature_fallback_total {}",
-            self.signature_fallback.load(Ordering::Relaxed)
+            self.signature_fallback.load(Ordering::Relaxed),
         );
         let batched = crate::verify::batch::counts();
         for (name, help, n) in [
@@ -298,15 +302,12 @@ impl Metrics {
             let n = self.publish[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "hlgate_publish_total{{result=\"{r}\"}} {n}");
         }
-        gauge(
+        single(
             &mut out,
+            "gauge",
             "hlgate_publish_refused",
             "Entries RabbitMQ nacked, waiting to be retried on their own.",
-        );
-        let _ = writeln!(
-            out,
-            "hlgate_publish_refused {}",
-            self.publish_refused.load(Ordering::Relaxed)
+            self.publish_refused.load(Ordering::Relaxed),
         );
         self.publish_seconds.render(
             &mut out,
@@ -318,26 +319,20 @@ impl Metrics {
             "hlgate_ingest_seconds",
             "Time from request to 2xx answer.",
         );
-        gauge(
+        let broker = self.broker();
+        single(
             &mut out,
+            "gauge",
             "hlgate_broker_connected",
             "1 while connected to RabbitMQ.",
+            u64::from(broker == BrokerState::Connected),
         );
-        let broker = self.broker();
-        let _ = writeln!(
-            out,
-            "hlgate_broker_connected {}",
-            u8::from(broker == BrokerState::Connected)
-        );
-        counter(
+        single(
             &mut out,
+            "counter",
             "hlgate_broker_connections_total",
             "Connections to RabbitMQ opened.",
-        );
-        let _ = writeln!(
-            out,
-            "hlgate_broker_connections_total {}",
-            self.broker_connections.load(Ordering::Relaxed)
+            self.broker_connections.load(Ordering::Relaxed),
         );
         gauge(
             &mut out,

@@ -4,11 +4,14 @@
 #[allow(dead_code)]
 #[path = "api/helpers.rs"]
 mod helpers;
+#[path = "support/example.rs"]
+mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
 use helpers::*;
+use support::example;
 
 /// Holds RabbitMQ's memory or disk alarm on; clears it when dropped, whatever the test did.
 struct Alarm(&'static str);
@@ -111,24 +114,6 @@ async fn a_memory_alarm_reads_blocked_and_publishes_each_event_once_after() {
 #[tokio::test]
 async fn a_disk_alarm_reads_blocked_and_publishes_each_event_once_after() {
     blocked_then_released("disk").await;
-}
-
-/// Builds `examples/<name>` with the profile of this test binary and returns its path.
-fn example(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(std::path::Path::parent).unwrap();
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => "dev",
-        Some(other) => other,
-    };
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--locked", "--example", name])
-        .args(["--profile", profile])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "cargo build --example {name}");
-    profile_dir.join("examples").join(name)
 }
 
 /// The soak tool, two minutes of it: cuts, kills and an alarm, and every accepted event
