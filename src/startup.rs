@@ -224,7 +224,12 @@ fn open_core(settings: &Settings, tasks: &TaskTracker) -> Result<Core, StartupEr
 }
 
 /// The servers on `listeners` and the relay, over `core`.
-fn assemble(settings: &Settings, core: Core, listeners: Listeners) -> Result<Opened, StartupError> {
+fn assemble(
+    settings: &Settings,
+    core: Core,
+    listeners: Listeners,
+    shutdown: &CancellationToken,
+) -> Result<Opened, StartupError> {
     let Core {
         store,
         metrics,
@@ -244,6 +249,7 @@ fn assemble(settings: &Settings, core: Core, listeners: Listeners) -> Result<Ope
             proxy: Arc::new(proxy(settings, &tokens, &metrics)),
             proxy_tokens: settings.api.proxy_tokens.clone(),
             proxy_max_body_bytes: settings.api.max_body_bytes,
+            shutdown: shutdown.clone(),
         },
     )?;
     let relay = Relay {
@@ -301,7 +307,7 @@ async fn wait_for_space(
     // Connections that come meanwhile wait in the listeners' backlog for the servers below.
     holding.stop(HOLDING_STOP).await;
     info!("the data disk has room again: the store is open");
-    assemble(settings, core, listeners).map(Some)
+    assemble(settings, core, listeners, shutdown).map(Some)
 }
 
 impl Application {
@@ -311,9 +317,9 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
         let listeners = Listeners::bind(&settings.http)?;
         let (public_addr, admin_addr) = (listeners.public_addr(), listeners.admin_addr());
-        let tasks = TaskTracker::new();
+        let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
         let opened = match open_core(&settings, &tasks) {
-            Ok(core) => Ok(assemble(&settings, core, listeners)?),
+            Ok(core) => Ok(assemble(&settings, core, listeners, &shutdown)?),
             Err(e) if e.is_no_space() => {
                 error!(
                     error = %e,
@@ -329,7 +335,7 @@ impl Application {
             admin_addr,
             opened,
             settings,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tasks,
         })
     }
