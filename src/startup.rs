@@ -12,7 +12,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Settings;
 use crate::highlevel::{ApiClient, HighLevelClient};
-use crate::http::{self, AdminState, BindError, PublicState, Servers};
+use crate::http::{self, AdminState, BindError, Holding, Listeners, PublicState, Servers};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::oauth::{
@@ -28,6 +28,10 @@ use crate::verify::Verifier;
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// How long one store commit may take before hlgate gives up on the process.
 const STUCK_EXIT: Duration = Duration::from_secs(60);
+/// How often a start that waits for disk space tries to open the store again.
+const OPEN_RETRY: Duration = Duration::from_secs(1);
+/// How long the answers given while the store could not open get to finish.
+const HOLDING_STOP: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -42,6 +46,26 @@ pub enum StartupError {
 }
 
 impl StartupError {
+    /// The data disk had no room for what opening the store writes (sled writes as it opens).
+    /// The start then waits for space: exiting would make a restart loop, in which HighLevel
+    /// finds the port closed where a 429 makes it deliver again later.
+    pub fn is_no_space(&self) -> bool {
+        self.store_error().is_some_and(StoreError::is_no_space)
+    }
+
+    fn is_locked(&self) -> bool {
+        self.store_error().is_some_and(StoreError::is_locked)
+    }
+
+    fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            StartupError::Store { source, .. } | StartupError::Vault(VaultError::Store(source)) => {
+                Some(source)
+            }
+            _ => None,
+        }
+    }
+
     /// The data dir is damaged so that starting would hide it, or its token key is missing or
     /// wrong so that starting would lose every tenant: an operator must act first.
     pub fn is_damage(&self) -> bool {
@@ -55,12 +79,21 @@ impl StartupError {
     }
 }
 
-/// A built hlgate, listening, ready to run.
-pub struct Application {
+/// What serves once the store is open.
+struct Opened {
     servers: Servers,
     store: Store,
     relay: Relay,
     tokens: Arc<TokenService>,
+}
+
+/// A built hlgate, listening, ready to run.
+pub struct Application {
+    public_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    /// `Err` while the store cannot open for want of disk space: the listeners, on which `run`
+    /// answers 429 and 503 until it opens.
+    opened: Result<Opened, Listeners>,
     settings: Settings,
     shutdown: CancellationToken,
     /// Every task: the servers, the relay, the sweeper, the refresher and what the token
@@ -145,86 +178,178 @@ fn report_damage(store: &Store) {
     }
 }
 
+/// The store and what is built on it, before the servers.
+struct Core {
+    store: Store,
+    metrics: Arc<Metrics>,
+    tokens: Arc<TokenService>,
+    ingest: Arc<Ingest>,
+}
+
+/// Opens the store and builds the ingest use case and the token module on it.
+fn open_core(settings: &Settings, tasks: &TaskTracker) -> Result<Core, StartupError> {
+    let data_dir = &settings.store.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(|e| StartupError::Store {
+        dir: data_dir.display().to_string(),
+        source: StoreError::io("cannot create the data dir", e),
+    })?;
+    let store =
+        Store::open(data_dir, settings.store.dedup_retention).map_err(store_error(data_dir))?;
+    store.limit_outbox(settings.store.outbox_max_events);
+    report_damage(&store);
+    let metrics = Arc::new(Metrics::default());
+    let tokens = Arc::new(token_service(settings, &store, &metrics, tasks)?);
+    let schemas = Arc::new(Schemas::embedded(settings.schema_mode)?);
+    info!(
+        schema_mode = settings.schema_mode.as_str(),
+        schemas = schemas.len(),
+        "event schemas compiled"
+    );
+    let checks = &settings.ingest;
+    let ingest = Arc::new(Ingest {
+        verifier: Verifier {
+            ed25519: checks.ed25519_keys.clone(),
+            rsa: checks.rsa_keys.clone(),
+            accept_legacy_rsa: checks.accept_legacy_rsa,
+        },
+        store: store.clone(),
+        schemas,
+        metrics: metrics.clone(),
+        retention: settings.store.dedup_retention,
+        max_future_skew: checks.max_future_skew,
+    });
+    Ok(Core {
+        store,
+        metrics,
+        tokens,
+        ingest,
+    })
+}
+
+/// The servers on `listeners` and the relay, over `core`.
+fn assemble(
+    settings: &Settings,
+    core: Core,
+    listeners: Listeners,
+    shutdown: &CancellationToken,
+) -> Result<Opened, StartupError> {
+    let Core {
+        store,
+        metrics,
+        tokens,
+        ingest,
+    } = core;
+    let servers = http::serve(
+        &settings.http,
+        listeners,
+        PublicState::new(ingest, &settings.http, tokens.clone()),
+        AdminState {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            admin_token: settings.http.admin_token.clone(),
+            outbox_max_events: settings.store.outbox_max_events,
+            tokens: tokens.clone(),
+            proxy: Arc::new(proxy(settings, &tokens, &metrics)),
+            proxy_tokens: settings.api.proxy_tokens.clone(),
+            proxy_max_body_bytes: settings.api.max_body_bytes,
+            shutdown: shutdown.clone(),
+        },
+    )?;
+    let relay = Relay {
+        config: RelayConfig {
+            amqp_url: settings.amqp.url.clone(),
+            exchange: settings.amqp.exchange.clone(),
+            declare_topology: settings.amqp.declare_topology,
+            nack_quarantine_after: settings.amqp.nack_quarantine_after,
+            schema_mode: settings.schema_mode,
+        },
+        store: store.clone(),
+        metrics,
+        hooks: Some(Arc::new(Hooks(tokens.clone()))),
+    };
+    Ok(Opened {
+        servers,
+        store,
+        relay,
+        tokens,
+    })
+}
+
+/// Answers on `listeners` as [`http::hold`] does, trying to open the store every
+/// [`OPEN_RETRY`]; once it opens, the servers follow on the same listeners. `None` when the
+/// shutdown token is cancelled first.
+async fn wait_for_space(
+    settings: &Settings,
+    listeners: Listeners,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<Option<Opened>, StartupError> {
+    let holding = Holding {
+        admin_token: settings.http.admin_token.clone(),
+    };
+    let holding = http::hold(&listeners, holding)?.start(&TaskTracker::new());
+    let core = loop {
+        tokio::select! {
+            () = tokio::time::sleep(OPEN_RETRY) => {}
+            () = shutdown.cancelled() => {
+                holding.stop(HOLDING_STOP).await;
+                return Ok(None);
+            }
+        }
+        match open_core(settings, tasks) {
+            Ok(core) => break core,
+            // A try that failed for want of space may hold sled's file lock for a moment.
+            Err(e) if e.is_no_space() || e.is_locked() => {
+                debug!(error = %e, "the store still cannot open")
+            }
+            Err(e) => {
+                holding.stop(HOLDING_STOP).await;
+                return Err(e);
+            }
+        }
+    };
+    // Connections that come meanwhile wait in the listeners' backlog for the servers below.
+    holding.stop(HOLDING_STOP).await;
+    info!("the data disk has room again: the store is open");
+    assemble(settings, core, listeners, shutdown).map(Some)
+}
+
 impl Application {
-    /// Opens the store and binds the listeners; nothing runs until [`Application::run`].
+    /// Binds the listeners and opens the store; nothing runs until [`Application::run`]. A
+    /// store that cannot open for want of disk space does not fail the build: `run` then
+    /// answers webhooks 429 until it opens (see [`StartupError::is_no_space`]).
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
-        let data_dir = &settings.store.data_dir;
-        std::fs::create_dir_all(data_dir).map_err(|e| StartupError::Store {
-            dir: data_dir.display().to_string(),
-            source: StoreError::io("cannot create the data dir", e),
-        })?;
-        let store =
-            Store::open(data_dir, settings.store.dedup_retention).map_err(store_error(data_dir))?;
-        store.limit_outbox(settings.store.outbox_max_events);
-        report_damage(&store);
-        let metrics = Arc::new(Metrics::default());
-        let tasks = TaskTracker::new();
-        let tokens = Arc::new(token_service(&settings, &store, &metrics, &tasks)?);
-        let schemas = Arc::new(Schemas::embedded(settings.schema_mode)?);
-        info!(
-            schema_mode = settings.schema_mode.as_str(),
-            schemas = schemas.len(),
-            "event schemas compiled"
-        );
-        let checks = &settings.ingest;
-        let ingest = Arc::new(Ingest {
-            verifier: Verifier {
-                ed25519: checks.ed25519_keys.clone(),
-                rsa: checks.rsa_keys.clone(),
-                accept_legacy_rsa: checks.accept_legacy_rsa,
-            },
-            store: store.clone(),
-            schemas,
-            metrics: metrics.clone(),
-            retention: settings.store.dedup_retention,
-            max_future_skew: checks.max_future_skew,
-        });
-
-        let servers = http::serve(
-            &settings.http,
-            PublicState::new(ingest, &settings.http, tokens.clone()),
-            AdminState {
-                store: store.clone(),
-                metrics: metrics.clone(),
-                admin_token: settings.http.admin_token.clone(),
-                outbox_max_events: settings.store.outbox_max_events,
-                tokens: tokens.clone(),
-                proxy: Arc::new(proxy(&settings, &tokens, &metrics)),
-                proxy_tokens: settings.api.proxy_tokens.clone(),
-                proxy_max_body_bytes: settings.api.max_body_bytes,
-            },
-        )?;
-
-        let relay = Relay {
-            config: RelayConfig {
-                amqp_url: settings.amqp.url.clone(),
-                exchange: settings.amqp.exchange.clone(),
-                declare_topology: settings.amqp.declare_topology,
-                nack_quarantine_after: settings.amqp.nack_quarantine_after,
-                schema_mode: settings.schema_mode,
-            },
-            store: store.clone(),
-            metrics: metrics.clone(),
-            hooks: Some(Arc::new(Hooks(tokens.clone()))),
+        let listeners = Listeners::bind(&settings.http)?;
+        let (public_addr, admin_addr) = (listeners.public_addr(), listeners.admin_addr());
+        let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        let opened = match open_core(&settings, &tasks) {
+            Ok(core) => Ok(assemble(&settings, core, listeners, &shutdown)?),
+            Err(e) if e.is_no_space() => {
+                error!(
+                    error = %e,
+                    "the data disk is full: the store cannot open; webhooks get 429 and /readyz \
+                     503 until there is space again"
+                );
+                Err(listeners)
+            }
+            Err(e) => return Err(e),
         };
-
         Ok(Application {
-            servers,
-            store,
-            relay,
-            tokens,
+            public_addr,
+            admin_addr,
+            opened,
             settings,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tasks,
         })
     }
 
     pub fn public_addr(&self) -> SocketAddr {
-        self.servers.public_addr()
+        self.public_addr
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.servers.admin_addr()
+        self.admin_addr
     }
 
     /// Cancel it to shut down gracefully.
@@ -238,16 +363,31 @@ impl Application {
     /// finish what they started, and the store is flushed. Returns true when everything
     /// stopped in time.
     pub async fn run(self) -> bool {
-        let (public_addr, admin_addr) = (self.public_addr(), self.admin_addr());
         let Application {
-            servers,
-            store,
-            relay,
-            tokens,
+            public_addr,
+            admin_addr,
+            opened,
             settings,
             shutdown,
             tasks,
         } = self;
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(listeners) => match wait_for_space(&settings, listeners, &tasks, &shutdown).await {
+                Ok(Some(opened)) => opened,
+                Ok(None) => return true,
+                Err(e) => {
+                    error!(error = %e, "cannot start");
+                    return false;
+                }
+            },
+        };
+        let Opened {
+            servers,
+            store,
+            relay,
+            tokens,
+        } = opened;
         let grace = settings.http.shutdown_grace;
         let serving = servers.start(&tasks);
         tasks.spawn(relay.run(shutdown.child_token()));

@@ -13,6 +13,7 @@ use super::state::AdminState;
 use crate::event::sanitize;
 use crate::metrics::Gauges;
 use crate::oauth::{parse_state, PageQuery, TokenError, VaultError, PAGE_MAX};
+use crate::store::{ReplayError, Window};
 
 /// Registers the admin routes (`/healthz` is the server's, on both listeners).
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -98,7 +99,8 @@ fn unix_ms(field: &str, text: &str) -> Result<u64, ApiError> {
     Ok((t.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
 }
 
-/// `POST /v1/replay`: republishes archived events of a window, marked `x-hl-replay: true`.
+/// `POST /v1/replay`: republishes archived events of a window, marked `x-hl-replay: true`, one
+/// replay at a time (409 while another runs).
 async fn replay(
     req: HttpRequest,
     body: web::Bytes,
@@ -115,29 +117,48 @@ async fn replay(
     if since > until {
         return Err(ApiError::bad_request("since is after until"));
     }
-    let matches = |wanted: &Option<String>, value: &str| match wanted {
-        None => true,
-        Some(w) => w == value || *w == sanitize(value),
-    };
-    let store = state.store.clone();
     let (event_type, tenant) = (request.event_type, request.tenant);
-    let entries = blocking(move || {
-        store.archived(since, until, |e| {
-            matches(&event_type, &e.event_type) && matches(&tenant, &e.tenant)
-        })
-    })
-    .await?
-    .map_err(|e| ApiError::overloaded(format!("the archive cannot be read: {e}")))?;
-    let mut count = 0;
-    for chunk in entries.chunks(1000) {
-        count += state
-            .store
-            .append(chunk.to_vec())
-            .await
-            .map_err(|e| ApiError::overloaded(format!("replay could not be stored: {e}")))?;
-    }
+    let window = Window {
+        since_ms: since,
+        until_ms: until,
+    };
+    let replayed = state
+        .store
+        .replay(
+            window,
+            move |e| matches(&event_type, &e.event_type) && matches(&tenant, &e.tenant),
+            &state.shutdown,
+        )
+        .await;
+    let count = match replayed {
+        Ok(count) => count,
+        Err(ReplayError::Running) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "replay_running",
+                "another replay is running; ask again once it has answered",
+            ))
+        }
+        Err(e @ ReplayError::Stopped { .. }) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                e.to_string(),
+            ))
+        }
+        Err(e @ ReplayError::Failed { .. }) => return Err(ApiError::overloaded(e.to_string())),
+    };
     tracing::info!(count, "replay queued");
     Ok(HttpResponse::Ok().json(serde_json::json!({ "replayed": count })))
+}
+
+/// Whether a replay's `type` or `tenant` filter takes `value` (as received, or as the routing
+/// key has it).
+fn matches(wanted: &Option<String>, value: &str) -> bool {
+    match wanted {
+        None => true,
+        Some(w) => w == value || *w == sanitize(value),
+    }
 }
 
 /// A vault that cannot be read or written is a server fault, not a reason to retry soon.

@@ -2,12 +2,14 @@
 //! listener, and the one mapping from errors to HTTP answers.
 //!
 //! `server` builds both listeners and assembles their routes; the handler files (`public`,
-//! `oauth`, `admin`, `proxy`) share only `state`, `auth` and `error`, never each other.
+//! `oauth`, `admin`, `proxy`, and `holding` for a start that waits for disk space) share only
+//! `state`, `auth` and `error`, never each other.
 
 pub mod admin;
 mod auth;
 mod body;
 mod error;
+mod holding;
 mod oauth;
 mod proxy;
 mod public;
@@ -15,5 +17,6 @@ mod server;
 mod state;
 
 pub use error::ApiError;
-pub use server::{serve, BindError, Servers, Serving};
+pub use holding::Holding;
+pub use server::{hold, serve, BindError, Listeners, Servers, Serving};
 pub use state::{AdminState, PublicState};

@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use super::error::not_found;
+use super::holding::{self, Holding};
 use super::state::{AdminState, PublicState};
 use super::{admin, oauth, proxy, public};
 use crate::config::HttpSettings;
@@ -50,6 +51,46 @@ fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BindError> {
     Ok((listener, bound))
 }
 
+/// Both listening sockets, bound once: the servers that answer while the store cannot open
+/// and those that follow serve the same ones, so that the ports never close in between.
+pub struct Listeners {
+    public: (TcpListener, SocketAddr),
+    admin: (TcpListener, SocketAddr),
+}
+
+impl Listeners {
+    /// Binds both listeners of `settings` (port 0 allowed).
+    pub fn bind(settings: &HttpSettings) -> Result<Listeners, BindError> {
+        Ok(Listeners {
+            public: bind(settings.listen)?,
+            admin: bind(settings.admin_listen)?,
+        })
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public.1
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.1
+    }
+
+    /// Another handle on the same sockets.
+    fn try_clone(&self) -> Result<Listeners, BindError> {
+        let clone = |(listener, addr): &(TcpListener, SocketAddr)| {
+            let addr = *addr;
+            let listener = listener
+                .try_clone()
+                .map_err(|source| BindError { addr, source })?;
+            Ok((listener, addr))
+        };
+        Ok(Listeners {
+            public: clone(&self.public)?,
+            admin: clone(&self.admin)?,
+        })
+    }
+}
+
 /// The public listener: webhooks and the install flow.
 fn public_routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(public::routes).configure(oauth::routes);
@@ -73,8 +114,8 @@ fn server<S: Send + Sync + 'static>(
         App::new()
             .app_data(state.clone())
             .route("/healthz", web::get().to(healthz))
-            .configure(routes)
             .default_service(web::to(not_found))
+            .configure(routes)
     })
     .workers(workers)
     .disable_signals()
@@ -84,20 +125,40 @@ fn server<S: Send + Sync + 'static>(
     Ok(server.run())
 }
 
-/// Binds both listeners of `settings` with their routes; nothing is served until
-/// [`Servers::start`].
+/// Both servers with their routes on `listeners`; nothing is served until [`Servers::start`].
 pub fn serve(
     settings: &HttpSettings,
+    listeners: Listeners,
     public_state: PublicState,
     admin_state: AdminState,
 ) -> Result<Servers, BindError> {
-    let (public_bound, admin_bound) = (bind(settings.listen)?, bind(settings.admin_listen)?);
-    let (public_addr, admin_addr) = (public_bound.1, admin_bound.1);
+    let (public_addr, admin_addr) = (listeners.public_addr(), listeners.admin_addr());
     // What actix itself gives a worker to finish once stopped; `Serving::stop` bounds the rest.
     let grace = settings.shutdown_grace.as_secs().max(1);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let public = server(public_bound, public_state, public_routes, workers, grace)?;
-    let admin = server(admin_bound, admin_state, admin_routes, 1, grace)?;
+    let public = server(
+        listeners.public,
+        public_state,
+        public_routes,
+        workers,
+        grace,
+    )?;
+    let admin = server(listeners.admin, admin_state, admin_routes, 1, grace)?;
+    Ok(Servers {
+        public_addr,
+        admin_addr,
+        public,
+        admin,
+    })
+}
+
+/// Servers on another handle of `listeners` that answer while the store cannot open (see
+/// [`holding`](super::holding)); nothing is served until [`Servers::start`].
+pub fn hold(listeners: &Listeners, state: Holding) -> Result<Servers, BindError> {
+    let listeners = listeners.try_clone()?;
+    let (public_addr, admin_addr) = (listeners.public_addr(), listeners.admin_addr());
+    let public = server(listeners.public, state.clone(), holding::public, 1, 1)?;
+    let admin = server(listeners.admin, state, holding::admin, 1, 1)?;
     Ok(Servers {
         public_addr,
         admin_addr,

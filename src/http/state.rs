@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use super::body::BodyBudget;
 use crate::config::{HttpSettings, Secret};
 use crate::ingest::Ingest;
@@ -48,4 +50,6 @@ pub struct AdminState {
     pub proxy_tokens: Vec<Secret>,
     /// Larger proxied request bodies get 413 (bytes).
     pub proxy_max_body_bytes: usize,
+    /// Cancelled at shutdown: a replay stops early rather than hold the stop.
+    pub shutdown: CancellationToken,
 }

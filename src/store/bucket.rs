@@ -21,7 +21,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use super::damage::{Ledger, SetAside};
-use super::error::StoreError;
+use super::error::{is_lock_error, StoreError};
 use super::layout::{
     bucket_name, last_of, seq_of, sync_dir, EVENT, GONE, READY, SET_ASIDE, SUMMARY,
 };
@@ -65,10 +65,7 @@ fn reopen(dir: &Path) -> sled::Result<sled::Db> {
     let mut waited = Duration::ZERO;
     loop {
         match config(dir).open() {
-            Err(sled::Error::Io(e))
-                if waited < Duration::from_secs(1)
-                    && e.to_string().contains("could not acquire lock") =>
-            {
+            Err(sled::Error::Io(e)) if waited < Duration::from_secs(1) && is_lock_error(&e) => {
                 std::thread::sleep(Duration::from_millis(10));
                 waited += Duration::from_millis(10);
             }

@@ -35,4 +35,29 @@ impl StoreError {
     pub fn io(what: &'static str, source: std::io::Error) -> StoreError {
         StoreError::Io { what, source }
     }
+
+    /// The file system had no room (or quota) left for a write.
+    pub fn is_no_space(&self) -> bool {
+        use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+        self.io_error()
+            .is_some_and(|e| matches!(e.kind(), StorageFull | QuotaExceeded))
+    }
+
+    /// sled could not take a database's file lock: another handle, perhaps one being closed,
+    /// still holds it.
+    pub fn is_locked(&self) -> bool {
+        self.io_error().is_some_and(is_lock_error)
+    }
+
+    fn io_error(&self) -> Option<&std::io::Error> {
+        match self {
+            StoreError::Sled(sled::Error::Io(e)) | StoreError::Io { source: e, .. } => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// sled's answer when a database's file lock is held.
+pub(super) fn is_lock_error(e: &std::io::Error) -> bool {
+    e.to_string().contains("could not acquire lock")
 }

@@ -3,7 +3,8 @@
 //!
 //! The rooms: `writer` (the writer thread: group commit, refusals, rotation), `dedup` (the
 //! dedup lookup behind a small seam, over the key hashes of `keys`), `outbox` (the recent
-//! entries, reads after the watermark, the archive), `layout` (key prefixes, `meta` keys,
+//! entries, reads after the watermark, the archive), `replay` (the archive queued again, a
+//! chunk at a time, one replay at a time), `layout` (key prefixes, `meta` keys,
 //! directory names, the entry encoding), `bucket` (one bucket's database and directory, and
 //! the list of them), `summary` (a closed bucket's `keys` file), `sweep` (expiry, closing
 //! idle buckets), `damage` (what is lost, and the ledger of it), `check` (`hlgate store
@@ -24,6 +25,7 @@ mod error;
 mod keys;
 mod layout;
 mod outbox;
+mod replay;
 mod summary;
 mod sweep;
 mod tokens;
@@ -36,6 +38,8 @@ pub use check::{accept_loss, check, check_with_vault, Acceptance, Report};
 pub use damage::{Damage, Lost};
 pub use error::StoreError;
 pub use layout::Encoded;
+pub use outbox::Window;
+pub use replay::ReplayError;
 pub use sweep::SweepReport;
 pub use tokens::{KeyedTree, OfflineTrees};
 pub use writer::AcceptOutcome;
@@ -46,6 +50,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use crate::entry::{now_ms, ArrayRecord, Entry};
 
@@ -56,6 +61,7 @@ use dedup::BucketKeys;
 use keys::KeyIndex;
 use layout::{accepted, meta_u64, CONFIRMED, EVENTS, MAIN_DB, STOPPED_AT, WATERMARK};
 use outbox::Outbox;
+use replay::{Keep, Replays};
 use writer::{Command, Events, Health, Parts, Writer};
 
 /// How long a request waits for its commit before it is answered 429: a disk that stalls must
@@ -76,6 +82,7 @@ pub struct Store {
     health: Arc<Health>,
     /// What is lost: accepted by an operator, found at start, found since.
     ledger: Arc<Ledger>,
+    replays: Arc<Replays>,
 }
 
 impl std::fmt::Debug for Store {
@@ -169,9 +176,10 @@ impl Store {
             meta_db,
             meta,
             buckets,
-            outbox,
             health,
             ledger,
+            replays: Arc::new(Replays::new(outbox.clone())),
+            outbox,
         };
         store.check_disk();
         Ok(store)
@@ -282,6 +290,33 @@ impl Store {
         self.send(|reply| Command::Append { entries, reply }).await
     }
 
+    /// Queues again, marked `replay`, the archived original events of `window` that `keep`
+    /// keeps, in seq order; returns how many. The archive is read a chunk at a time, each
+    /// queued only while the outbox holds fewer than 2 000 events (or half its limit), so that
+    /// memory and the outbox stay bounded whatever the window; `stop` ends it early. One runs
+    /// at a time: another one meanwhile is refused ([`ReplayError::Running`]).
+    pub async fn replay(
+        &self,
+        window: Window,
+        keep: impl Fn(&Entry) -> bool + Send + Sync + 'static,
+        stop: &CancellationToken,
+    ) -> Result<usize, ReplayError> {
+        self.replay_in(window, Arc::new(keep), stop, replay::CHUNK)
+            .await
+    }
+
+    /// [`Store::replay`] in chunks of `chunk` (tests read small ones).
+    async fn replay_in(
+        &self,
+        window: Window,
+        keep: Keep,
+        stop: &CancellationToken,
+        chunk: outbox::Chunk,
+    ) -> Result<usize, ReplayError> {
+        let append = |entries| self.append(entries);
+        self.replays.run(window, keep, stop, chunk, append).await
+    }
+
     /// Removes the buckets whose events are all past the retention and confirmed.
     pub async fn sweep(&self) -> Result<SweepReport, StoreError> {
         self.send(|reply| Command::Sweep { reply }).await
@@ -308,16 +343,6 @@ impl Store {
     /// The oldest unpublished entry's seq and acceptance time.
     pub fn oldest_pending(&self) -> Result<Option<(u64, u64)>, StoreError> {
         self.outbox.oldest_pending()
-    }
-
-    /// Archived original events (not replays) accepted in `[since_ms, until_ms]`, filtered.
-    pub fn archived(
-        &self,
-        since_ms: u64,
-        until_ms: u64,
-        keep: impl FnMut(&Entry) -> bool,
-    ) -> Result<Vec<Entry>, StoreError> {
-        self.outbox.archived(since_ms, until_ms, keep)
     }
 
     /// How many buckets hold the archive: with their database open, and closed.

@@ -1,7 +1,8 @@
 //! The outbox: every entry above the watermark, in seq order. The relay reads it
 //! ([`Outbox::pending_after`]), from the last committed entries kept in memory while it keeps
 //! up, else from the buckets; and records what the broker confirmed, moving the watermark
-//! over the confirmed prefix ([`Outbox::mark_confirmed`]). Also the archive read that replays take ([`Outbox::archived`]).
+//! over the confirmed prefix ([`Outbox::mark_confirmed`]). Also the archive read that replays
+//! take, a chunk at a time ([`Outbox::archived`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,6 +95,11 @@ impl Outbox {
     /// New deliveries are refused while the outbox holds `max` unpublished events or more.
     pub fn limit(&self, max: u64) {
         self.limit.store(max, Ordering::Relaxed);
+    }
+
+    /// The unpublished events above which new deliveries are refused.
+    pub fn max_events(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
     }
 
     /// Whether a new delivery may follow `last`, the last seq taken so far (committed or in
@@ -260,31 +266,47 @@ impl Outbox {
         Ok(None)
     }
 
-    /// Archived original events (not replays) accepted in `[since_ms, until_ms]`, filtered.
+    /// One chunk of the archived original events (not replays) of `window` up to seq
+    /// `through`, kept by `keep`, from seq `from` on: it reads at most `chunk.entries` entries and keeps at most
+    /// `chunk.bytes` of them (one at least), so that a read of any window holds a chunk in
+    /// memory, and a bucket's lock no longer than a chunk's read (the sweeper may close what a
+    /// replay has read).
     pub fn archived(
         &self,
-        since_ms: u64,
-        until_ms: u64,
+        window: &Window,
+        through: u64,
+        from: u64,
+        chunk: Chunk,
         mut keep: impl FnMut(&Entry) -> bool,
-    ) -> Result<Vec<Entry>, StoreError> {
-        let mut out = Vec::new();
-        for bucket in self.buckets.all() {
-            if bucket.newest_ms() < since_ms || bucket.is_empty() {
+    ) -> Result<Archived, StoreError> {
+        let mut out = Archived::default();
+        let (mut read, mut bytes) = (0, 0);
+        for bucket in self.buckets.from(from) {
+            if bucket.first_seq > through {
+                break;
+            }
+            if bucket.newest_ms() < window.since_ms || bucket.is_empty() {
                 continue;
             }
-            let past_until = bucket.with_db(|db| {
-                for entry in entries_from(db, bucket.first_seq) {
+            let ended = bucket.with_db(|db| {
+                for entry in entries_from(db, from) {
                     let entry = entry?;
-                    if entry.accepted_ms > until_ms {
+                    if entry.seq > through || entry.accepted_ms > window.until_ms {
                         return Ok(true);
                     }
-                    if entry.accepted_ms >= since_ms && !entry.replay && keep(&entry) {
-                        out.push(entry);
+                    if read >= chunk.entries || bytes >= chunk.bytes {
+                        out.next = Some(entry.seq);
+                        return Ok(true);
+                    }
+                    read += 1;
+                    if entry.accepted_ms >= window.since_ms && !entry.replay && keep(&entry) {
+                        bytes += entry.body.len() + entry.signature.len() + entry.dedup_key.len();
+                        out.entries.push(entry);
                     }
                 }
                 Ok(false)
             })?;
-            if past_until {
+            if ended {
                 break;
             }
         }
@@ -301,6 +323,29 @@ impl Outbox {
             .unwrap_or(0.0);
         (self.depth(), oldest)
     }
+}
+
+/// The archive a replay asks for: events accepted in `[since_ms, until_ms]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub since_ms: u64,
+    pub until_ms: u64,
+}
+
+/// How much one read of the archive takes at most.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk {
+    /// Entries read (kept or not).
+    pub entries: usize,
+    /// Bytes of the entries kept (bodies, signatures, dedup keys).
+    pub bytes: usize,
+}
+
+/// One chunk of the archive, and the seq the next one starts at (`None`: the window is read).
+#[derive(Debug, Default)]
+pub struct Archived {
+    pub entries: Vec<Entry>,
+    pub next: Option<u64>,
 }
 
 /// A bucket's entries from `from` on, in seq order, one per seq: an array record is

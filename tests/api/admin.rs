@@ -155,6 +155,151 @@ async fn replay_republishes_a_window_marked_as_replay() {
     tap.cleanup(&app.exchange).await;
 }
 
+/// `n` elements of an array delivery, NoteCreate and TaskCreate in turn, each with its own id.
+fn mixed_array(n: usize) -> Vec<u8> {
+    let elements: Vec<Value> = (0..n)
+        .map(|i| {
+            let kind = if i % 2 == 0 {
+                "NoteCreate"
+            } else {
+                "TaskCreate"
+            };
+            json!({"type": kind, "locationId": "L1", "id": unique("n"), "body": i})
+        })
+        .collect();
+    serde_json::to_vec(&elements).unwrap()
+}
+
+#[tokio::test]
+async fn a_replay_wider_than_a_chunk_republishes_exactly_its_window() {
+    // 3 000 events: three reads of the archive (a chunk is 1 000), queued at the relay's pace.
+    let app = spawn_app().await;
+    let mut tap = Tap::bind(&app.exchange, "#").await;
+    let start = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    for _ in 0..3 {
+        assert_eq!(app.post_signed(&mixed_array(1000)).await.status(), 200);
+    }
+    let originals = tap.take(3000).await;
+    let end = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
+    let notes: Vec<_> = originals
+        .iter()
+        .filter(|d| header(d, "x-hl-event-type").as_deref() == Some("NoteCreate"))
+        .collect();
+    assert_eq!(notes.len(), 1500);
+
+    let (status, v) = replay(
+        &app,
+        json!({"since": rfc3339(start), "until": rfc3339(end), "type": "NoteCreate"}),
+    )
+    .await;
+    assert_eq!((status, v), (200, json!({"replayed": 1500})));
+    let replayed = tap.take(1500).await;
+    tap.assert_quiet(Duration::from_millis(500)).await;
+    for (copy, original) in replayed.iter().zip(&notes) {
+        assert_eq!(message_id(copy), message_id(original));
+        assert_eq!(copy.data, original.data);
+        assert_eq!(header(copy, "x-hl-replay").as_deref(), Some("true"));
+    }
+    tap.cleanup(&app.exchange).await;
+}
+
+#[tokio::test]
+async fn a_second_replay_while_one_runs_gets_409_and_queues_nothing() {
+    // An outbox of 40: a replay queues while it holds fewer than 20 events.
+    let broker = crate::durability::Proxy::down().await;
+    broker.up().await;
+    let url = broker.url();
+    let app = spawn_app_with(&[
+        ("HLGATE_AMQP_URL", &url),
+        ("HLGATE_OUTBOX_MAX_EVENTS", "40"),
+    ])
+    .await;
+    let mut tap = Tap::bind(&app.exchange, "#").await;
+    let start = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        let (id, body) = contact_event("L1");
+        assert_eq!(app.post_signed(&body).await.status(), 200);
+        ids.push(id);
+    }
+    tap.take(30).await;
+    app.wait_drained().await;
+    let window = json!({"since": rfc3339(start), "until": rfc3339(time::OffsetDateTime::now_utc() + time::Duration::seconds(1))});
+
+    // With the broker away, the first replay queues 20 and waits for the relay.
+    broker.cut();
+    let first = {
+        let (http, url, window) = (
+            app.http.clone(),
+            app.admin_url("/v1/replay"),
+            window.clone(),
+        );
+        tokio::spawn(async move { json(http.post(url).json(&window).send().await.unwrap()).await })
+    };
+    for _ in 0..400 {
+        if app.readyz().await["outbox_depth"] == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(app.readyz().await["outbox_depth"], 20);
+
+    let second = tokio::time::timeout(Duration::from_secs(10), replay(&app, window));
+    let (status, v) = second.await.expect("the second replay answers at once");
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["error"], "replay_running");
+    assert_eq!(app.readyz().await["outbox_depth"], 20);
+    assert!(!first.is_finished());
+
+    // The broker returns: the first replay finishes, and only its copies arrive, once each.
+    broker.up().await;
+    assert_eq!(first.await.unwrap(), (200, json!({"replayed": 30})));
+    let replayed = tap.take(30).await;
+    tap.assert_quiet(Duration::from_millis(500)).await;
+    assert_eq!(replayed.iter().map(message_id).collect::<Vec<_>>(), ids);
+    assert!(replayed
+        .iter()
+        .all(|d| header(d, "x-hl-replay").as_deref() == Some("true")));
+    app.wait_drained().await;
+    tap.cleanup(&app.exchange).await;
+}
+
+#[tokio::test]
+async fn a_replay_waiting_for_the_relay_stops_at_shutdown() {
+    let app = spawn_app_with(&[
+        ("HLGATE_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
+        ("HLGATE_OUTBOX_MAX_EVENTS", "40"),
+    ])
+    .await;
+    let start = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    for _ in 0..15 {
+        let (_, body) = contact_event("L1");
+        assert_eq!(app.post_signed(&body).await.status(), 200);
+    }
+    let end = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
+    // With 15 unpublished events in an outbox of 40, a replay queues 5 and waits for the relay.
+    let window = json!({"since": rfc3339(start), "until": rfc3339(end)});
+    let waiting = {
+        let (http, url) = (app.http.clone(), app.admin_url("/v1/replay"));
+        tokio::spawn(async move { json(http.post(url).json(&window).send().await.unwrap()).await })
+    };
+    for _ in 0..400 {
+        if app.readyz().await["outbox_depth"] == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(app.readyz().await["outbox_depth"], 20);
+    app.shutdown.cancel();
+    let (status, v) = waiting.await.unwrap();
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"], "shutting_down");
+    assert_eq!(
+        v["message"],
+        "the replay stopped at shutdown after queueing 5 events"
+    );
+}
+
 #[tokio::test]
 async fn dedup_keys_expire_with_the_retention_and_are_swept() {
     let app = spawn_app_with(&[("HLGATE_DEDUP_RETENTION", "1s")]).await;

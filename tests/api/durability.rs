@@ -12,14 +12,14 @@ use tokio::task::JoinHandle;
 use crate::helpers::*;
 
 /// A TCP proxy in front of the real RabbitMQ that the test can cut off and restore.
-struct Proxy {
+pub struct Proxy {
     addr: SocketAddr,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl Proxy {
     /// Reserves a port with nothing listening on it yet.
-    async fn down() -> Proxy {
+    pub async fn down() -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
@@ -29,11 +29,11 @@ impl Proxy {
         }
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.addr)
     }
 
-    async fn up(&self) {
+    pub async fn up(&self) {
         let listener = TcpListener::bind(self.addr).await.unwrap();
         let tasks = self.tasks.clone();
         let accept = tokio::spawn(async move {
@@ -50,7 +50,7 @@ impl Proxy {
     }
 
     /// Closes the listener and every open connection.
-    fn cut(&self) {
+    pub fn cut(&self) {
         for task in self.tasks.lock().unwrap().drain(..) {
             task.abort();
         }

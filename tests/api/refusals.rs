@@ -78,6 +78,23 @@ impl SmallDisk {
         }
         path
     }
+
+    /// Writes a file until not one byte is free; returns its path.
+    fn fill_up(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.fill(64 * 1024);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        while file
+            .write_all(&[0u8; 512])
+            .and_then(|()| file.flush())
+            .is_ok()
+        {}
+        assert_eq!(fs2::available_space(self.path()).unwrap(), 0);
+        path
+    }
 }
 
 impl Drop for SmallDisk {
@@ -161,6 +178,109 @@ async fn a_full_disk_answers_429_and_takes_events_again_when_space_returns() {
     ids.sort();
     accepted.sort();
     assert_eq!(ids, accepted);
+    process.signal("TERM");
+    tap.cleanup(&exchange).await;
+}
+
+/// sled writes as it opens a database: on a disk without one free byte, an existing data dir
+/// cannot open. The gateway starts all the same, refuses webhooks with 429 (HighLevel retries
+/// them) and reports why on `/readyz`, then opens the store by itself once there is room, and
+/// publishes what it held.
+#[tokio::test]
+async fn a_full_disk_at_start_answers_429_until_space_returns_then_publishes_what_it_held() {
+    let Some(disk) = SmallDisk::mount(24) else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let exchange = unique("test.fullstart");
+    let (signer, rsa) = (Signer::ed25519(), Signer::rsa());
+    let mut tap = Tap::bind(&exchange, "#").await;
+    let mut env = process_env(disk.path(), &exchange, &signer, &rsa);
+
+    // A first run that cannot reach the broker leaves its events in the outbox.
+    let broker = env.insert(
+        "HLGATE_AMQP_URL".into(),
+        "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+    );
+    let mut first = spawn_process(&env, Stdio::null());
+    first.wait_ready().await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (id, body) = contact_event("L");
+        assert_eq!(first.post_signed(&signer, body).await.status(), 200);
+        held.push(id);
+    }
+    first.signal("TERM");
+    assert!(first.child.wait().unwrap().success());
+
+    let filler = disk.fill_up();
+    env.insert("HLGATE_AMQP_URL".into(), broker.unwrap());
+    // A gateway waiting for space stops as any other does.
+    let mut waiting = spawn_process(&env, Stdio::null());
+    waiting.wait_ready().await;
+    waiting.signal("TERM");
+    assert!(waiting.child.wait().unwrap().success());
+
+    env.insert("HLGATE_ADMIN_TOKEN".into(), "adm1n-t0ken".into());
+    let process = spawn_process(&env, Stdio::null());
+    process.wait_ready().await;
+    let admin = |path: &str, token: &str| {
+        let request = reqwest::Client::new()
+            .get(format!("http://{}{path}", process.admin))
+            .bearer_auth(token);
+        async move {
+            let r = request.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, v) = admin("/readyz", "adm1n-t0ken").await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["store"], "disk_full", "{v}");
+    let (status, v) = admin("/readyz", "wrong").await;
+    assert_eq!((status, &v["error"]), (401, &Value::from("unauthorized")));
+    let (status, v) = admin("/metrics", "adm1n-t0ken").await;
+    assert_eq!((status, &v["error"]), (503, &Value::from("unavailable")));
+    let (refused_id, body) = contact_event("L");
+    let r = process.post_signed(&signer, body).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "overloaded", "{v}");
+    tap.assert_quiet(Duration::from_millis(500)).await;
+
+    // Space comes back: without a restart the store opens and events are taken again.
+    std::fs::remove_file(filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut accepted = held.clone();
+    loop {
+        let (id, body) = contact_event("L");
+        let status = process.post_signed(&signer, body).await.status().as_u16();
+        assert!(status == 200 || status == 429, "answered {status}");
+        if status == 200 {
+            accepted.push(id);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refusing after space came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, v) = admin("/readyz", "adm1n-t0ken").await;
+    assert_eq!((status, &v["store"]), (200, &Value::from("ok")), "{v}");
+
+    // What the data dir held and the new event are published, the refused one is not.
+    let mut ids: Vec<String> = tap
+        .take(accepted.len())
+        .await
+        .iter()
+        .map(message_id)
+        .collect();
+    tap.assert_quiet(Duration::from_millis(500)).await;
+    ids.sort();
+    accepted.sort();
+    assert_eq!(ids, accepted);
+    assert!(!ids.contains(&refused_id));
     process.signal("TERM");
     tap.cleanup(&exchange).await;
 }

@@ -9,6 +9,7 @@ use crate::schema::Outcome;
 use crate::verify::Scheme;
 
 use crate::store::layout::{dedup_db_key, key, EVENT};
+use crate::store::outbox::{Chunk, Window};
 use crate::store::summary::Summary;
 use crate::store::{AcceptOutcome, Store, StoreError};
 
@@ -21,6 +22,32 @@ impl Store {
     pub(in crate::store) fn bucket_count(&self) -> usize {
         let (open, closed) = self.bucket_states();
         open + closed
+    }
+
+    /// The archived original events of `[since_ms, until_ms]` that `keep` keeps, read as a
+    /// replay reads them, three entries at a time.
+    pub(in crate::store) fn archived(
+        &self,
+        since_ms: u64,
+        until_ms: u64,
+        mut keep: impl FnMut(&Entry) -> bool,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let window = Window { since_ms, until_ms };
+        let chunk = Chunk {
+            entries: 3,
+            bytes: usize::MAX,
+        };
+        let (mut out, mut from) = (Vec::new(), 0);
+        loop {
+            let read = self
+                .outbox
+                .archived(&window, u64::MAX, from, chunk, &mut keep)?;
+            out.extend(read.entries);
+            match read.next {
+                Some(next) => from = next,
+                None => return Ok(out),
+            }
+        }
     }
 
     pub(in crate::store) fn open_bucket_count(&self) -> usize {

@@ -5,4 +5,5 @@ pub(super) mod kit;
 mod arrays;
 mod damage;
 mod outbox;
+mod replay;
 mod sweep;
