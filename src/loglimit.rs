@@ -74,7 +74,10 @@ mod tests {
             limit.admit_at("nacked seq 15", t0 + Duration::from_secs(10)),
             Some(6)
         );
-        assert_eq!(limit.admit_at("nacked", t0 + Duration::from_secs(11)), None);
+        assert_eq!(
+            limit.admit_at("nacked seq 99", t0 + Duration::from_secs(11)),
+            None
+        );
     }
 
     #[test]
