@@ -23,6 +23,7 @@ mod dedup;
 mod error;
 mod keys;
 mod layout;
+mod log;
 mod outbox;
 mod summary;
 mod sweep;
