@@ -150,7 +150,11 @@ impl FrameHeader {
             header_crc: le32(&b[36..40]),
         };
         let sane = match kind {
-            Kind::Events => h.seq_count > 0 && u32::from(h.key_len) <= h.body_len,
+            Kind::Events => {
+                h.seq_count > 0
+                    && u32::from(h.key_len) <= h.body_len
+                    && h.first_seq.checked_add(u64::from(h.seq_count)).is_some()
+            }
             Kind::Seal => h.seq_count == 0 && h.first_seq > 0,
         };
         sane.then_some(h)
@@ -296,6 +300,15 @@ mod tests {
             assert_eq!(FrameHeader::decode(&b), None, "bit {bit}");
         }
         assert_eq!(FrameHeader::decode(&[0; FRAME_HEADER_LEN]), None);
+    }
+
+    #[test]
+    fn a_header_whose_seqs_run_past_the_last_one_is_no_frame() {
+        // Only a header written on purpose checks; a start must not overflow on it.
+        let mut frame = FrameHeader::events(u64::MAX, 2, 0, b"k", b"");
+        assert_eq!(FrameHeader::decode(&frame.encode()), None);
+        let mut frame = FrameHeader::events(u64::MAX - 1, 1, 0, b"k", b"");
+        assert!(FrameHeader::decode(&frame.encode()).is_some());
     }
 
     #[test]

@@ -209,10 +209,8 @@ fn sealed_state(file: &dyn SegmentFile, first: u64, len: u64) -> Result<Option<S
     let Some(seal) = Seal::decode(body) else {
         return Ok(None);
     };
-    if seal.length != len - size
-        || seal.last_seq + 1 != header.first_seq
-        || header.first_seq < first
-    {
+    let follows = seal.last_seq.checked_add(1) == Some(header.first_seq);
+    if seal.length != len - size || !follows || header.first_seq < first {
         return Ok(None);
     }
     Ok(Some(State {
