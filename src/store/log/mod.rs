@@ -110,6 +110,11 @@ impl EventLog {
         read::window(&self.snapshot(), from_ms, to_ms, after_seq, max)
     }
 
+    /// Reads every frame of every segment and reports what it cannot serve.
+    pub fn verify(&self) -> Result<Vec<Loss>, LogError> {
+        read::verify(&self.snapshot())
+    }
+
     pub fn bounds(&self) -> Bounds {
         let next_seq = self.next_seq();
         let first_seq = self

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::error::LogError;
-use super::format::{Kind, Point};
+use super::format::{Kind, Point, SEGMENT_HEADER_LEN};
 use super::loss::{tidy, Cause, Loss};
 use super::segment::Segment;
 use super::walk::{step, Step, Window};
@@ -120,6 +120,27 @@ pub fn window(
     }
     read.lost = clip(read.lost, after_seq + 1);
     Ok(read)
+}
+
+/// Every frame of every segment checked, none kept (`hlgate store check`): a start reads a
+/// sealed segment before the checkpoint at its ends only.
+pub fn verify(segments: &[Arc<Segment>]) -> Result<Vec<Loss>, LogError> {
+    let mut lost = Vec::new();
+    let mut before: Option<(u64, u64)> = None;
+    for segment in segments {
+        let state = segment.state().clone();
+        if let Some((owner, last)) = before.filter(|&(_, last)| segment.first_seq > last + 1) {
+            lost.push(loss(owner, last + 1, segment.first_seq - 1, Cause::Missing));
+        }
+        before = Some((segment.first_seq, state.last_seq));
+        let start = Point {
+            seq: segment.first_seq,
+            offset: SEGMENT_HEADER_LEN as u64,
+            newest_ms_before: 0,
+        };
+        walk(segment, start, state.len, &mut lost, |_| true)?;
+    }
+    Ok(tidy(lost))
 }
 
 /// Walks one segment from an index point to `len`, handing each whole frame to `take` while

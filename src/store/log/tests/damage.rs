@@ -38,6 +38,9 @@ fn a_missing_segment_first_middle_or_last_loses_exactly_its_seqs() {
             loss(owner, s.first_seq, s.last_seq, Cause::Missing)
         };
         assert_eq!(rec.lost, [expected], "segment {i}");
+        if i > 0 && i + 1 < n {
+            assert_eq!(log.verify().unwrap(), [expected], "segment {i}");
+        }
         let left: Vec<u64> = all
             .iter()
             .copied()

@@ -133,6 +133,7 @@ fn a_flipped_bit_in_a_sealed_segment_is_reported_by_reads_and_by_a_full_scan() {
             .filter(|s| s.0 != hit.first)
             .collect();
         assert_eq!(served(&log), (rest, lost.clone()), "bit {bit}");
+        assert_eq!(log.verify().unwrap(), lost, "bit {bit}");
         drop(log);
         // Without a checkpoint every segment is read whole.
         let (_, rec) = open(copy.path(), small(900), Known::default());
