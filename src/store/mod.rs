@@ -24,6 +24,7 @@ mod dedup;
 mod error;
 mod keys;
 mod layout;
+mod log;
 mod outbox;
 mod replay;
 mod summary;
