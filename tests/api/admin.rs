@@ -156,6 +156,17 @@ async fn replay_republishes_a_window_marked_as_replay() {
 }
 
 /// `n` elements of an array delivery, NoteCreate and TaskCreate in turn, each with its own id.
+/// Waits (10 s at most) until the outbox holds `n` events.
+async fn wait_depth(app: &TestApp, n: u64) {
+    for _ in 0..400 {
+        if app.readyz().await["outbox_depth"] == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(app.readyz().await["outbox_depth"], n);
+}
+
 fn mixed_array(n: usize) -> Vec<u8> {
     let elements: Vec<Value> = (0..n)
         .map(|i| {
@@ -236,13 +247,7 @@ async fn a_second_replay_while_one_runs_gets_409_and_queues_nothing() {
         );
         tokio::spawn(async move { json(http.post(url).json(&window).send().await.unwrap()).await })
     };
-    for _ in 0..400 {
-        if app.readyz().await["outbox_depth"] == 20 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(app.readyz().await["outbox_depth"], 20);
+    wait_depth(&app, 20).await;
 
     let second = tokio::time::timeout(Duration::from_secs(10), replay(&app, window));
     let (status, v) = second.await.expect("the second replay answers at once");
@@ -283,13 +288,7 @@ async fn a_replay_waiting_for_the_relay_stops_at_shutdown() {
         let (http, url) = (app.http.clone(), app.admin_url("/v1/replay"));
         tokio::spawn(async move { json(http.post(url).json(&window).send().await.unwrap()).await })
     };
-    for _ in 0..400 {
-        if app.readyz().await["outbox_depth"] == 20 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(app.readyz().await["outbox_depth"], 20);
+    wait_depth(&app, 20).await;
     app.shutdown.cancel();
     let (status, v) = waiting.await.unwrap();
     assert_eq!(status, 503, "{v}");

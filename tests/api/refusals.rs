@@ -106,6 +106,24 @@ impl Drop for SmallDisk {
     }
 }
 
+/// Posts new events until one is taken (429 meanwhile, for at most 30 s); returns its id.
+async fn post_until_taken(process: &crate::durability::Process, signer: &Signer) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (id, body) = contact_event("L");
+        let status = process.post_signed(signer, body).await.status().as_u16();
+        assert!(status == 200 || status == 429, "answered {status}");
+        if status == 200 {
+            return id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refusing after space came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_full_disk_answers_429_and_takes_events_again_when_space_returns() {
     let Some(disk) = SmallDisk::mount(24) else {
@@ -156,21 +174,7 @@ async fn a_full_disk_answers_429_and_takes_events_again_when_space_returns() {
 
     // Space comes back: within seconds, without a restart, events are taken again.
     std::fs::remove_file(filler).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (id, body) = contact_event("L");
-        let status = process.post_signed(&signer, body).await.status().as_u16();
-        assert!(status == 200 || status == 429, "answered {status}");
-        if status == 200 {
-            accepted.push(id);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still refusing after space came back"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    accepted.push(post_until_taken(&process, &signer).await);
 
     // Every event answered 200 is published.
     let got = tap.take(accepted.len()).await;
@@ -250,22 +254,8 @@ async fn a_full_disk_at_start_answers_429_until_space_returns_then_publishes_wha
 
     // Space comes back: without a restart the store opens and events are taken again.
     std::fs::remove_file(filler).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
     let mut accepted = held.clone();
-    loop {
-        let (id, body) = contact_event("L");
-        let status = process.post_signed(&signer, body).await.status().as_u16();
-        assert!(status == 200 || status == 429, "answered {status}");
-        if status == 200 {
-            accepted.push(id);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still refusing after space came back"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    accepted.push(post_until_taken(&process, &signer).await);
     let (status, v) = admin("/readyz", "adm1n-t0ken").await;
     assert_eq!((status, &v["store"]), (200, &Value::from("ok")), "{v}");
 
