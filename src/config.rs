@@ -533,6 +533,8 @@ mod tests {
             ("HLGATE_MAX_BODY_BYTES", "-1"),
             ("HLGATE_BODY_TIMEOUT", "30"),
             ("HLGATE_BODY_TIMEOUT", "0s"),
+            ("HLGATE_NACK_QUARANTINE_AFTER", "soon"),
+            ("HLGATE_NACK_QUARANTINE_AFTER", "-1m"),
             ("HLGATE_SCHEMA_MODE", "strict"),
             ("HLGATE_ACCEPT_LEGACY_RSA", "maybe"),
             ("HLGATE_ED25519_PUBLIC_KEYS", "no pem here"),

@@ -200,7 +200,7 @@ impl Relay {
         if let Some((seq, why)) = suspect.poisoned() {
             let why = why.to_string();
             if let Err(why) = self.quarantine(link, seq, &why).await {
-                return Stop::read_failed(why);
+                return Stop::broken(why);
             }
             refused.settled(seq);
             suspect.cleared();
@@ -224,7 +224,7 @@ impl Relay {
                     match self.wire(link, shutdown).settle(previous, refused).await {
                         Ok(settled) => {
                             if let Err(why) = self.divert(link, settled.expired, refused).await {
-                                return Stop::read_failed(why);
+                                return Stop::broken(why);
                             }
                         }
                         Err(down) => return down.stop(first, last_seq),
@@ -245,7 +245,7 @@ impl Relay {
                 let due = refused.take_due(Instant::now(), RETRIES_PER_WINDOW);
                 match self.read_refused(due, refused).await {
                     Ok(retries) => batch = retries,
-                    Err(why) => return Stop::read_failed(why),
+                    Err(why) => return Stop::broken(why),
                 }
                 match self.read_after(last_seq, WINDOW).await {
                     Ok(read) => {
@@ -253,7 +253,7 @@ impl Relay {
                         last_seq = read.last().map_or(last_seq, |e| e.seq);
                         batch.extend(read.into_iter().filter(|e| !refused.contains(e.seq)));
                     }
-                    Err(why) => return Stop::read_failed(why),
+                    Err(why) => return Stop::broken(why),
                 }
             }
             let handed_through = last_seq;
@@ -270,7 +270,7 @@ impl Relay {
                             backoff.reset();
                         }
                         if let Err(why) = self.divert(link, settled.expired, refused).await {
-                            return Stop::read_failed(why);
+                            return Stop::broken(why);
                         }
                     }
                     Err(down) => return down.stop(first, handed_through),
@@ -300,7 +300,7 @@ impl Relay {
                         () = tokio::time::sleep_until(retry_at) => {}
                         () = tokio::time::sleep(Duration::from_millis(500)) => {
                             if !link.connection.status().connected() {
-                                return Stop::read_failed("connection closed".into());
+                                return Stop::broken("connection closed".into());
                             }
                             // Catch entries a reconnect left behind.
                             last_seq = 0;
@@ -338,11 +338,11 @@ impl Relay {
         let mut batch = self
             .read_refused(vec![oldest], refused)
             .await
-            .map_err(Stop::read_failed)?;
+            .map_err(Stop::broken)?;
         let fresh = self
             .read_after(*last_seq, PROBE_NEW)
             .await
-            .map_err(Stop::read_failed)?;
+            .map_err(Stop::broken)?;
         *last_seq = fresh.last().map_or(*last_seq, |e| e.seq);
         batch.extend(fresh.into_iter().filter(|e| !refused.contains(e.seq)));
         if batch.is_empty() {
@@ -350,17 +350,16 @@ impl Relay {
         }
         let sent = self.wire(link, shutdown).publish(batch).await;
         let first = sent.first();
-        let failure = sent.failure.is_some();
+        // A batch not handed over whole comes back from `settle` as its failure.
         match self.wire(link, shutdown).settle(sent, refused).await {
-            Ok(settled) if !failure => {
+            Ok(settled) => {
                 if settled.acked > 0 {
                     backoff.reset();
                 }
                 self.divert(link, settled.expired, refused)
                     .await
-                    .map_err(Stop::read_failed)
+                    .map_err(Stop::broken)
             }
-            Ok(_) => Err(Stop::read_failed("publish failed".into())),
             Err(down) => Err(down.stop(first, *last_seq)),
         }
     }
@@ -383,7 +382,7 @@ impl Relay {
             }
             let entry = match self.read_after(cursor, 1).await {
                 Ok(mut batch) => batch.pop()?,
-                Err(why) => return Some(Stop::read_failed(why)),
+                Err(why) => return Some(Stop::broken(why)),
             };
             if !suspect.careful(entry.seq) {
                 return None;
@@ -405,7 +404,7 @@ impl Relay {
                         backoff.reset();
                     }
                     if let Err(why) = self.divert(link, settled.expired, refused).await {
-                        return Some(Stop::read_failed(why));
+                        return Some(Stop::broken(why));
                     }
                 }
                 Err(down) => return Some(down.stop(seq, seq)),

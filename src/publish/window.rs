@@ -112,7 +112,7 @@ pub(super) enum Stop {
 }
 
 impl Stop {
-    pub fn read_failed(why: String) -> Stop {
+    pub fn broken(why: String) -> Stop {
         Stop::Broken {
             why,
             oldest: 0,
@@ -178,12 +178,12 @@ impl Wire<'_> {
                 }
             }
             // Frames wait in lapin while the broker blocks the connection: the same patience
-            // as for confirms.
+            // as for confirms, and a shutdown ends the wait (the entries stay in the outbox).
             let mut patience = Patience(CONFIRM_TIMEOUT);
             for (send, first) in sending {
                 let published = match first {
                     Poll::Ready(result) => result,
-                    Poll::Pending => match self.on_link(None, &mut patience, send).await {
+                    Poll::Pending => match self.on_link(&mut patience, send).await {
                         Ok(result) => result,
                         Err(down) => {
                             failure = Some(down);
@@ -206,22 +206,16 @@ impl Wire<'_> {
 
     /// Awaits `work` while the broker answers. Time the broker spends blocking the connection
     /// does not use up `patience` (readiness says `blocked` meanwhile); a closed connection,
-    /// patience used up, or shutdown (when given) end the wait.
+    /// patience used up, or shutdown end the wait.
     async fn on_link<T>(
         &self,
-        shutdown: Option<&CancellationToken>,
         patience: &mut Patience,
         work: impl Future<Output = T>,
     ) -> Result<T, LinkDown> {
         tokio::pin!(work);
         loop {
             let look = tokio::time::sleep(LOOK_EVERY);
-            let stop = async {
-                match shutdown {
-                    Some(token) => token.cancelled().await,
-                    None => std::future::pending().await,
-                }
-            };
+
             tokio::select! {
                 done = &mut work => {
                     if self.metrics.broker() == BrokerState::Blocked {
@@ -230,7 +224,7 @@ impl Wire<'_> {
                     }
                     return Ok(done);
                 }
-                () = stop => return Err(LinkDown::Shutdown),
+                () = self.shutdown.cancelled() => return Err(LinkDown::Shutdown),
                 () = look => {}
             }
             let status = self.link.connection.status();
@@ -272,10 +266,7 @@ impl Wire<'_> {
         let mut acked = Vec::with_capacity(in_flight.confirms.len());
         let mut settled = Settled::default();
         for (entry, confirm) in in_flight.confirms {
-            let confirmed = match self
-                .on_link(Some(self.shutdown), &mut patience, confirm)
-                .await
-            {
+            let confirmed = match self.on_link(&mut patience, confirm).await {
                 Ok(confirmed) => confirmed,
                 Err(down) => {
                     failure.get_or_insert(down);
