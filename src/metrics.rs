@@ -156,6 +156,8 @@ pub struct Gauges {
     pub buckets_closed: u64,
     /// The start found events it cannot account for, not yet accepted.
     pub store_damaged: bool,
+    /// A failed fsync stopped the event log until a restart.
+    pub store_stopped: bool,
     pub tenants: Vec<(&'static str, u64)>,
 }
 
@@ -292,6 +294,16 @@ impl Metrics {
             out,
             "hlgate_store_damaged {}",
             u8::from(gauges.store_damaged)
+        );
+        gauge(
+            &mut out,
+            "hlgate_store_writer_stopped",
+            "1 after a failed fsync stopped the event log: nothing is stored until a restart.",
+        );
+        let _ = writeln!(
+            out,
+            "hlgate_store_writer_stopped {}",
+            u8::from(gauges.store_stopped)
         );
         counter(
             &mut out,

@@ -48,6 +48,8 @@ async fn readyz(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpRe
     let store = match (damaged, writable) {
         (true, _) => "damaged",
         (false, true) => "ok",
+        // Only a restart recovers from a failed fsync.
+        (false, false) if state.store.stopped() => "stopped",
         (false, false) => "unwritable",
     };
     let body = serde_json::json!({
@@ -75,6 +77,7 @@ async fn metrics(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpR
         buckets_open: buckets_open as u64,
         buckets_closed: buckets_closed as u64,
         store_damaged: !state.store.damage().is_empty(),
+        store_stopped: state.store.stopped(),
         tenants: state.tokens.state_counts(),
     };
     Ok(HttpResponse::Ok()

@@ -1,5 +1,7 @@
-//! One slice of the event log: a sled database of its own holding the events of a span of
-//! acceptance time (or of a bounded size) and the dedup keys accepted with them.
+//! One slice of the store: a directory holding the events of a span of acceptance time (or of
+//! a bounded size) in its segment of the event log (`store::log`), and a sled database of its
+//! own with the dedup keys accepted with them. A bucket written before the event log holds its
+//! events in its database too (it is *not logged*); such buckets are read until they expire.
 //!
 //! Expired data leaves the disk a whole bucket at a time: closing a database and removing its
 //! directory gives every byte back at once, where deleting keys one by one from a big sled tree
@@ -22,8 +24,9 @@ use std::time::Duration;
 
 use super::damage::{Ledger, SetAside};
 use super::error::{is_lock_error, StoreError};
+use super::keys::key_hash;
 use super::layout::{
-    bucket_name, last_of, seq_of, sync_dir, EVENT, GONE, READY, SET_ASIDE, SUMMARY,
+    bucket_name, last_of, seq_of, sync_dir, EVENT, GONE, LOGGED, READY, SET_ASIDE, SUMMARY,
 };
 use super::summary::Summary;
 
@@ -48,6 +51,8 @@ pub(super) struct Bucket {
     /// Its database was found holding less than its bounds claim: it gets no summary, so that
     /// every start reads the database and reports it.
     short: AtomicBool,
+    /// Its events are in its log segment; its database holds only dedup keys.
+    logged: bool,
 }
 
 pub(super) fn config(dir: &Path) -> sled::Config {
@@ -89,8 +94,8 @@ impl Bucket {
         }
         let db = config(&dir).open()?;
         db.flush()?;
-        std::fs::File::create(dir.join(READY))
-            .and_then(|f| f.sync_all())
+        std::fs::write(dir.join(READY), LOGGED)
+            .and_then(|()| std::fs::File::open(dir.join(READY))?.sync_all())
             .map_err(|e| StoreError::io("cannot mark a new bucket ready", e))?;
         sync_dir(&dir);
         sync_dir(events_dir);
@@ -103,6 +108,7 @@ impl Bucket {
             opened_ms: AtomicU64::new(now_ms),
             ledger: ledger.clone(),
             short: AtomicBool::new(false),
+            logged: true,
         })
     }
 
@@ -127,12 +133,27 @@ impl Bucket {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             match name.parse::<u64>() {
                 Ok(first_seq) if first_seq > 0 && path.join(READY).exists() => {
+                    let logged = is_logged(&path);
                     if let Some(summary) = Summary::load(&path, first_seq) {
-                        let bucket = Bucket::new(path, first_seq, None, &summary, ledger);
+                        let bucket = Bucket::new(path, first_seq, None, &summary, ledger, logged);
                         buckets.push((bucket, summary.hashes));
                         continue;
                     }
-                    let (bucket, summary) = Bucket::open(path, first_seq, now_ms, ledger)?;
+                    if logged {
+                        // Its bounds come from its segment once the log is open, its keys from
+                        // the segment too: a start never needs its database, which a crash may
+                        // have left short.
+                        let summary = Summary {
+                            last_seq: first_seq - 1,
+                            opened_ms: now_ms,
+                            newest_ms: now_ms,
+                            hashes: segment_key_hashes(&path),
+                        };
+                        let bucket = Bucket::new(path, first_seq, None, &summary, ledger, true);
+                        buckets.push((bucket, summary.hashes));
+                        continue;
+                    }
+                    let (bucket, summary) = Bucket::open(path, first_seq, now_ms, ledger, logged)?;
                     // Its bounds come from the database itself: only its head can be missing.
                     bucket.with_db(|db| bucket.check_ends(db))?;
                     bucket.close();
@@ -168,10 +189,17 @@ impl Bucket {
     ) -> Result<Option<SetAside>, StoreError> {
         // One that cannot even be read is set aside too: nothing tells that it held nothing.
         // Read for its bounds only: all of it counts as lost, so it reports to a ledger of its own.
-        let last = Bucket::open(dir.clone(), first_seq, now_ms, &Arc::default())
+        let last = Bucket::open(dir.clone(), first_seq, now_ms, &Arc::default(), false)
             .map(|(b, _)| b.last_seq())
             .unwrap_or(first_seq);
-        if last < first_seq {
+        // A segment file is never a crash's leftover of a creation: the log writes one only
+        // into a bucket marked ready.
+        let in_segment = super::log::inspect(&dir)
+            .ok()
+            .flatten()
+            .map(|i| i.runs.last().map_or(first_seq, |r| r.1));
+        let last = last.max(in_segment.unwrap_or(0));
+        if last < first_seq && in_segment.is_none() {
             std::fs::remove_dir_all(&dir)
                 .map_err(|e| StoreError::io("cannot remove a half-made bucket", e))?;
             return Ok(None);
@@ -195,10 +223,11 @@ impl Bucket {
         first_seq: u64,
         now_ms: u64,
         ledger: &Arc<Ledger>,
+        logged: bool,
     ) -> Result<(Bucket, Summary), StoreError> {
         let db = config(&dir).open()?;
         let summary = Summary::read(&db, first_seq, now_ms)?;
-        let bucket = Bucket::new(dir, first_seq, Some(db), &summary, ledger);
+        let bucket = Bucket::new(dir, first_seq, Some(db), &summary, ledger, logged);
         Ok((bucket, summary))
     }
 
@@ -208,6 +237,7 @@ impl Bucket {
         db: Option<sled::Db>,
         summary: &Summary,
         ledger: &Arc<Ledger>,
+        logged: bool,
     ) -> Bucket {
         Bucket {
             first_seq,
@@ -218,6 +248,70 @@ impl Bucket {
             opened_ms: AtomicU64::new(summary.opened_ms),
             ledger: ledger.clone(),
             short: AtomicBool::new(false),
+            logged,
+        }
+    }
+
+    /// Whether its events are in its log segment (else in its database).
+    pub fn is_logged(&self) -> bool {
+        self.logged
+    }
+
+    /// Takes a logged bucket's bounds from its log segment (the log is their authority).
+    pub fn set_bounds(&self, last_seq: u64, opened_ms: u64, newest_ms: u64) {
+        self.last_seq.store(last_seq, Ordering::Release);
+        self.opened_ms.store(opened_ms, Ordering::Release);
+        self.newest_ms.store(newest_ms, Ordering::Release);
+    }
+
+    /// Records dedup keys with their acceptance time, without a flush (the log holds them
+    /// durably; the checkpoint flushes). A summary written before no longer holds every key:
+    /// it goes, so that the next start reads the database.
+    pub fn record_keys(&self, keys: &[(Vec<u8>, u64)]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (k, ms) in keys {
+            batch.insert(super::layout::dedup_db_key_bytes(k), &ms.to_be_bytes());
+        }
+        self.with_db(|db| Ok(db.apply_batch(batch)?))
+    }
+
+    /// Flushes its database if it is open (a close flushes it anyway).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        if let Some(db) = self.db.read().expect("bucket database").as_ref() {
+            db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the summary of a logged bucket from disk (it takes no more events) with the key
+    /// hashes a start read from its segment, unless it is empty or has one.
+    pub fn write_summary(&self, hashes: &[u64]) {
+        if self.is_empty() || self.dir.join(SUMMARY).exists() {
+            return;
+        }
+        let summary = Summary {
+            last_seq: self.last_seq(),
+            opened_ms: self.opened_ms(),
+            newest_ms: self.newest_ms(),
+            hashes: hashes.to_vec(),
+        };
+        if let Err(e) = summary.write(&self.dir, self.first_seq) {
+            let bucket = self.first_seq;
+            tracing::warn!(error = %e, bucket, "could not write a bucket summary");
+        }
+    }
+
+    /// Drops its summary (its database gained keys the summary lacks).
+    pub fn forget_summary(&self) {
+        match std::fs::remove_file(self.dir.join(SUMMARY)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                let bucket = self.first_seq;
+                tracing::warn!(error = %e, bucket, "could not remove a bucket summary");
+            }
+            _ => {}
         }
     }
 
@@ -228,7 +322,12 @@ impl Bucket {
         if self.is_empty() || self.is_short() || self.dir.join(SUMMARY).exists() {
             return Ok(());
         }
-        let summary = self.with_db(|db| Ok(Summary::read(db, self.first_seq, now_ms)?))?;
+        let mut summary = self.with_db(|db| Ok(Summary::read(db, self.first_seq, now_ms)?))?;
+        if self.logged {
+            summary.last_seq = self.last_seq();
+            summary.opened_ms = self.opened_ms();
+            summary.newest_ms = self.newest_ms();
+        }
         summary
             .write(&self.dir, self.first_seq)
             .map_err(|e| StoreError::io("cannot write a bucket summary", e))
@@ -260,7 +359,8 @@ impl Bucket {
     /// goes, so that the next start reads the database and reports the loss too.
     fn check_ends(&self, db: &sled::Db) -> Result<(), StoreError> {
         let (first, last) = (self.first_seq, self.last_seq());
-        if last < first {
+        // A logged bucket's events are the log's to check.
+        if last < first || self.logged {
             return Ok(());
         }
         let held_first = db.scan_prefix([EVENT]).keys().next().transpose()?;
@@ -274,13 +374,7 @@ impl Bucket {
             self.ledger.found(self.first_seq, a, b);
         }
         if self.is_short() {
-            match std::fs::remove_file(self.dir.join(SUMMARY)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    let bucket = self.first_seq;
-                    tracing::warn!(error = %e, bucket, "could not remove a bucket summary");
-                }
-                _ => {}
-            }
+            self.forget_summary();
         }
         Ok(())
     }
@@ -337,8 +431,29 @@ impl Bucket {
         drop(db);
         let gone = dir.with_extension(GONE);
         std::fs::rename(&dir, &gone)?;
+        sync_dir(dir.parent().unwrap_or(&dir));
         std::fs::remove_dir_all(&gone)
     }
+}
+
+/// The sorted, distinct hashes of the dedup keys in the log segment in `dir`.
+fn segment_key_hashes(dir: &Path) -> Vec<u64> {
+    let keys = match super::log::inspect(dir) {
+        Ok(found) => found.map(|i| i.dedup_keys).unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, dir = %dir.display(), "could not read a segment's keys");
+            Vec::new()
+        }
+    };
+    let mut hashes: Vec<u64> = keys.iter().map(|k| key_hash(k.as_bytes())).collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    hashes
+}
+
+/// Whether the bucket in `dir` keeps its events in its log segment: its ready marker says so.
+fn is_logged(dir: &Path) -> bool {
+    std::fs::read(dir.join(READY)).is_ok_and(|m| m == LOGGED)
 }
 
 /// The store's buckets, oldest first; the last one takes new events. Never empty.
@@ -427,6 +542,8 @@ pub(super) mod tests {
             .unwrap();
         let dir = bucket.dir.clone();
         drop(bucket);
+        // Written before the event log: its events are in its database.
+        std::fs::write(dir.join(READY), b"").unwrap();
         // sled lets go of its file lock a moment after the last handle is dropped.
         std::thread::sleep(Duration::from_millis(200));
         dir

@@ -1,5 +1,6 @@
 //! The offline checks of a data dir: `hlgate store check` ([`check`]) reads every bucket's
-//! database in full and reports what is lost; `hlgate store accept-loss` ([`accept_loss`])
+//! log segment (or, for a bucket written before the event log, its database) in full and
+//! reports what is lost; `hlgate store accept-loss` ([`accept_loss`])
 //! records it in `meta`, so that starts no longer report it. And the one check a start makes
 //! before it opens anything ([`refuse_without_main_db`]).
 
@@ -13,9 +14,10 @@ use super::bucket::config;
 use super::damage::{all_lost, Held, Lost, SetAside};
 use super::error::StoreError;
 use super::layout::{
-    accepted, meta_u64, parse_bucket_name, seq_of, span, ACCEPTED, DEDUP, EVENT, EVENTS, MAIN_DB,
-    READY, SET_ASIDE, STOPPED_AT, WATERMARK,
+    accepted, decode_applied, meta_u64, parse_bucket_name, seq_of, span, ACCEPTED, APPLIED, DEDUP,
+    EVENT, EVENTS, LOGGED, MAIN_DB, READY, SET_ASIDE, STOPPED_AT, WATERMARK,
 };
+use super::log::{inspect, SEGMENT_FILE};
 use super::summary::Summary;
 use super::tokens::OfflineTrees;
 
@@ -200,7 +202,10 @@ fn check_with(
         Some(db) => {
             let meta = db.open_tree("meta")?;
             let w = meta_u64(&meta, WATERMARK)?;
-            (w, meta_u64(&meta, STOPPED_AT)?, accepted(&meta)?)
+            // The checkpoint's frame was acknowledged: the log must reach it.
+            let applied = meta.get(APPLIED)?.and_then(|v| decode_applied(&v));
+            let through = meta_u64(&meta, STOPPED_AT)?.max(applied.map_or(0, |a| a.seq));
+            (w, through, accepted(&meta)?)
         }
         None => (0, 0, Vec::new()),
     };
@@ -370,6 +375,25 @@ struct Contents {
 }
 
 fn read_contents(dir: &Path, with_keys: bool) -> Result<Contents, StoreError> {
+    let first_seq = dir
+        .file_name()
+        .and_then(|n| parse_bucket_name(n.to_str()?))
+        .map_or(0, |(seq, _)| seq);
+    let claimed_last = Summary::load(dir, first_seq).map(|s| s.last_seq);
+    let logged = std::fs::read(dir.join(READY)).is_ok_and(|m| m == LOGGED);
+    if logged || dir.join(SEGMENT_FILE).exists() {
+        let inspected = inspect(dir)?.unwrap_or_default();
+        return Ok(Contents {
+            runs: inspected.runs,
+            newest_ms: inspected.newest_ms,
+            claimed_last,
+            dedup_keys: if with_keys {
+                inspected.dedup_keys
+            } else {
+                Vec::new()
+            },
+        });
+    }
     let db = config(dir).open()?;
     let mut runs: Vec<(u64, u64)> = Vec::new();
     let mut newest_ms = 0;
@@ -389,14 +413,10 @@ fn read_contents(dir: &Path, with_keys: bool) -> Result<Contents, StoreError> {
             dedup_keys.push(String::from_utf8_lossy(&k?[1..]).into_owned());
         }
     }
-    let first_seq = dir
-        .file_name()
-        .and_then(|n| parse_bucket_name(n.to_str()?))
-        .map_or(0, |(seq, _)| seq);
     Ok(Contents {
         runs,
         newest_ms,
-        claimed_last: Summary::load(dir, first_seq).map(|s| s.last_seq),
+        claimed_last,
         dedup_keys,
     })
 }

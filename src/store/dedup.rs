@@ -43,6 +43,11 @@ impl BucketKeys {
         }
     }
 
+    /// Whether a key accepted at `accepted_ms` is still within the retention.
+    fn live(&self, accepted_ms: u64, now_ms: u64) -> bool {
+        now_ms.saturating_sub(accepted_ms) < self.retention_ms
+    }
+
     /// A new bucket took over from the one starting at `previous`: its keys go to the index.
     pub fn rotated(&mut self, previous: u64) {
         let keys = std::mem::take(&mut self.current);
@@ -68,13 +73,30 @@ impl DedupKeys for BucketKeys {
             let Ok(at) = buckets.binary_search_by_key(&first_seq, |b| b.first_seq) else {
                 continue;
             };
-            if let Some(v) = buckets[at].with_db(|db| Ok(db.get(&k)?))? {
-                let accepted = v
-                    .get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes);
-                return Ok(accepted
-                    .is_none_or(|accepted| now_ms.saturating_sub(accepted) < self.retention_ms));
+            let bucket = &buckets[at];
+            let record = match bucket.with_db(|db| Ok(db.get(&k)?)) {
+                Ok(record) => record,
+                // Its events are in its segment, which took this key's hash: the record is
+                // only the acceptance time.
+                Err(e) if bucket.is_logged() => {
+                    tracing::warn!(error = %e, bucket = first_seq, "a bucket's dedup keys cannot be read; answering from their hashes");
+                    return Ok(self.live(bucket.newest_ms(), now_ms));
+                }
+                Err(e) => return Err(e),
+            };
+            match record {
+                Some(v) => {
+                    let accepted = v
+                        .get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_be_bytes);
+                    return Ok(accepted.is_none_or(|a| self.live(a, now_ms)));
+                }
+                // A logged bucket took a key with this hash and its database lost the record
+                // (cut short by damage): a 64-bit hash does not collide by chance, so this is a
+                // redelivery, and taking it again would publish it twice.
+                None if bucket.is_logged() => return Ok(self.live(bucket.newest_ms(), now_ms)),
+                None => {}
             }
         }
         Ok(false)

@@ -28,6 +28,8 @@ pub enum StoreError {
     Stalled(Duration),
     #[error("the store is damaged: {0}")]
     Damaged(String),
+    #[error("event log: {0}")]
+    Log(#[from] super::log::LogError),
 }
 
 impl StoreError {
@@ -39,8 +41,10 @@ impl StoreError {
     /// The file system had no room (or quota) left for a write.
     pub fn is_no_space(&self) -> bool {
         use std::io::ErrorKind::{QuotaExceeded, StorageFull};
-        self.io_error()
-            .is_some_and(|e| matches!(e.kind(), StorageFull | QuotaExceeded))
+        matches!(self, StoreError::Log(super::log::LogError::NoRoom { .. }))
+            || self
+                .io_error()
+                .is_some_and(|e| matches!(e.kind(), StorageFull | QuotaExceeded))
     }
 
     /// sled could not take a database's file lock: another handle, perhaps one being closed,

@@ -5,7 +5,11 @@
 //! - `d<dedup key>` → acceptance time (u64 BE, unix ms)
 //! - `e<seq>` (u64 BE) → an encoded entry, or an array record covering one seq per element
 //!
-//! In the main database's `meta` tree: [`WATERMARK`], [`CONFIRMED`], [`STOPPED_AT`], [`ACCEPTED`].
+//! A bucket written by this version keeps only `d` records in its database: its events are
+//! in its segment of the event log (`store::log`), and its ready marker says so ([`LOGGED`]).
+//!
+//! In the main database's `meta` tree: [`WATERMARK`], [`CONFIRMED`], [`STOPPED_AT`], [`ACCEPTED`],
+//! [`STORE_ID`], [`APPLIED`].
 
 use crate::entry::{ArrayRecord, Entry};
 use crate::schema::Outcome;
@@ -25,6 +29,12 @@ pub const STOPPED_AT: &[u8] = b"last";
 /// `meta` key of the losses an operator accepted: (first, last) seq pairs, u64 BE each.
 pub const ACCEPTED: &[u8] = b"lost";
 
+/// `meta` key of the store's id (16 bytes), written into every segment's header.
+pub const STORE_ID: &[u8] = b"id";
+/// `meta` key of the event log's *applied* checkpoint: the last frame whose dedup keys are
+/// flushed to the buckets' databases (see [`encode_applied`]).
+pub const APPLIED: &[u8] = b"applied";
+
 /// The main database's directory under the data dir.
 pub const MAIN_DB: &str = "sled";
 /// The directory of the event buckets under the data dir.
@@ -32,6 +42,9 @@ pub const EVENTS: &str = "events";
 /// Written into a bucket's directory once its database is set up: a directory without it was
 /// being created during a crash, never took an event, and is removed on open.
 pub const READY: &str = "ready";
+/// The content of the ready marker of a bucket whose events are in its log segment; an empty
+/// marker is an older bucket's, whose events are in its database.
+pub const LOGGED: &[u8] = b"log\n";
 /// The directory suffix of a bucket being removed.
 pub const GONE: &str = "gone";
 /// The directory suffix of a bucket set aside: it holds events but is not part of the store.
@@ -60,9 +73,13 @@ pub fn key(prefix: u8, seq: u64) -> [u8; 9] {
 }
 
 pub fn dedup_db_key(dedup_key: &str) -> Vec<u8> {
+    dedup_db_key_bytes(dedup_key.as_bytes())
+}
+
+pub fn dedup_db_key_bytes(dedup_key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + dedup_key.len());
     k.push(DEDUP);
-    k.extend_from_slice(dedup_key.as_bytes());
+    k.extend_from_slice(dedup_key);
     k
 }
 
@@ -79,6 +96,27 @@ pub fn meta_u64(meta: &sled::Tree, key: &[u8]) -> sled::Result<u64> {
         .get(key)?
         .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
         .unwrap_or(0))
+}
+
+/// The [`APPLIED`] checkpoint: seq, segment, end offset (u64 BE each), header CRC (u32 BE).
+pub fn encode_applied(a: &super::log::Applied) -> [u8; 28] {
+    let mut out = [0u8; 28];
+    out[..8].copy_from_slice(&a.seq.to_be_bytes());
+    out[8..16].copy_from_slice(&a.segment.to_be_bytes());
+    out[16..24].copy_from_slice(&a.end_offset.to_be_bytes());
+    out[24..].copy_from_slice(&a.header_crc.to_be_bytes());
+    out
+}
+
+pub fn decode_applied(bytes: &[u8]) -> Option<super::log::Applied> {
+    let b: &[u8; 28] = bytes.try_into().ok()?;
+    let word = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    Some(super::log::Applied {
+        seq: word(0),
+        segment: word(8),
+        end_offset: word(16),
+        header_crc: u32::from_be_bytes(b[24..].try_into().expect("4 bytes")),
+    })
 }
 
 /// The losses an operator accepted ([`ACCEPTED`]).

@@ -1,23 +1,27 @@
-//! The only sled user: dedup keys, the outbox, the archive, and (for the token module) the
-//! vault's trees. It persists encoded [`Entry`](crate::entry::Entry) values and array records.
+//! The only sled user: dedup keys, the store's small meta, and (for the token module) the
+//! vault's trees; and the event log, which holds the events: encoded
+//! [`Entry`](crate::entry::Entry) values and array records.
 //!
-//! The rooms: `writer` (the writer thread: group commit, refusals, rotation), `dedup` (the
-//! dedup lookup behind a small seam, over the key hashes of `keys`), `outbox` (the recent
-//! entries, reads after the watermark, the archive), `replay` (the archive queued again, a
-//! chunk at a time, one replay at a time), `layout` (key prefixes, `meta` keys,
-//! directory names, the entry encoding), `bucket` (one bucket's database and directory, and
-//! the list of them), `summary` (a closed bucket's `keys` file), `sweep` (expiry, closing
-//! idle buckets), `damage` (what is lost, and the ledger of it), `check` (`hlgate store
-//! check` and `accept-loss`), `tokens` (the token module's trees).
+//! The rooms: `writer` (the writer thread: group commit, refusals, rotation), `log` (the
+//! event log: segments of checksummed frames), `checkpoint` (the dedup keys flushed, and how
+//! far), `recover` (a start's work on the log), `dedup` (the dedup lookup behind a small
+//! seam, over the key hashes of `keys`), `outbox` (the recent entries, reads after the
+//! watermark, the archive), `replay` (the archive queued again, a chunk at a time, one replay
+//! at a time), `layout` (key prefixes, `meta` keys, directory names, the entry encoding),
+//! `bucket` (one bucket's directory and database, and the list of them), `summary` (a closed
+//! bucket's `keys` file), `sweep` (expiry, closing idle buckets), `damage` (what is lost, and
+//! the ledger of it), `check` (`hlgate store check` and `accept-loss`), `tokens` (the token
+//! module's trees).
 //!
-//! Events live in buckets, each a sled database of its own covering a span of acceptance time
-//! (a quarter of the retention) or a bounded size, so that a delivery's dedup key and its
-//! entries are written by one atomic batch, and expired data leaves the disk a whole bucket at
-//! a time. Seqs rise across buckets. The `meta` tree of the main database holds the published
-//! watermark: the outbox is every entry above it.
+//! Events live in buckets, each a directory covering a span of acceptance time (a quarter of
+//! the retention) or a bounded size, holding its segment of the event log and a sled database
+//! of its dedup keys, so that expired data leaves the disk a whole bucket at a time. Seqs rise
+//! across buckets. The `meta` tree of the main database holds the published watermark: the
+//! outbox is every entry above it.
 
 mod bucket;
 mod check;
+mod checkpoint;
 mod confirmed;
 mod damage;
 mod dedup;
@@ -26,6 +30,7 @@ mod keys;
 mod layout;
 mod log;
 mod outbox;
+mod recover;
 mod replay;
 mod summary;
 mod sweep;
@@ -56,12 +61,13 @@ use tokio_util::sync::CancellationToken;
 use crate::entry::{now_ms, ArrayRecord, Entry};
 
 use bucket::{Bucket, Buckets};
+use checkpoint::Checkpoint;
 use confirmed::Confirmed;
 use damage::{Held, Ledger};
 use dedup::BucketKeys;
 use keys::KeyIndex;
 use layout::{accepted, meta_u64, CONFIRMED, EVENTS, MAIN_DB, STOPPED_AT, WATERMARK};
-use outbox::Outbox;
+use outbox::{Marks, Outbox};
 use replay::{Keep, Replays};
 use writer::{Command, Events, Health, Parts, Writer};
 
@@ -84,6 +90,7 @@ pub struct Store {
     /// What is lost: accepted by an operator, found at start, found since.
     ledger: Arc<Ledger>,
     replays: Arc<Replays>,
+    checkpoint: Arc<Checkpoint>,
 }
 
 impl std::fmt::Debug for Store {
@@ -122,7 +129,8 @@ impl Store {
         let events_dir = dir.join(EVENTS);
         let mut index = KeyIndex::default();
         let mut buckets = Vec::new();
-        let (opened, set_aside) = Bucket::open_all(&events_dir, now, &ledger)?;
+        let (mut opened, set_aside) = Bucket::open_all(&events_dir, now, &ledger)?;
+        let (log, recovered) = recover::open_log(&meta, &events_dir, &mut opened, published)?;
         for (bucket, hashes) in opened {
             index.add(bucket.first_seq, hashes);
             buckets.push(bucket);
@@ -131,39 +139,56 @@ impl Store {
         ledger.started(damage_at_start(
             &buckets, &set_aside, published, through, &ledger, retention, now,
         ));
+        recover::report(&recovered, &ledger);
         // Never hand out a seq at or below the watermark, even when every bucket was removed,
-        // nor one a bucket set aside holds, nor one a bucket cut short lost.
+        // nor one a bucket set aside holds, nor one a bucket cut short lost, nor one the log
+        // was handed (its checkpoint's, say).
         let last_seq = buckets
             .last()
             .map_or(0, |b| b.last_seq())
             .max(through)
-            .max(set_aside.iter().map(|a| a.last).max().unwrap_or(0));
-        // New events go to a new bucket: one opened from disk takes none.
+            .max(set_aside.iter().map(|a| a.last).max().unwrap_or(0))
+            .max(log.next_seq() - 1);
+        // New events go to a new bucket (and segment): one opened from disk takes none.
         if buckets
             .last()
             .is_none_or(|b| !b.is_empty() || b.first_seq != last_seq + 1)
         {
+            log.seal(now)?;
             buckets.push(Bucket::create(&events_dir, last_seq + 1, now, &ledger)?);
+        }
+        if !log.continue_at(last_seq + 1) {
+            return Err(StoreError::Damaged(format!(
+                "the event log cannot continue at seq {}: it is at {}",
+                last_seq + 1,
+                log.next_seq()
+            )));
         }
         let buckets = Arc::new(Buckets::new(buckets.into_iter().map(Arc::new).collect()));
         let outbox = Arc::new(Outbox::new(
             meta_db.clone(),
             meta.clone(),
             buckets.clone(),
+            log.clone(),
             ledger.clone(),
-            last_seq,
-            published,
-            confirmed,
+            Marks {
+                last_seq,
+                published,
+                confirmed,
+            },
         ));
         let health = Arc::new(Health::new(dir.to_path_buf()));
         let (sender, receiver) = mpsc::sync_channel(QUEUE_DEPTH);
         let dedup = BucketKeys::new(buckets.clone(), retention.as_millis() as u64, index);
+        let checkpoint = Checkpoint::new(meta_db.clone(), meta.clone());
+        checkpoint.start()?;
         let parts = Parts {
             buckets: buckets.clone(),
             outbox: outbox.clone(),
             health: health.clone(),
             ledger: ledger.clone(),
-            meta_db: meta_db.clone(),
+            log,
+            checkpoint: checkpoint.clone(),
             events_dir,
             retention,
         };
@@ -181,6 +206,7 @@ impl Store {
             ledger,
             replays: Arc::new(Replays::new(outbox.clone())),
             outbox,
+            checkpoint,
         };
         store.check_disk();
         Ok(store)
@@ -228,6 +254,12 @@ impl Store {
     /// How long the commit being written has taken so far; zero between commits.
     pub fn stuck_for(&self) -> Duration {
         self.health.stuck_for()
+    }
+
+    /// A failed fsync stopped the event log: nothing more is stored until a restart, which
+    /// recovers from what is on disk.
+    pub fn stopped(&self) -> bool {
+        self.health.is_stopped()
     }
 
     /// Re-reads the free space of the data dir, for readiness while no events come.
@@ -360,8 +392,8 @@ impl Store {
     /// Flushes everything to disk, and records the last committed seq (after the events, so
     /// that it never claims more than they hold): a start compares it with the newest bucket.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let current = self.buckets.current();
-        tokio::task::spawn_blocking(move || current.with_db(|db| Ok(db.flush()?)))
+        let checkpoint = self.checkpoint.clone();
+        tokio::task::spawn_blocking(move || checkpoint.flush())
             .await
             .map_err(|e| StoreError::io("the flush did not finish", std::io::Error::other(e)))??;
         let last = self.outbox.last_seq();

@@ -1,6 +1,6 @@
 //! The outbox: every entry above the watermark, in seq order. The relay reads it
 //! ([`Outbox::pending_after`]), from the last committed entries kept in memory while it keeps
-//! up, else from the buckets; and records what the broker confirmed, moving the watermark
+//! up, else from the event log (and from the databases of buckets written before it); and records what the broker confirmed, moving the watermark
 //! over the confirmed prefix ([`Outbox::mark_confirmed`]). Also the archive read that replays
 //! take, a chunk at a time ([`Outbox::archived`]).
 
@@ -18,6 +18,10 @@ use super::confirmed::Confirmed;
 use super::damage::Ledger;
 use super::error::StoreError;
 use super::layout::{key, last_of, seq_of, Stored, CONFIRMED, EVENT, WATERMARK};
+use super::log::EventLog;
+
+/// How many frames one read of the log takes at most.
+const LOG_READ_FRAMES: usize = 512;
 
 /// How many just-committed entries the store keeps in memory for the relay: while the relay
 /// keeps up it never reads sled, whose reads keep what they page in (sled issue 1036).
@@ -27,6 +31,7 @@ pub(super) struct Outbox {
     meta_db: sled::Db,
     meta: sled::Tree,
     buckets: Arc<Buckets>,
+    log: Arc<EventLog>,
     /// Where a hole the reads find is reported.
     ledger: Arc<Ledger>,
     /// The highest seq written (0 when none).
@@ -45,21 +50,36 @@ pub(super) struct Outbox {
     limit: AtomicU64,
 }
 
+/// Where the outbox stands at start.
+pub(super) struct Marks {
+    /// The highest seq committed.
+    pub last_seq: u64,
+    /// The watermark.
+    pub published: u64,
+    /// What the broker confirmed above it.
+    pub confirmed: Confirmed,
+}
+
 impl Outbox {
     pub fn new(
         meta_db: sled::Db,
         meta: sled::Tree,
         buckets: Arc<Buckets>,
+        log: Arc<EventLog>,
         ledger: Arc<Ledger>,
-        last_seq: u64,
-        published: u64,
-        mut confirmed: Confirmed,
+        marks: Marks,
     ) -> Outbox {
+        let Marks {
+            last_seq,
+            published,
+            mut confirmed,
+        } = marks;
         confirmed.advance(published);
         Outbox {
             meta_db,
             meta,
             buckets,
+            log,
             ledger,
             last_seq: AtomicU64::new(last_seq),
             published: AtomicU64::new(published),
@@ -173,30 +193,76 @@ impl Outbox {
         let committed = self.last_seq();
         let mut out = Vec::with_capacity(limit.min(1024));
         let mut next = from;
+        let mut stopped = false;
+        self.each_from(from, limit, |entry| {
+            if !self.continues(next, entry.seq) {
+                stopped = true;
+                return false;
+            }
+            next = entry.seq + 1;
+            if !confirmed.contains(entry.seq) {
+                out.push(entry);
+                stopped = out.len() == limit;
+            }
+            !stopped
+        })?;
+        if !stopped {
+            // Committed, yet in no bucket.
+            self.continues(next, committed + 1);
+        }
+        Ok(out)
+    }
+
+    /// Hands `take` the entries from `from` on, in seq order, while it asks for more: from the
+    /// database of each bucket written before the event log, then from the log. `frames` is how
+    /// many frames a read of the log takes (entries the caller expects to need, say).
+    fn each_from(
+        &self,
+        from: u64,
+        frames: usize,
+        mut take: impl FnMut(Entry) -> bool,
+    ) -> Result<(), StoreError> {
         for bucket in self.buckets.from(from) {
-            let stopped = bucket.with_db(|db| {
+            if bucket.is_logged() {
+                return self.each_logged(from, frames, take);
+            }
+            let more = bucket.with_db(|db| {
                 for entry in entries_from(db, from) {
-                    let entry = entry?;
-                    if !self.continues(next, entry.seq) {
-                        return Ok(true);
-                    }
-                    next = entry.seq + 1;
-                    if !confirmed.contains(entry.seq) {
-                        out.push(entry);
-                        if out.len() == limit {
-                            break;
-                        }
+                    if !take(entry?) {
+                        return Ok(false);
                     }
                 }
-                Ok(false)
+                Ok(true)
             })?;
-            if stopped || out.len() == limit {
-                return Ok(out);
+            if !more {
+                return Ok(());
             }
         }
-        // Committed, yet in no bucket.
-        self.continues(next, committed + 1);
-        Ok(out)
+        Ok(())
+    }
+
+    /// [`Outbox::each_from`] over the log. Seqs it cannot serve show as gaps in the seqs
+    /// handed over, which the caller tells apart (`continues`).
+    fn each_logged(
+        &self,
+        from: u64,
+        frames: usize,
+        mut take: impl FnMut(Entry) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut next = from;
+        loop {
+            let read = self.log.read_from(next, frames.clamp(1, LOG_READ_FRAMES))?;
+            let Some(last) = read.frames.last().map(|f| f.last_seq()) else {
+                return Ok(());
+            };
+            let items = read.frames.iter().map(|f| Ok((f.first_seq, f.record())));
+            for entry in Expand::new(items, from) {
+                if !take(entry?) {
+                    return Ok(());
+                }
+            }
+            next = last + 1;
+        }
     }
 
     /// Whether `seq` may follow `next` in the outbox: it is `next`, or every seq between them
@@ -257,13 +323,12 @@ impl Outbox {
     /// The oldest unpublished entry's seq and acceptance time.
     pub fn oldest_pending(&self) -> Result<Option<(u64, u64)>, StoreError> {
         let seq = self.published_through() + 1;
-        for bucket in self.buckets.from(seq) {
-            let first = bucket.with_db(|db| entries_from(db, seq).next().transpose())?;
-            if let Some(entry) = first {
-                return Ok((entry.seq == seq).then_some((seq, entry.accepted_ms)));
-            }
-        }
-        Ok(None)
+        let mut first = None;
+        self.each_from(seq, 1, |entry| {
+            first = Some(entry);
+            false
+        })?;
+        Ok(first.and_then(|e| (e.seq == seq).then_some((seq, e.accepted_ms))))
     }
 
     /// One chunk of the archived original events (not replays) of `window` up to seq
@@ -281,35 +346,34 @@ impl Outbox {
     ) -> Result<Archived, StoreError> {
         let mut out = Archived::default();
         let (mut read, mut bytes) = (0, 0);
-        for bucket in self.buckets.from(from) {
-            if bucket.first_seq > through {
-                break;
-            }
-            if bucket.newest_ms() < window.since_ms || bucket.is_empty() {
-                continue;
-            }
-            let ended = bucket.with_db(|db| {
-                for entry in entries_from(db, from) {
-                    let entry = entry?;
-                    if entry.seq > through || entry.accepted_ms > window.until_ms {
-                        return Ok(true);
-                    }
-                    if read >= chunk.entries || bytes >= chunk.bytes {
-                        out.next = Some(entry.seq);
-                        return Ok(true);
-                    }
-                    read += 1;
-                    if entry.accepted_ms >= window.since_ms && !entry.replay && keep(&entry) {
-                        bytes += entry.body.len() + entry.signature.len() + entry.dedup_key.len();
-                        out.entries.push(entry);
-                    }
-                }
-                Ok(false)
-            })?;
-            if ended {
-                break;
-            }
+        // Buckets wholly older than the window are passed over.
+        let Some(start) = self
+            .buckets
+            .from(from)
+            .iter()
+            .find(|b| b.newest_ms() >= window.since_ms && !b.is_empty())
+            .map(|b| b.first_seq.max(from))
+        else {
+            return Ok(out);
+        };
+        if start > through {
+            return Ok(out);
         }
+        self.each_from(start, chunk.entries, |entry| {
+            if entry.seq > through || entry.accepted_ms > window.until_ms {
+                return false;
+            }
+            if read >= chunk.entries || bytes >= chunk.bytes {
+                out.next = Some(entry.seq);
+                return false;
+            }
+            read += 1;
+            if entry.accepted_ms >= window.since_ms && !entry.replay && keep(&entry) {
+                bytes += entry.body.len() + entry.signature.len() + entry.dedup_key.len();
+                out.entries.push(entry);
+            }
+            true
+        })?;
         Ok(out)
     }
 
@@ -364,16 +428,15 @@ pub(super) fn entries_from(
         Some(Ok((k, v))) if last_of(&k, &v) >= from => seq_of(&k),
         _ => from,
     };
-    Expand {
-        items: db.range(key(EVENT, start)..=key(EVENT, u64::MAX)),
-        from,
-        open: None,
-    }
+    let items = db
+        .range(key(EVENT, start)..=key(EVENT, u64::MAX))
+        .map(|item| item.map(|(k, v)| (seq_of(&k), v)).map_err(StoreError::from));
+    Expand::new(items, from)
 }
 
-/// [`entries_from`]'s iterator.
-struct Expand {
-    items: sled::Iter,
+/// Entries one per seq from (seq, encoded entry or record) items in seq order.
+struct Expand<I> {
+    items: I,
     from: u64,
     /// The array record being expanded.
     open: Option<Open>,
@@ -421,7 +484,21 @@ impl Open {
     }
 }
 
-impl Iterator for Expand {
+impl<I> Expand<I> {
+    fn new(items: I, from: u64) -> Expand<I> {
+        Expand {
+            items,
+            from,
+            open: None,
+        }
+    }
+}
+
+impl<I, B> Iterator for Expand<I>
+where
+    I: Iterator<Item = Result<(u64, B), StoreError>>,
+    B: AsRef<[u8]>,
+{
     type Item = Result<Entry, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -432,12 +509,11 @@ impl Iterator for Expand {
                 }
                 self.open = None;
             }
-            let (k, v) = match self.items.next()? {
-                Ok(kv) => kv,
-                Err(e) => return Some(Err(e.into())),
+            let (seq, v) = match self.items.next()? {
+                Ok(item) => item,
+                Err(e) => return Some(Err(e)),
             };
-            let seq = seq_of(&k);
-            match Stored::decode(seq, &v) {
+            match Stored::decode(seq, v.as_ref()) {
                 Some(Stored::One(entry)) if seq >= self.from => return Some(Ok(entry)),
                 Some(Stored::One(_)) => {}
                 Some(Stored::Array(record)) => match Open::new(record, self.from) {

@@ -1,7 +1,9 @@
 //! The writer thread: every insert goes through it. It takes the requests that wait into one
 //! batch (group commit), answers duplicates, refuses what the disk or the outbox has no room
-//! for, assigns seqs in commit order, applies and flushes the batch, and only then answers. It
-//! also starts new buckets (rotation) and takes expired ones off the list (`sweep`).
+//! for, assigns seqs in commit order, appends the batch's frames to the event log (one write,
+//! one fdatasync), records their dedup keys in the bucket's database without a flush (the
+//! checkpoint flushes them), and only then answers. It also starts new buckets (rotation,
+//! which seals the log's segment) and takes expired ones off the list (`sweep`).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -15,10 +17,12 @@ use tokio::sync::oneshot;
 use crate::entry::{now_ms, ArrayRecord, Entry};
 
 use super::bucket::{Bucket, Buckets};
+use super::checkpoint::Checkpoint;
 use super::damage::Ledger;
 use super::dedup::{BucketKeys, DedupKeys};
 use super::error::StoreError;
-use super::layout::{dedup_db_key, key, Encoded, EVENT};
+use super::layout::Encoded;
+use super::log::{EventLog, Frame, LogError};
 use super::outbox::Outbox;
 use super::sweep::{fate_of_oldest, Fate, Graveyard, SweepReport};
 
@@ -42,11 +46,12 @@ const GATHER_IDLE: Duration = Duration::from_micros(100);
 /// this fraction of the retention longer than it asks.
 const BUCKETS_PER_RETENTION: u32 = 4;
 /// A bucket takes new events until it holds this many encoded bytes (or its span is over):
-/// what sled keeps in memory of an open bucket grows with it.
+/// its segment, and the dedup keys sled keeps in memory of an open bucket, grow with it.
 pub(super) const BUCKET_BYTES: u64 = 32 * 1024 * 1024;
 /// New events are refused (429) while the data disk has less free space than this share of its
-/// size, kept within [`RESERVE_MIN`, `RESERVE_MAX`]: sled needs room to finish what it writes,
-/// and a fixed reserve would be all of a small volume.
+/// size, kept within [`RESERVE_MIN`, `RESERVE_MAX`]: sled needs room to finish what it writes
+/// (the dedup keys, the checkpoint, the token vault), and a fixed reserve would be all of a
+/// small volume.
 const RESERVE_SHARE: u64 = 20;
 const RESERVE_MIN: u64 = 2 * 1024 * 1024;
 const RESERVE_MAX: u64 = 64 * 1024 * 1024;
@@ -158,6 +163,8 @@ pub(super) struct Health {
     write_failed: AtomicBool,
     /// When the commit being written began (unix ms), 0 between commits.
     writing_since: AtomicU64,
+    /// An fsync of the log failed: nothing more is stored until a restart.
+    stopped: AtomicBool,
 }
 
 impl Health {
@@ -167,7 +174,13 @@ impl Health {
             disk_low: AtomicBool::new(false),
             write_failed: AtomicBool::new(false),
             writing_since: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
         }
+    }
+
+    /// A failed fsync stopped the event log: the store takes no event until it is restarted.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
     }
 
     /// The data disk's free space and reserve, recorded for readiness. `None` when it cannot
@@ -184,7 +197,9 @@ impl Health {
 
     /// The disk had room and the last write worked, as of the last batch or disk check.
     pub fn wrote_fine(&self) -> bool {
-        !self.disk_low.load(Ordering::Relaxed) && !self.write_failed.load(Ordering::Relaxed)
+        !self.disk_low.load(Ordering::Relaxed)
+            && !self.write_failed.load(Ordering::Relaxed)
+            && !self.is_stopped()
     }
 
     /// How long the commit being written has taken so far; zero between commits.
@@ -202,15 +217,26 @@ pub(super) struct Parts {
     pub outbox: Arc<Outbox>,
     pub health: Arc<Health>,
     pub ledger: Arc<Ledger>,
-    pub meta_db: sled::Db,
+    pub log: Arc<EventLog>,
+    pub checkpoint: Arc<Checkpoint>,
     pub events_dir: PathBuf,
     pub retention: Duration,
+}
+
+/// One delivery's (or replay's) frame of a commit.
+struct Framed {
+    first_seq: u64,
+    seq_count: u32,
+    /// Empty for all but the last frame of a delivery: a torn commit that kept only some of a
+    /// delivery's frames never recorded its key, so its redelivery is taken again.
+    dedup_key: Vec<u8>,
+    record: Vec<u8>,
 }
 
 /// One group commit being put together.
 #[derive(Default)]
 struct Commit {
-    batch: sled::Batch,
+    frames: Vec<Framed>,
     /// The seq of its first entry.
     start_seq: u64,
     written: Vec<Entry>,
@@ -277,23 +303,28 @@ impl Writer {
             busy = batch.len() >= BUSY_BATCH;
             self.commit(std::mem::take(&mut batch));
         }
-        let _ = self.parts.meta_db.flush();
-        let _ = self.current().with_db(|db| Ok(db.flush()?));
+        if let Err(e) = self.parts.checkpoint.flush() {
+            tracing::warn!(error = %e, "could not record the event log's checkpoint at the stop");
+        }
     }
 
     fn current(&self) -> Arc<Bucket> {
         self.parts.buckets.current()
     }
 
-    /// Starts a new bucket for the seqs from `first_seq` on.
+    /// Starts a new bucket for the seqs from `first_seq` on; the log's active segment ends,
+    /// so that the next frame starts the new bucket's segment.
     fn rotate(&mut self, first_seq: u64, now: u64) -> Result<Arc<Bucket>, StoreError> {
         let parts = &self.parts;
-        let bucket = Arc::new(Bucket::create(
-            &parts.events_dir,
-            first_seq,
-            now,
-            &parts.ledger,
-        )?);
+        let bucket = Bucket::create(&parts.events_dir, first_seq, now, &parts.ledger)?;
+        if let Err(e) = parts.log.seal(now) {
+            // The log goes on in the current segment: the new bucket must not take events.
+            if let Err(removal) = bucket.remove() {
+                tracing::warn!(error = %removal, "could not remove an unused bucket");
+            }
+            return Err(e.into());
+        }
+        let bucket = Arc::new(bucket);
         let previous = parts.buckets.push(bucket.clone());
         self.dedup.rotated(previous.first_seq);
         self.current_bytes = 0;
@@ -318,27 +349,50 @@ impl Writer {
         }
     }
 
-    fn entry_into(&mut self, commit: &mut Commit, mut entry: Entry, now: u64) -> u64 {
+    fn entry_into(
+        &mut self,
+        commit: &mut Commit,
+        mut entry: Entry,
+        now: u64,
+        dedup_key: &[u8],
+    ) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         entry.seq = seq;
         entry.accepted_ms = now;
         let encoded = entry.encode();
         commit.bytes += encoded.len() as u64;
-        commit.batch.insert(&key(EVENT, seq), encoded);
+        commit.frames.push(Framed {
+            first_seq: seq,
+            seq_count: 1,
+            dedup_key: dedup_key.to_vec(),
+            record: encoded,
+        });
         commit.written.push(entry);
         seq
     }
 
     /// Writes an array record, taking the seqs of all its elements; returns the first.
-    fn record_into(&mut self, commit: &mut Commit, mut record: ArrayRecord, now: u64) -> u64 {
+    fn record_into(
+        &mut self,
+        commit: &mut Commit,
+        mut record: ArrayRecord,
+        now: u64,
+        dedup_key: &[u8],
+    ) -> u64 {
         let seq = self.next_seq;
-        self.next_seq += record.len();
+        let count = record.len();
+        self.next_seq += count;
         record.first_seq = seq;
         record.accepted_ms = now;
         let encoded = record.encode();
         commit.bytes += encoded.len() as u64;
-        commit.batch.insert(&key(EVENT, seq), encoded);
+        commit.frames.push(Framed {
+            first_seq: seq,
+            seq_count: u32::try_from(count).unwrap_or(u32::MAX),
+            dedup_key: dedup_key.to_vec(),
+            record: encoded,
+        });
         commit.has_record = true;
         seq
     }
@@ -385,23 +439,23 @@ impl Writer {
                     }
                     let count = events.count();
                     let mut first_seq = 0;
+                    let key = dedup_key.as_bytes();
                     match events {
                         Events::Entries(entries) => {
+                            let last = entries.len().saturating_sub(1);
                             for (i, entry) in entries.into_iter().enumerate() {
-                                let seq = self.entry_into(&mut commit, entry, now);
+                                let k = if i == last { key } else { &[] };
+                                let seq = self.entry_into(&mut commit, entry, now, k);
                                 if i == 0 {
                                     first_seq = seq;
                                 }
                             }
                         }
                         Events::Array(record) if !record.is_empty() => {
-                            first_seq = self.record_into(&mut commit, record, now);
+                            first_seq = self.record_into(&mut commit, record, now, key);
                         }
                         Events::Array(_) => {}
                     }
-                    commit
-                        .batch
-                        .insert(dedup_db_key(&dedup_key), &now.to_be_bytes());
                     commit.keys.insert(dedup_key);
                     commit.waiting.push(Waiting::Accept(
                         reply,
@@ -416,7 +470,7 @@ impl Writer {
                     let count = entries.len();
                     for mut entry in entries {
                         entry.replay = true;
-                        self.entry_into(&mut commit, entry, now);
+                        self.entry_into(&mut commit, entry, now, &[]);
                     }
                     commit.waiting.push(Waiting::Append(reply, count));
                 }
@@ -442,10 +496,11 @@ impl Writer {
         self.parts.outbox.has_room(self.next_seq - 1)
     }
 
-    /// Applies and flushes one commit's batch, then answers its requests.
+    /// Appends one commit's frames to the log (one write, one fdatasync), records its dedup
+    /// keys, then answers its requests.
     fn write(&mut self, commit: Commit, now: u64) {
         let Commit {
-            batch,
+            frames,
             start_seq,
             written,
             has_record,
@@ -453,7 +508,7 @@ impl Writer {
             keys,
             waiting,
         } = commit;
-        let wrote = self.next_seq > start_seq;
+        let wrote = !frames.is_empty();
         let bucket = if wrote {
             self.bucket_for_commit(start_seq, now)
         } else {
@@ -461,20 +516,13 @@ impl Writer {
         };
         let health = &self.parts.health;
         health.writing_since.store(now.max(1), Ordering::Relaxed);
-        let result = bucket.with_db(|db| {
-            db.apply_batch(batch)?;
-            db.flush()?;
-            Ok(())
-        });
+        let result = self.append(&frames, &keys, &bucket, now);
         health.writing_since.store(0, Ordering::Relaxed);
         if let Err(e) = &result {
             tracing::error!(error = %e, "store write failed");
             health.write_failed.store(true, Ordering::Relaxed);
             // Nothing of this batch is on record: hand its seqs out again.
             self.next_seq = start_seq;
-            // sled refuses every later operation of a database that saw an I/O error; the
-            // next write opens it afresh, so a disk that has room again takes events again.
-            bucket.close();
         } else {
             health.write_failed.store(false, Ordering::Relaxed);
             for k in &keys {
@@ -501,6 +549,55 @@ impl Writer {
         }
     }
 
+    /// The log append of a commit, then its dedup keys into `bucket`'s database. Once the
+    /// append returns, the events are on disk: a failure to record the keys is logged, and
+    /// the next start records them from the log (the checkpoint does not pass them). A
+    /// delivery of no events (an empty array) has only its key, kept from the next checkpoint
+    /// on: a redelivery taken again before that publishes nothing.
+    fn append(
+        &self,
+        frames: &[Framed],
+        keys: &HashSet<String>,
+        bucket: &Arc<Bucket>,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let keys: Vec<(Vec<u8>, u64)> = keys.iter().map(|k| (k.as_bytes().to_vec(), now)).collect();
+        if frames.is_empty() {
+            if let Err(e) = bucket.record_keys(&keys) {
+                tracing::error!(error = %e, "could not record dedup keys");
+            }
+            self.parts.checkpoint.touched(bucket);
+            return Ok(());
+        }
+        let log_frames: Vec<Frame<'_>> = frames
+            .iter()
+            .map(|f| Frame {
+                first_seq: f.first_seq,
+                seq_count: f.seq_count,
+                accepted_ms: now,
+                dedup_key: &f.dedup_key,
+                record: &f.record,
+            })
+            .collect();
+        let applied = match self.parts.log.append(&log_frames) {
+            Ok(applied) => applied,
+            Err(e) => {
+                if matches!(e, LogError::Broken { .. } | LogError::Stopped) {
+                    self.parts.health.stopped.store(true, Ordering::Relaxed);
+                }
+                return Err(e.into());
+            }
+        };
+        match bucket.record_keys(&keys) {
+            Ok(()) => self.parts.checkpoint.advance(applied, bucket),
+            Err(e) => tracing::error!(
+                error = %e,
+                "could not record dedup keys; the events are stored, and the next start records the keys"
+            ),
+        }
+        Ok(())
+    }
+
     /// Removes, oldest first, the buckets whose newest event is past the retention and whose
     /// events are all confirmed. An unpublished event is never removed, however old: neither
     /// is anything after it.
@@ -525,6 +622,8 @@ impl Writer {
         if report.buckets > 0 {
             let oldest_left = self.parts.buckets.oldest().first_seq;
             self.dedup.forget_before(oldest_left);
+            // Their segments leave the disk with their buckets' directories.
+            self.parts.log.forget_before(oldest_left);
         }
         self.graveyard.bury();
         Ok(report)

@@ -201,7 +201,7 @@ fn truncate_to_half(file: &Path) {
 }
 
 #[tokio::test]
-async fn a_truncated_bucket_database_is_reported_with_the_seqs_it_lost() {
+async fn a_truncated_segment_is_reported_with_the_seqs_it_lost() {
     // Buckets of a quarter of the retention: a pause starts the second one.
     let site = Site::new(&[("HLGATE_DEDUP_RETENTION", "8s")]);
     let process = site.start().await;
@@ -211,8 +211,8 @@ async fn a_truncated_bucket_database_is_reported_with_the_seqs_it_lost() {
     stop(process);
     assert!(site.bucket(31).exists(), "the second bucket starts at 31");
 
-    // sled opens a log cut short and silently keeps what comes before the cut.
-    truncate_to_half(&site.bucket(1).join("db"));
+    // Its seal is gone with its second half: the start reads it frame by frame.
+    truncate_to_half(&site.bucket(1).join("segment"));
     assert_started_damaged(&site).await;
     let (code, out) = site.store("check");
     assert_ne!(code, 0);
@@ -349,7 +349,7 @@ fn bucket_names(data: &Path) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_bucket_cut_short_behind_an_intact_summary_is_found_when_it_is_read() {
+async fn a_segment_cut_short_behind_an_intact_summary_is_reported_at_start() {
     // Buckets of 6 s, none expired before the test ends.
     let mut site = Site::new(&[("HLGATE_DEDUP_RETENTION", "24s")]);
     site.broker_up();
@@ -377,7 +377,7 @@ async fn a_bucket_cut_short_behind_an_intact_summary_is_found_when_it_is_read() 
     }
     assert!(summary.exists(), "the first bucket was never closed");
     stop(process);
-    truncate_to_half(&site.bucket(1).join("db"));
+    truncate_to_half(&site.bucket(1).join("segment"));
     let (code, out) = site.store("check");
     assert_ne!(code, 0);
     let line = out
@@ -389,11 +389,13 @@ async fn a_bucket_cut_short_behind_an_intact_summary_is_found_when_it_is_read() 
         "{line}"
     );
 
-    // The start reads the summary only; a redelivery of a lost event opens the database.
+    // The start checks the segment (its seal is gone) and reports it; a redelivery of a
+    // lost event is still a duplicate: its key is on record.
     let process = site.start().await;
-    assert_eq!(readyz(&process).await.0, 200);
     let redelivered = process.post_signed(&site.ed, bodies[29].clone()).await;
     assert_eq!(redelivered.status(), 200);
+    let body: serde_json::Value = redelivered.json().await.unwrap();
+    assert_eq!(body["status"], "duplicate", "{body}");
     let (status, body) = readyz(&process).await;
     assert_eq!((status, &body["store"]), (503, &"damaged".into()), "{body}");
     assert_eq!(damaged_metric(&process).await, 1.0);
@@ -454,9 +456,9 @@ async fn a_newest_bucket_cut_short_after_a_clean_stop_is_reported() {
     let process = site.start().await;
     site.accept(&process, 30).await;
     stop(process);
-    // The only bucket, the newest: it has no summary to compare with.
+    // The only bucket, the newest: the checkpoint tells what its segment held.
     assert!(!site.bucket(1).join("keys").exists());
-    truncate_to_half(&site.bucket(1).join("db"));
+    truncate_to_half(&site.bucket(1).join("segment"));
 
     assert_started_damaged(&site).await;
     let (code, out) = site.store("check");

@@ -91,6 +91,7 @@ impl LogFs for FaultyFs {
         RealFs.remove_file(path)
     }
 
+    #[cfg(test)]
     fn remove_dir(&self, dir: &Path) -> io::Result<()> {
         RealFs.remove_dir(dir)
     }

@@ -17,6 +17,7 @@ pub trait LogFs: Send + Sync {
     /// The existing file at `path`, for reading and appending.
     fn open(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    #[cfg(test)]
     /// Removes `dir` if it is empty.
     fn remove_dir(&self, dir: &Path) -> io::Result<()>;
     /// Makes the entries of `dir` (a creation, a removal) durable.
@@ -69,6 +70,7 @@ impl LogFs for RealFs {
         std::fs::remove_file(path)
     }
 
+    #[cfg(test)]
     fn remove_dir(&self, dir: &Path) -> io::Result<()> {
         std::fs::remove_dir(dir)
     }

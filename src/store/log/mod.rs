@@ -13,15 +13,13 @@
 //! (what the caller and the log hand each other), `append`, `recover` (a start), `read`, `loss`
 //! (what is reported), `error`.
 
-// Not wired in yet: the store's writer takes it up next (and names what is re-exported).
-#![cfg_attr(not(test), allow(dead_code, unused_imports))]
-
 mod append;
 mod error;
 #[cfg(test)]
 mod faults;
 mod format;
 mod fs;
+mod inspect;
 mod loss;
 mod read;
 mod recover;
@@ -30,20 +28,23 @@ mod terms;
 mod walk;
 
 #[cfg(test)]
-mod tests;
+pub(in crate::store) mod tests;
 
 pub use error::LogError;
-pub use fs::{LogFs, RealFs, SegmentFile};
-pub use loss::{Cause, Loss, Recovered, Written};
-pub use read::{Read, Stored};
+pub use format::SEGMENT_FILE;
+pub use fs::{LogFs, RealFs};
+pub use inspect::{inspect, store_id_of};
+pub use loss::Recovered;
+pub use read::Read;
 pub use segment::SegmentInfo;
-pub use terms::{Applied, Bounds, Frame, Known, Options};
+pub use terms::{Applied, Frame, Known, Options};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use format::SEGMENT_FILE;
 use segment::Segment;
+#[cfg(test)]
+use {loss::Loss, terms::Bounds};
 
 pub struct EventLog {
     fs: Arc<dyn LogFs>,
@@ -93,11 +94,25 @@ impl EventLog {
         self.writer().next_seq
     }
 
+    /// Makes the next frame start at `seq` (above the log's own last seq: the caller handed
+    /// out seqs the log never held, lost ones say). Only between segments, so that a segment's
+    /// seqs stay without a gap: `false` while one is active.
+    pub fn continue_at(&self, seq: u64) -> bool {
+        let mut w = self.writer();
+        if w.active.is_some() || seq < w.next_seq {
+            return seq == w.next_seq;
+        }
+        w.next_seq = seq;
+        true
+    }
+
     /// Frames holding `seq` or later, at most `max`, in seq order.
     pub fn read_from(&self, seq: u64, max: usize) -> Result<Read, LogError> {
         read::from_seq(&self.snapshot(), seq, max)
     }
 
+    // Event lookups by time take it up; tests read with it now.
+    #[cfg(test)]
     /// Frames accepted in `from_ms..to_ms` whose last seq is above `after_seq` (for paging), at
     /// most `max`, in seq order.
     pub fn read_window(
@@ -110,11 +125,13 @@ impl EventLog {
         read::window(&self.snapshot(), from_ms, to_ms, after_seq, max)
     }
 
+    #[cfg(test)]
     /// Reads every frame of every segment and reports what it cannot serve.
     pub fn verify(&self) -> Result<Vec<Loss>, LogError> {
         read::verify(&self.snapshot())
     }
 
+    #[cfg(test)]
     pub fn bounds(&self) -> Bounds {
         let next_seq = self.next_seq();
         let first_seq = self
@@ -134,6 +151,8 @@ impl EventLog {
         self.snapshot().iter().map(|s| s.info()).collect()
     }
 
+    // The store's retention removes segments with their buckets (`forget_before`).
+    #[cfg(test)]
     /// Removes the oldest segment unless it is the active one (retention: the caller decides
     /// that its events are expired and confirmed), then syncs the directory. Readers that
     /// hold it finish with it.
@@ -160,6 +179,15 @@ impl EventLog {
                 .map_err(io("syncing the segments' directory"))?;
         }
         Ok(Some(oldest.info()))
+    }
+
+    /// Takes the segments before `seq` off the list, leaving their files to the caller, who
+    /// removes them with their buckets' directories (retention). Never the active one.
+    pub fn forget_before(&self, seq: u64) {
+        let w = self.writer();
+        let mut segments = self.segments.write().expect("log segments");
+        let active = |s: &Arc<Segment>| w.active.as_ref().is_some_and(|a| Arc::ptr_eq(a, s));
+        segments.retain(|s| s.first_seq >= seq || active(s));
     }
 
     fn snapshot(&self) -> Vec<Arc<Segment>> {

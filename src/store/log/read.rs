@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use super::error::LogError;
-use super::format::{Kind, Point, SEGMENT_HEADER_LEN};
+#[cfg(test)]
+use super::format::SEGMENT_HEADER_LEN;
+use super::format::{Kind, Point};
 use super::loss::{tidy, Cause, Loss};
 use super::segment::Segment;
 use super::walk::{step, Step, Window};
@@ -25,6 +27,7 @@ impl Stored {
         self.first_seq + u64::from(self.seq_count) - 1
     }
 
+    #[cfg(test)]
     pub fn dedup_key(&self) -> &[u8] {
         &self.body[..self.key_len]
     }
@@ -85,6 +88,7 @@ pub fn from_seq(segments: &[Arc<Segment>], seq: u64, max: usize) -> Result<Read,
     Ok(read)
 }
 
+#[cfg(test)]
 /// Frames accepted at `from_ms` or later and before `to_ms`, above `after_seq`, at most `max`.
 /// The clock may have stepped back, so a segment is read from where its index proves that
 /// every frame before is older.
@@ -122,6 +126,7 @@ pub fn window(
     Ok(read)
 }
 
+#[cfg(test)]
 /// Every frame of every segment checked, none kept (`hlgate store check`): a start reads a
 /// sealed segment before the checkpoint at its ends only.
 pub fn verify(segments: &[Arc<Segment>]) -> Result<Vec<Loss>, LogError> {

@@ -13,6 +13,7 @@ use crate::store::layout::bucket_name;
 pub struct Segment {
     pub first_seq: u64,
     /// The bucket's directory, which holds the segment file.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub dir: PathBuf,
     pub created_ms: u64,
     pub file: Box<dyn SegmentFile>,
@@ -76,6 +77,7 @@ impl State {
 
     /// The index point to start from for frames accepted at `from_ms` or later: every frame
     /// before it is older.
+    #[cfg(test)]
     pub fn point_for_time(&self, from_ms: u64) -> Option<Point> {
         let i = self
             .points

@@ -64,6 +64,7 @@ pub struct Known {
 }
 
 /// The seqs the log spans: `last_seq` is `first_seq - 1` when it holds none.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {
     pub first_seq: u64,

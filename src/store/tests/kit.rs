@@ -8,7 +8,8 @@ use crate::entry::{ArrayRecord, Entry};
 use crate::schema::Outcome;
 use crate::verify::Scheme;
 
-use crate::store::layout::{dedup_db_key, key, EVENT};
+use crate::store::layout::dedup_db_key;
+use crate::store::log::tests::frames_in;
 use crate::store::outbox::{Chunk, Window};
 use crate::store::summary::Summary;
 use crate::store::{AcceptOutcome, Store, StoreError};
@@ -180,15 +181,31 @@ pub(in crate::store) async fn stopped_with_events(dir: &Path, n: usize) {
     std::thread::sleep(Duration::from_millis(200));
 }
 
-/// Deletes the events `seqs` from the first bucket's database, behind the store's back.
-pub(in crate::store) fn delete_events(dir: &Path, seqs: std::ops::RangeInclusive<u64>) {
-    let db = sled::open(dir.join(format!("events/{:020}", 1))).unwrap();
-    for seq in seqs {
-        db.remove(key(EVENT, seq)).unwrap();
+/// The first bucket's log segment.
+fn first_segment(dir: &Path) -> std::path::PathBuf {
+    dir.join(format!("events/{:020}/segment", 1))
+}
+
+/// Flips a byte in the body of the frames of `seqs` in the first bucket's segment, behind the
+/// store's back: their headers still check, so they are lost and the frames after them read.
+pub(in crate::store) fn damage_events(dir: &Path, seqs: std::ops::RangeInclusive<u64>) {
+    let path = first_segment(dir);
+    let mut bytes = std::fs::read(&path).unwrap();
+    for frame in frames_in(&path).iter().filter(|f| seqs.contains(&f.first)) {
+        bytes[frame.end as usize - 1] ^= 0xff;
     }
-    db.flush().unwrap();
-    drop(db);
-    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&path, bytes).unwrap();
+}
+
+/// Cuts the first bucket's segment where the frame of `seq` begins, behind the store's back.
+pub(in crate::store) fn cut_events_from(dir: &Path, seq: u64) {
+    let path = first_segment(dir);
+    let frame = frames_in(&path)
+        .into_iter()
+        .find(|f| f.first == seq)
+        .unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(frame.offset).unwrap();
 }
 
 pub(in crate::store) fn seqs(entries: &[Entry]) -> Vec<u64> {

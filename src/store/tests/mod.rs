@@ -4,6 +4,7 @@ pub(super) mod kit;
 
 mod arrays;
 mod damage;
+mod logged;
 mod outbox;
 mod replay;
 mod sweep;

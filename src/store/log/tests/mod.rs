@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use super::faults::{Faults, FaultyFs};
 use super::format::{Kind, FRAME_HEADER_LEN};
+use super::loss::{Cause, Written};
+use super::read::Stored;
 use super::walk::{step, Step, Window};
 use super::*;
 
