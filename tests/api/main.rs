@@ -10,6 +10,7 @@ mod forms;
 mod helpers;
 mod highlevel;
 mod hlapi;
+mod kill_loop;
 mod nacks;
 mod poison;
 mod proxy;
