@@ -160,3 +160,38 @@ async fn expired_buckets_leave_with_their_segments_and_the_log_reads_on() {
     assert!(store.damage().is_empty(), "{}", store.damage());
     assert_eq!(seqs(&store.pending_after(0, 100).unwrap()), [4, 5, 6]);
 }
+
+#[tokio::test]
+async fn a_bucket_database_removed_or_cut_short_lets_no_redelivery_through() {
+    for damage in ["removed", "cut short"] {
+        let dir = tempfile::tempdir().unwrap();
+        stopped_with_events(dir.path(), 10).await;
+        let bucket = dir.path().join(format!("events/{:020}", 1));
+        for item in std::fs::read_dir(&bucket).unwrap() {
+            let path = item.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            match (damage, name.as_str()) {
+                (_, "segment" | "ready") => {}
+                ("removed", _) if path.is_dir() => std::fs::remove_dir_all(&path).unwrap(),
+                ("removed", _) => std::fs::remove_file(&path).unwrap(),
+                (_, "db") => {
+                    let len = std::fs::metadata(&path).unwrap().len();
+                    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                    f.set_len(len / 2).unwrap();
+                }
+                _ => {}
+            }
+        }
+        let store = Store::open(dir.path(), RETENTION).unwrap();
+        // The events are all in the segment.
+        assert!(store.damage().is_empty(), "{damage}: {}", store.damage());
+        assert_eq!(store.depth(), 10, "{damage}");
+        for i in 0..10 {
+            let k = format!("k{i}");
+            let again = store.accept(k.clone(), vec![entry(&k, "1")]).await.unwrap();
+            assert_eq!(again, AcceptOutcome::Duplicate, "{damage}: {k}");
+        }
+        let new = store.accept("new".into(), vec![entry("new", "1")]).await;
+        assert_eq!(new.unwrap(), accepted(11, 1), "{damage}");
+    }
+}
