@@ -34,6 +34,9 @@ fn name_of(dir: &str) -> Option<String> {
 pub(crate) fn thread_class(name: &str) -> &'static str {
     if name.starts_with("actix-server") || name.starts_with("actix-rt") {
         "http"
+    } else if name.starts_with("hlgate-store-ch") {
+        // The checkpoint thread: sled's flushes of the dedup keys.
+        "sled"
     } else if name.starts_with("hlgate-store") {
         "writer"
     } else if name.starts_with("sled-io") || name == "log flusher" {

@@ -20,6 +20,9 @@ pub(super) struct Checkpoint {
     pending: Mutex<Pending>,
     /// One flush at a time, so that the recorded checkpoint only moves forward.
     flushing: Mutex<()>,
+    /// Tests stop it to leave the disk as a crash would.
+    #[cfg(test)]
+    pub frozen: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -37,6 +40,8 @@ impl Checkpoint {
             meta,
             pending: Mutex::new(Pending::default()),
             flushing: Mutex::new(()),
+            #[cfg(test)]
+            frozen: Default::default(),
         })
     }
 
@@ -75,6 +80,10 @@ impl Checkpoint {
     /// Flushes the databases that took keys, then records the checkpoint.
     pub fn flush(&self) -> Result<(), StoreError> {
         let _one = self.flushing.lock().expect("checkpoint flush");
+        #[cfg(test)]
+        if self.frozen.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
         let taken = std::mem::take(&mut *self.pending.lock().expect("checkpoint"));
         let Pending { applied, dirty } = taken;
         if let Err(e) = dirty.iter().try_for_each(|b| b.flush()) {
