@@ -1,5 +1,9 @@
 //! The command line: `serve` (default), `check-config`, `sign`, `keygen`, `outbox`, `tenants`,
-//! `healthcheck`, `store check` and `store accept-loss`.
+//! `healthcheck`, `store check`, `store accept-loss` and `listen` (`listen.rs`, with the HTTP
+//! side in `forward.rs`).
+
+mod forward;
+pub mod listen;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +17,7 @@ use crate::config::Settings;
 use crate::files::write_private;
 use crate::oauth;
 pub use crate::verify::ed25519_public_pem;
-use crate::verify::pem;
+use crate::verify::{pem, Scheme};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -68,6 +72,9 @@ pub enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// Forward events to a local URL, signed as HighLevel signed them, from a durable queue of
+    /// your own (`hlgate.listen.NAME`).
+    Listen(listen::ListenArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -140,12 +147,14 @@ impl SigningKey {
     pub fn sign(&self, body: &[u8]) -> (&'static str, String) {
         let b64 = base64::engine::general_purpose::STANDARD;
         match self {
-            SigningKey::Ed25519(pair) => ("X-GHL-Signature", b64.encode(pair.sign(body))),
+            SigningKey::Ed25519(pair) => {
+                (Scheme::Ed25519.header_name(), b64.encode(pair.sign(body)))
+            }
             SigningKey::Rsa(pair) => {
                 let mut sig = vec![0; pair.public().modulus_len()];
                 pair.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), body, &mut sig)
                     .expect("RSA signing");
-                ("X-WH-Signature", b64.encode(sig))
+                (Scheme::RsaSha256.header_name(), b64.encode(sig))
             }
         }
     }

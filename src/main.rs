@@ -30,6 +30,15 @@ async fn main() -> ExitCode {
         Command::Tenants { page_size } => cli::tenants(&settings, page_size).await,
         Command::Store { action } => cli::store(&settings, action),
         Command::Healthcheck => cli::healthcheck(&settings).await,
+        Command::Listen(args) => {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                on_signal.cancel();
+            });
+            cli::listen::run(&settings, args, stop).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,8 @@
-//! The only lapin user: the relay from the outbox to RabbitMQ, and the AMQP message format.
+//! The only lapin user: the relay from the outbox to RabbitMQ, the AMQP message format, and the
+//! queue `hlgate listen` consumes.
 
 pub mod amqp;
+pub mod listen;
 mod poison;
 mod refused;
 pub mod relay;

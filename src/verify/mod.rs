@@ -34,6 +34,23 @@ impl Scheme {
         }
     }
 
+    /// The scheme an `x-hl-signature-scheme` header names.
+    pub fn from_name(name: &str) -> Option<Scheme> {
+        match name {
+            "ed25519" => Some(Scheme::Ed25519),
+            "rsa-sha256" => Some(Scheme::RsaSha256),
+            _ => None,
+        }
+    }
+
+    /// The request header HighLevel sends this scheme's signature in.
+    pub fn header_name(self) -> &'static str {
+        match self {
+            Scheme::Ed25519 => "X-GHL-Signature",
+            Scheme::RsaSha256 => "X-WH-Signature",
+        }
+    }
+
     /// `None` for a byte [`Scheme::to_u8`] never gives.
     pub fn from_u8(n: u8) -> Option<Scheme> {
         match n {
@@ -401,6 +418,16 @@ mod tests {
 
     fn b64(bytes: &[u8]) -> String {
         base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    #[test]
+    fn a_scheme_is_named_back_and_sent_in_highlevel_s_header() {
+        for scheme in [Scheme::Ed25519, Scheme::RsaSha256] {
+            assert_eq!(Scheme::from_name(scheme.as_str()), Some(scheme));
+        }
+        assert_eq!(Scheme::from_name("hmac"), None);
+        assert_eq!(Scheme::Ed25519.header_name(), "X-GHL-Signature");
+        assert_eq!(Scheme::RsaSha256.header_name(), "X-WH-Signature");
     }
 
     #[test]

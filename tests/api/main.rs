@@ -11,6 +11,8 @@ mod helpers;
 mod highlevel;
 mod hlapi;
 mod kill_loop;
+mod listen;
+mod listener;
 mod nacks;
 mod poison;
 mod proxy;
