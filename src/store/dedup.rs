@@ -8,12 +8,48 @@
 //! [`KeyIndex`], so that a lookup opens only the buckets that took a key with the same hash.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use super::bucket::Buckets;
 use super::error::StoreError;
 use super::keys::{key_hash, KeyIndex};
 use super::layout::dedup_db_key;
+
+/// The value of a `d` record: when the delivery was accepted and the seqs it took, so that a
+/// lookup by dedup key finds its events. Records written before the seqs were kept hold the
+/// acceptance time alone (`seqs` is `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupRecord {
+    pub accepted_ms: u64,
+    /// First seq and seq count; a delivery of no events (an empty array) has a count of 0.
+    pub seqs: Option<(u64, u32)>,
+}
+
+impl DedupRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(20);
+        out.extend_from_slice(&self.accepted_ms.to_be_bytes());
+        if let Some((first, count)) = self.seqs {
+            out.extend_from_slice(&first.to_be_bytes());
+            out.extend_from_slice(&count.to_be_bytes());
+        }
+        out
+    }
+
+    /// `None` for bytes no version wrote.
+    pub fn decode(bytes: &[u8]) -> Option<DedupRecord> {
+        let accepted_ms = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let seqs = match bytes.len() {
+            8 => None,
+            20 => Some((
+                u64::from_be_bytes(bytes[8..16].try_into().ok()?),
+                u32::from_be_bytes(bytes[16..20].try_into().ok()?),
+            )),
+            _ => return None,
+        };
+        Some(DedupRecord { accepted_ms, seqs })
+    }
+}
 
 /// Where the writer asks whether a delivery is a redelivery, and tells which keys it took.
 pub(super) trait DedupKeys {
@@ -27,8 +63,9 @@ pub(super) trait DedupKeys {
 pub(super) struct BucketKeys {
     buckets: Arc<Buckets>,
     retention_ms: u64,
-    /// The dedup key hashes of every bucket but the current one.
-    index: KeyIndex,
+    /// The dedup key hashes of every bucket but the current one. Lookups by key read it too;
+    /// the writer takes it for writing only when a bucket ends or leaves.
+    index: Arc<RwLock<KeyIndex>>,
     /// The dedup key hashes of the current bucket, for the index once it is full.
     current: HashSet<u64>,
 }
@@ -38,7 +75,7 @@ impl BucketKeys {
         BucketKeys {
             buckets,
             retention_ms,
-            index,
+            index: Arc::new(RwLock::new(index)),
             current: HashSet::new(),
         }
     }
@@ -48,15 +85,24 @@ impl BucketKeys {
         now_ms.saturating_sub(accepted_ms) < self.retention_ms
     }
 
+    /// The key hashes of the buckets that take no more events, for lookups by key.
+    pub fn index(&self) -> Arc<RwLock<KeyIndex>> {
+        self.index.clone()
+    }
+
     /// A new bucket took over from the one starting at `previous`: its keys go to the index.
     pub fn rotated(&mut self, previous: u64) {
         let keys = std::mem::take(&mut self.current);
-        self.index.add(previous, keys.into_iter().collect());
+        let mut index = self.index.write().expect("key index");
+        index.add(previous, keys.into_iter().collect());
     }
 
     /// Forgets the buckets before `first_live`: they have left the disk.
     pub fn forget_before(&mut self, first_live: u64) {
-        self.index.forget_before(first_live);
+        self.index
+            .write()
+            .expect("key index")
+            .forget_before(first_live);
     }
 }
 
@@ -69,7 +115,8 @@ impl DedupKeys for BucketKeys {
         let buckets = self.buckets.read();
         let current = buckets.last().expect("the store always has a bucket");
         let current = self.current.contains(&hash).then_some(current.first_seq);
-        for first_seq in current.into_iter().chain(self.index.candidates(hash)) {
+        let candidates = self.index.read().expect("key index").candidates(hash);
+        for first_seq in current.into_iter().chain(candidates) {
             let Ok(at) = buckets.binary_search_by_key(&first_seq, |b| b.first_seq) else {
                 continue;
             };
@@ -105,5 +152,30 @@ impl DedupKeys for BucketKeys {
     /// The `d` record is in the commit already; only its hash is kept, for the next lookups.
     fn record(&mut self, dedup_key: &str, _accepted_ms: u64) {
         self.current.insert(key_hash(dedup_key.as_bytes()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dedup_record_keeps_its_seqs_and_an_old_one_reads_as_a_time_alone() {
+        let r = DedupRecord {
+            accepted_ms: 7,
+            seqs: Some((40, 3)),
+        };
+        assert_eq!(DedupRecord::decode(&r.encode()), Some(r));
+        let old = 7u64.to_be_bytes();
+        assert_eq!(
+            DedupRecord::decode(&old),
+            Some(DedupRecord {
+                accepted_ms: 7,
+                seqs: None
+            })
+        );
+        // Dedup reads the acceptance time from the first eight bytes of either.
+        assert_eq!(&r.encode()[..8], &old);
+        assert_eq!(DedupRecord::decode(&[0; 12]), None);
     }
 }
