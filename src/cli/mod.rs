@@ -67,7 +67,7 @@ pub enum Command {
     },
     /// Look events up: a page of those that match, or one by its seq (asks the running
     /// gateway, else reads the store without taking its locks).
-    Events(EventsArgs),
+    Events(Box<EventsArgs>),
     /// Exit 0 when the running gateway's admin `/healthz` answers 200 (for container health checks).
     Healthcheck,
     /// Check the data dir offline for damage, or accept what it lost (hlgate must be stopped).

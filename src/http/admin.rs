@@ -137,12 +137,11 @@ async fn replay(
             .count_replay(window, keep)
             .await
             .map_err(|e| ApiError::overloaded(format!("the archive could not be read: {e}")))?;
-        return Ok(HttpResponse::Ok().json(serde_json::json!({ "replayed": count, "dry_run": true })));
+        return Ok(
+            HttpResponse::Ok().json(serde_json::json!({ "replayed": count, "dry_run": true }))
+        );
     }
-    let replayed = state
-        .store
-        .replay(window, keep, &state.shutdown)
-        .await;
+    let replayed = state.store.replay(window, keep, &state.shutdown).await;
     let count = match replayed {
         Ok(count) => count,
         Err(ReplayError::Running) => {

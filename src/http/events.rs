@@ -95,10 +95,9 @@ fn not_held(seq: u64) -> ApiError {
 }
 
 fn parse_seq(text: &str) -> Result<u64, ApiError> {
-    text.parse::<u64>()
-        .ok()
-        .filter(|&s| s > 0)
-        .ok_or_else(|| ApiError::bad_request(format!("seq must be a positive whole number, got {text:?}")))
+    text.parse::<u64>().ok().filter(|&s| s > 0).ok_or_else(|| {
+        ApiError::bad_request(format!("seq must be a positive whole number, got {text:?}"))
+    })
 }
 
 fn now_ms() -> u64 {
@@ -213,7 +212,8 @@ fn encode_cursor(seq: u64, ascending: bool) -> String {
 }
 
 fn decode_cursor(text: &str, ascending: bool) -> Result<u64, ApiError> {
-    let bad = || ApiError::bad_request(format!("after is not a cursor this listing gave: {text:?}"));
+    let bad =
+        || ApiError::bad_request(format!("after is not a cursor this listing gave: {text:?}"));
     let bytes = CURSOR.decode(text).map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
     let order = if ascending { "a" } else { "d" };
