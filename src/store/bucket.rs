@@ -23,9 +23,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use super::damage::{Ledger, SetAside};
-use super::dedup::DedupRecord;
 use super::error::{is_lock_error, StoreError};
 use super::keys::key_hash;
+use super::keys::DedupRecord;
 use super::layout::{
     bucket_name, last_of, seq_of, sync_dir, EVENT, GONE, LOGGED, READY, SET_ASIDE, SUMMARY,
 };

@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use super::bucket::WithKeys;
 use super::damage::Ledger;
-use super::dedup::DedupRecord;
 use super::error::StoreError;
 use super::keys::key_hash;
+use super::keys::DedupRecord;
 use super::layout::{decode_applied, APPLIED, STORE_ID};
 use super::log::{store_id_of, EventLog, Known, Options, RealFs, Recovered};
 

@@ -7,6 +7,7 @@
 //! come from the records the relay leaves in `meta` (`states`). `offline` opens a stopped
 //! store's data dir for the same lookups without taking any lock a start needs.
 
+mod engine;
 mod index;
 mod offline;
 mod query;
@@ -14,26 +15,18 @@ mod rows;
 mod sidecar;
 mod states;
 
+pub use engine::Lookup;
 pub use offline::open_read_only;
 pub use states::State;
 
+pub(super) use engine::Keys;
 pub(super) use index::Indexes;
 pub(super) use rows::{array_rows, ActiveRows, Row};
 pub(super) use states::{forget_before, quarantine, ConfirmTimes};
 
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::entry::Entry;
-
-use super::bucket::Buckets;
-use super::dedup::DedupRecord;
-use super::error::StoreError;
-use super::keys::{key_hash, KeyIndex};
-use super::layout::dedup_db_key;
-use super::log::SegmentInfo;
-use super::summary::Summary;
 
 /// What `GET /v1/events` asks for.
 #[derive(Debug, Clone, Default)]
@@ -104,131 +97,4 @@ pub struct Found {
 pub struct Page {
     pub events: Vec<Found>,
     pub next: Option<u64>,
-}
-
-/// Where a lookup finds the deliveries of a dedup key.
-pub(super) enum Keys {
-    /// The buckets' dedup records, found through the key hashes dedup keeps.
-    Records {
-        buckets: Arc<Buckets>,
-        index: Arc<RwLock<KeyIndex>>,
-    },
-    /// A stopped store read without opening its databases: the segments of the buckets whose
-    /// summaries hold the key's hash (and of those without one), read for the key.
-    Segments { events_dir: PathBuf },
-}
-
-/// One delivery of a dedup key: its seqs and when it was accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Delivery {
-    first: u64,
-    count: u32,
-    accepted_ms: u64,
-}
-
-/// Lookups over one store.
-pub struct Lookup {
-    indexes: Arc<Indexes>,
-    meta: sled::Tree,
-    keys: Keys,
-    /// What a read-only lookup copied, removed when it is dropped.
-    _copy: Option<offline::Copy>,
-}
-
-impl Lookup {
-    pub(super) fn new(indexes: Arc<Indexes>, meta: sled::Tree, keys: Keys) -> Lookup {
-        Lookup {
-            indexes,
-            meta,
-            keys,
-            _copy: None,
-        }
-    }
-
-    /// The deliveries of `key`, oldest first.
-    fn deliveries(&self, key: &str) -> Result<Vec<Delivery>, StoreError> {
-        let segments = self.indexes.log().segments();
-        let mut out = Vec::new();
-        match &self.keys {
-            Keys::Records { buckets, index } => {
-                let list = buckets.all();
-                let mut firsts = index
-                    .read()
-                    .expect("key index")
-                    .candidates(key_hash(key.as_bytes()));
-                // The bucket taking events is not in the index yet.
-                firsts.extend(list.last().map(|b| b.first_seq));
-                firsts.sort_unstable();
-                firsts.dedup();
-                let k = dedup_db_key(key);
-                for first in firsts {
-                    let Ok(at) = list.binary_search_by_key(&first, |b| b.first_seq) else {
-                        continue;
-                    };
-                    let value = list[at].with_db(|db| Ok(db.get(&k)?))?;
-                    match value.as_deref().and_then(DedupRecord::decode) {
-                        Some(DedupRecord {
-                            accepted_ms,
-                            seqs: Some((first, count)),
-                        }) => out.push(Delivery {
-                            first,
-                            count,
-                            accepted_ms,
-                        }),
-                        // Written before records kept their seqs: the segment says.
-                        Some(_) => out.extend(self.scan_for_key(&segments, first, key)?),
-                        None => {}
-                    }
-                }
-            }
-            Keys::Segments { events_dir } => {
-                let hash = key_hash(key.as_bytes());
-                for s in &segments {
-                    let dir = events_dir.join(super::layout::bucket_name(s.first_seq));
-                    let summary = Summary::load(&dir, s.first_seq);
-                    if summary.is_none_or(|sum| sum.hashes.binary_search(&hash).is_ok()) {
-                        out.extend(self.scan_for_key(&segments, s.first_seq, key)?);
-                    }
-                }
-            }
-        }
-        out.sort_by_key(|d| d.first);
-        out.dedup();
-        Ok(out)
-    }
-
-    /// The frames of the segment starting at `first` that carry `key`.
-    fn scan_for_key(
-        &self,
-        segments: &[SegmentInfo],
-        first: u64,
-        key: &str,
-    ) -> Result<Vec<Delivery>, StoreError> {
-        let Some(segment) = segments.iter().find(|s| s.first_seq == first) else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        let mut next = first;
-        while next <= segment.last_seq {
-            let read = self.indexes.log().read_from(next, 512)?;
-            let Some(end) = read.frames.last().map(|f| f.last_seq()) else {
-                break;
-            };
-            for f in read
-                .frames
-                .iter()
-                .filter(|f| f.first_seq <= segment.last_seq)
-            {
-                if f.dedup_key() == key.as_bytes() {
-                    out.push(Delivery {
-                        first: f.first_seq,
-                        count: f.seq_count,
-                        accepted_ms: f.accepted_ms,
-                    });
-                }
-            }
-            next = end + 1;
-        }
-        Ok(out)
-    }
 }

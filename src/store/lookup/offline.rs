@@ -9,7 +9,8 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Indexes, Keys, Lookup};
+use super::engine::{Keys, Lookup};
+use super::index::Indexes;
 use crate::store::error::StoreError;
 use crate::store::layout::{
     decode_applied, meta_u64, APPLIED, EVENTS, MAIN_DB, STORE_ID, WATERMARK,
@@ -55,7 +56,7 @@ pub fn open_read_only(data_dir: &Path) -> Result<Lookup, StoreError> {
     let next = log.next_seq();
     let indexes = Arc::new(Indexes::new(events_dir.clone(), log, false, next));
     let mut lookup = Lookup::new(indexes, meta, Keys::Segments { events_dir });
-    lookup._copy = Some(copy);
+    lookup.keep = Some(Box::new(copy));
     Ok(lookup)
 }
 

@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use super::engine::Lookup;
 use super::index::SegmentRows;
 use super::rows::tag;
 use super::states::{quarantined, Marks, State};
-use super::{Found, Lookup, Page, Query, StateFilter};
+use super::{Found, Page, Query, StateFilter};
 use crate::entry::Entry;
 use crate::store::error::StoreError;
 use crate::store::outbox::Expand;
