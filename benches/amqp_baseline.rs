@@ -75,6 +75,7 @@ fn entry(seq: u64, body: &[u8]) -> Entry {
         seq,
         accepted_ms: now_ms(),
         replay: false,
+        redrive: false,
         scheme: Scheme::Ed25519,
         compact: false,
         schema: Outcome::Unknown,

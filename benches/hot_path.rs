@@ -320,6 +320,7 @@ fn entry(key: &str, body: &[u8]) -> Entry {
         seq: 0,
         accepted_ms: 0,
         replay: false,
+        redrive: false,
         scheme: Scheme::Ed25519,
         compact: false,
         schema: Outcome::Unknown,

@@ -24,8 +24,11 @@ pub struct Entry {
     pub seq: u64,
     /// Acceptance time, unix milliseconds.
     pub accepted_ms: u64,
-    /// A republished copy made by `/v1/replay`.
+    /// A republished copy made by `/v1/replay` or `/v1/events/{seq}/replay`.
     pub replay: bool,
+    /// A single event replayed by an operator (`/v1/events/{seq}/replay`): it goes to the main
+    /// exchange whatever its schema outcome, so that a quarantined event can be redriven.
+    pub redrive: bool,
     pub scheme: Scheme,
     /// The signature verified only over the body's compact form, not the bytes as received.
     pub compact: bool,
@@ -90,6 +93,7 @@ impl ArrayRecord {
             seq: self.first_seq + i as u64,
             accepted_ms: self.accepted_ms,
             replay: self.replay,
+            redrive: false,
             scheme: self.scheme,
             compact: self.compact,
             schema: self.schema[i],

@@ -223,6 +223,7 @@ pub fn entries(verified: &Verified<'_>, delivery: Delivery, schema: Vec<Outcome>
             seq: 0,
             accepted_ms: 0,
             replay: false,
+            redrive: false,
             scheme: verified.scheme(),
             compact: verified.used_fallback(),
             schema: schema.next().unwrap_or(Outcome::Unknown),

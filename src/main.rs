@@ -28,6 +28,7 @@ async fn main() -> ExitCode {
         Command::Keygen { prefix } => cli::keygen(&prefix),
         Command::Outbox => cli::outbox(&settings).await,
         Command::Tenants { page_size } => cli::tenants(&settings, page_size).await,
+        Command::Events(args) => cli::events(&settings, *args).await,
         Command::Store { action } => cli::store(&settings, action),
         Command::Healthcheck => cli::healthcheck(&settings).await,
         Command::Listen(args) => {

@@ -93,6 +93,9 @@ struct ReplayRequest {
     #[serde(rename = "type")]
     event_type: Option<String>,
     tenant: Option<String>,
+    /// Count what would be replayed, publishing nothing.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 fn unix_ms(field: &str, text: &str) -> Result<u64, ApiError> {
@@ -112,7 +115,7 @@ async fn replay(
     authorize(&req, &state.admin_token)?;
     let request: ReplayRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
-            "expected {{\"since\",\"until\",\"type\"?,\"tenant\"?}}: {e}"
+            "expected {{\"since\",\"until\",\"type\"?,\"tenant\"?,\"dry_run\"?}}: {e}"
         ))
     })?;
     let since = unix_ms("since", &request.since)?;
@@ -120,19 +123,25 @@ async fn replay(
     if since > until {
         return Err(ApiError::bad_request("since is after until"));
     }
-    let (event_type, tenant) = (request.event_type, request.tenant);
+    let (event_type, tenant) = (request.event_type.clone(), request.tenant.clone());
     let window = Window {
         since_ms: since,
         until_ms: until,
     };
-    let replayed = state
-        .store
-        .replay(
-            window,
-            move |e| matches(&event_type, &e.event_type) && matches(&tenant, &e.tenant),
-            &state.shutdown,
-        )
-        .await;
+    let keep = move |e: &crate::entry::Entry| {
+        matches(&event_type, &e.event_type) && matches(&tenant, &e.tenant)
+    };
+    if request.dry_run {
+        let count = state
+            .store
+            .count_replay(window, keep)
+            .await
+            .map_err(|e| ApiError::overloaded(format!("the archive could not be read: {e}")))?;
+        return Ok(
+            HttpResponse::Ok().json(serde_json::json!({ "replayed": count, "dry_run": true }))
+        );
+    }
+    let replayed = state.store.replay(window, keep, &state.shutdown).await;
     let count = match replayed {
         Ok(count) => count,
         Err(ReplayError::Running) => {

@@ -2,13 +2,14 @@
 //! listener, and the one mapping from errors to HTTP answers.
 //!
 //! `server` builds both listeners and assembles their routes; the handler files (`public`,
-//! `oauth`, `admin`, `proxy`, and `holding` for a start that waits for disk space) share only
+//! `oauth`, `admin`, `events`, `proxy`, and `holding` for a start that waits for disk space) share only
 //! `state`, `auth` and `error`, never each other.
 
 pub mod admin;
 mod auth;
 mod body;
 mod error;
+mod events;
 mod holding;
 mod oauth;
 mod proxy;
@@ -17,6 +18,7 @@ mod server;
 mod state;
 
 pub use error::ApiError;
+pub use events::{event_json, page_json, parse_query};
 pub use holding::Holding;
 pub use server::{hold, serve, BindError, Listeners, Servers, Serving};
 pub use state::{AdminState, PublicState};

@@ -251,6 +251,41 @@ pub fn quarantine_properties(entry: &Entry, why: &str) -> BasicProperties {
     persistent(entry, &entry.message_id()).with_headers(h.finish())
 }
 
+/// The message `entry` is published as, for an operator to read (`GET /v1/events/{seq}`):
+/// its routing key, properties and headers as [`properties`] makes them, with no token
+/// attached (the tokens go on at publish time, and never into an answer).
+pub fn message_view(entry: &Entry) -> serde_json::Value {
+    let props = properties(entry, &Attached::Off);
+    let mut headers = serde_json::Map::new();
+    if let Some(table) = props.headers() {
+        for (name, value) in table.inner() {
+            headers.insert(name.to_string(), json_value(value));
+        }
+    }
+    let text = |s: Option<&ShortString>| s.map(|s| s.to_string());
+    serde_json::json!({
+        "routing_key": entry.routing_key(),
+        "properties": {
+            "message_id": text(props.message_id().as_ref()),
+            "type": text(props.kind().as_ref()),
+            "timestamp": props.timestamp(),
+            "content_type": text(props.content_type().as_ref()),
+            "delivery_mode": props.delivery_mode(),
+            "app_id": text(props.app_id().as_ref()),
+        },
+        "headers": headers,
+    })
+}
+
+fn json_value(value: &AMQPValue) -> serde_json::Value {
+    match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned().into(),
+        AMQPValue::Boolean(b) => (*b).into(),
+        AMQPValue::LongLongInt(n) => (*n).into(),
+        other => format!("{other:?}").into(),
+    }
+}
+
 fn persistent(entry: &Entry, message_id: &str) -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(2)

@@ -457,8 +457,11 @@ impl Relay {
         if !matches!(confirm, Confirmation::Ack(None)) {
             return Err("the quarantine queue did not take the entry".into());
         }
-        let store = self.store.clone();
-        let moved = tokio::task::spawn_blocking(move || store.mark_published(seq, seq)).await;
+        let (store, reason) = (self.store.clone(), why.to_string());
+        let moved = tokio::task::spawn_blocking(move || {
+            store.mark_confirmed(&[(seq, seq)], &[(seq, &reason)])
+        })
+        .await;
         if !matches!(moved, Ok(Ok(_))) {
             return Err("cannot record the quarantined entry in the outbox".into());
         }

@@ -26,6 +26,8 @@ use crate::store::Store;
 /// memory or disk alarm) does not count: a new connection would be blocked too, and one
 /// abandoned while blocked delivers what it held once the alarm clears.
 pub(super) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Why an event went to the quarantine queue without a refusal, as lookups show it.
+const SCHEMA_REASON: &str = "invalid against its schema (HLGATE_SCHEMA_MODE=enforce)";
 /// How often a wait on the broker looks at the connection's state.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
 
@@ -321,7 +323,17 @@ impl Wire<'_> {
         let ranges = runs(acked.iter().map(|e| e.seq));
         if !ranges.is_empty() {
             let store = self.store.clone();
-            let moved = tokio::task::spawn_blocking(move || store.mark_confirmed(&ranges)).await;
+            // What the quarantine queue took is recorded as such, for lookups.
+            let diverted: Vec<u64> = acked
+                .iter()
+                .filter(|e| self.to_quarantine(e))
+                .map(|e| e.seq)
+                .collect();
+            let moved = tokio::task::spawn_blocking(move || {
+                let why: Vec<(u64, &str)> = diverted.iter().map(|&s| (s, SCHEMA_REASON)).collect();
+                store.mark_confirmed(&ranges, &why)
+            })
+            .await;
             if !matches!(moved, Ok(Ok(_))) {
                 return Err(LinkDown::Failed {
                     why: "cannot record confirmed entries in the outbox".into(),
@@ -343,13 +355,19 @@ impl Wire<'_> {
     }
 
     /// The main exchange and routing key, or the quarantine queue for invalid events in
-    /// enforce mode.
+    /// enforce mode (but for one an operator replayed on its own: a redrive).
     fn destination(&self, entry: &Entry) -> (ShortString, String) {
-        if self.schema_mode == SchemaMode::Enforce && entry.schema == Outcome::Invalid {
+        if self.to_quarantine(entry) {
             ("".into(), amqp::QUARANTINE.to_string())
         } else {
             (amqp::short(self.exchange), entry.routing_key())
         }
+    }
+
+    fn to_quarantine(&self, entry: &Entry) -> bool {
+        self.schema_mode == SchemaMode::Enforce
+            && entry.schema == Outcome::Invalid
+            && !entry.redrive
     }
 }
 

@@ -25,6 +25,7 @@ use std::time::Duration;
 use super::damage::{Ledger, SetAside};
 use super::error::{is_lock_error, StoreError};
 use super::keys::key_hash;
+use super::keys::DedupRecord;
 use super::layout::{
     bucket_name, last_of, seq_of, sync_dir, EVENT, GONE, LOGGED, READY, SET_ASIDE, SUMMARY,
 };
@@ -267,13 +268,13 @@ impl Bucket {
     /// Records dedup keys with their acceptance time, without a flush (the log holds them
     /// durably; the checkpoint flushes). A summary written before no longer holds every key:
     /// it goes, so that the next start reads the database.
-    pub fn record_keys(&self, keys: &[(Vec<u8>, u64)]) -> Result<(), StoreError> {
+    pub fn record_keys(&self, keys: &[(Vec<u8>, DedupRecord)]) -> Result<(), StoreError> {
         if keys.is_empty() {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        for (k, ms) in keys {
-            batch.insert(super::layout::dedup_db_key_bytes(k), &ms.to_be_bytes());
+        for (k, record) in keys {
+            batch.insert(super::layout::dedup_db_key_bytes(k), record.encode());
         }
         self.with_db(|db| Ok(db.apply_batch(batch)?))
     }

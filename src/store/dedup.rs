@@ -8,7 +8,7 @@
 //! [`KeyIndex`], so that a lookup opens only the buckets that took a key with the same hash.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use super::bucket::Buckets;
 use super::error::StoreError;
@@ -27,8 +27,9 @@ pub(super) trait DedupKeys {
 pub(super) struct BucketKeys {
     buckets: Arc<Buckets>,
     retention_ms: u64,
-    /// The dedup key hashes of every bucket but the current one.
-    index: KeyIndex,
+    /// The dedup key hashes of every bucket but the current one. Lookups by key read it too;
+    /// the writer takes it for writing only when a bucket ends or leaves.
+    index: Arc<RwLock<KeyIndex>>,
     /// The dedup key hashes of the current bucket, for the index once it is full.
     current: HashSet<u64>,
 }
@@ -38,7 +39,7 @@ impl BucketKeys {
         BucketKeys {
             buckets,
             retention_ms,
-            index,
+            index: Arc::new(RwLock::new(index)),
             current: HashSet::new(),
         }
     }
@@ -48,15 +49,24 @@ impl BucketKeys {
         now_ms.saturating_sub(accepted_ms) < self.retention_ms
     }
 
+    /// The key hashes of the buckets that take no more events, for lookups by key.
+    pub fn index(&self) -> Arc<RwLock<KeyIndex>> {
+        self.index.clone()
+    }
+
     /// A new bucket took over from the one starting at `previous`: its keys go to the index.
     pub fn rotated(&mut self, previous: u64) {
         let keys = std::mem::take(&mut self.current);
-        self.index.add(previous, keys.into_iter().collect());
+        let mut index = self.index.write().expect("key index");
+        index.add(previous, keys.into_iter().collect());
     }
 
     /// Forgets the buckets before `first_live`: they have left the disk.
     pub fn forget_before(&mut self, first_live: u64) {
-        self.index.forget_before(first_live);
+        self.index
+            .write()
+            .expect("key index")
+            .forget_before(first_live);
     }
 }
 
@@ -69,7 +79,8 @@ impl DedupKeys for BucketKeys {
         let buckets = self.buckets.read();
         let current = buckets.last().expect("the store always has a bucket");
         let current = self.current.contains(&hash).then_some(current.first_seq);
-        for first_seq in current.into_iter().chain(self.index.candidates(hash)) {
+        let candidates = self.index.read().expect("key index").candidates(hash);
+        for first_seq in current.into_iter().chain(candidates) {
             let Ok(at) = buckets.binary_search_by_key(&first_seq, |b| b.first_seq) else {
                 continue;
             };

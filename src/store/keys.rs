@@ -1,4 +1,4 @@
-//! The key index behind `dedup`: which buckets may hold a dedup key, without opening any, from
+//! The dedup keys' records ([`DedupRecord`]), and the key index behind `dedup`: which buckets may hold a dedup key, without opening any, from
 //! the 64-bit hashes of the keys of every bucket that no longer takes events.
 //!
 //! The hashes sit in sorted runs of (hash, bucket), each run covering consecutive buckets. A
@@ -16,6 +16,42 @@ pub(super) fn key_hash(dedup_key: &[u8]) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     hasher.write(dedup_key);
     hasher.finish()
+}
+
+/// The value of a `d` record: when the delivery was accepted and the seqs it took, so that a
+/// lookup by dedup key finds its events. Records written before the seqs were kept hold the
+/// acceptance time alone (`seqs` is `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupRecord {
+    pub accepted_ms: u64,
+    /// First seq and seq count; a delivery of no events (an empty array) has a count of 0.
+    pub seqs: Option<(u64, u32)>,
+}
+
+impl DedupRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(20);
+        out.extend_from_slice(&self.accepted_ms.to_be_bytes());
+        if let Some((first, count)) = self.seqs {
+            out.extend_from_slice(&first.to_be_bytes());
+            out.extend_from_slice(&count.to_be_bytes());
+        }
+        out
+    }
+
+    /// `None` for bytes no version wrote.
+    pub fn decode(bytes: &[u8]) -> Option<DedupRecord> {
+        let accepted_ms = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let seqs = match bytes.len() {
+            8 => None,
+            20 => Some((
+                u64::from_be_bytes(bytes[8..16].try_into().ok()?),
+                u32::from_be_bytes(bytes[16..20].try_into().ok()?),
+            )),
+            _ => return None,
+        };
+        Some(DedupRecord { accepted_ms, seqs })
+    }
 }
 
 #[derive(Default)]
@@ -152,6 +188,26 @@ impl KeyIndex {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_dedup_record_keeps_its_seqs_and_an_old_one_reads_as_a_time_alone() {
+        let r = DedupRecord {
+            accepted_ms: 7,
+            seqs: Some((40, 3)),
+        };
+        assert_eq!(DedupRecord::decode(&r.encode()), Some(r));
+        let old = 7u64.to_be_bytes();
+        assert_eq!(
+            DedupRecord::decode(&old),
+            Some(DedupRecord {
+                accepted_ms: 7,
+                seqs: None
+            })
+        );
+        // Dedup reads the acceptance time from the first eight bytes of either.
+        assert_eq!(&r.encode()[..8], &old);
+        assert_eq!(DedupRecord::decode(&[0; 12]), None);
+    }
 
     #[test]
     fn finds_every_bucket_of_a_hash_newest_first_and_forgets_removed_ones() {

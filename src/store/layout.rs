@@ -2,7 +2,8 @@
 //! what the store persists under `e<seq>` keys (an [`Entry`], or an [`ArrayRecord`]).
 //!
 //! In a bucket's database:
-//! - `d<dedup key>` → acceptance time (u64 BE, unix ms)
+//! - `d<dedup key>` → acceptance time (u64 BE, unix ms), then the delivery's first seq (u64 BE)
+//!   and seq count (u32 BE); older records hold the acceptance time alone (`dedup::DedupRecord`)
 //! - `e<seq>` (u64 BE) → an encoded entry, or an array record covering one seq per element
 //!
 //! A bucket written by this version keeps only `d` records in its database: its events are
@@ -144,6 +145,9 @@ const FLAG_COMPACT: u8 = 2;
 /// An [`ArrayRecord`]: a whole array delivery under the seq of its first element. Entries
 /// written before this flag have it clear.
 const FLAG_ARRAY: u8 = 4;
+/// A single event an operator replayed (`Entry::redrive`). Entries written before it have it
+/// clear.
+const FLAG_REDRIVE: u8 = 8;
 const NO_INDEX: u32 = u32::MAX;
 const NONE: u32 = u32::MAX;
 
@@ -194,7 +198,10 @@ impl Encoded for Entry {
                 .map(|s| 4 + s.as_ref().map_or(0, |s| s.len()))
                 .sum::<usize>();
         let mut out = Vec::with_capacity(size + self.body.len());
-        let flags = flags(self.replay, self.compact);
+        let mut flags = flags(self.replay, self.compact);
+        if self.redrive {
+            flags |= FLAG_REDRIVE;
+        }
         out.extend_from_slice(&[VERSION, flags, self.scheme.to_u8(), self.schema.to_u8()]);
         out.extend_from_slice(&self.accepted_ms.to_be_bytes());
         out.extend_from_slice(&self.index.unwrap_or(NO_INDEX).to_be_bytes());
@@ -231,6 +238,7 @@ impl Encoded for Entry {
             seq,
             accepted_ms,
             replay: flags & FLAG_REPLAY != 0,
+            redrive: flags & FLAG_REDRIVE != 0,
             scheme,
             compact: flags & FLAG_COMPACT != 0,
             schema,
@@ -382,6 +390,7 @@ mod tests {
             seq: 9,
             accepted_ms: 1_700_000_000_123,
             replay: true,
+            redrive: true,
             scheme: Scheme::RsaSha256,
             compact: true,
             schema: Outcome::Invalid,
@@ -480,11 +489,20 @@ mod tests {
     }
 
     #[test]
+    fn a_redriven_entry_keeps_its_flag_and_an_older_one_has_it_clear() {
+        let mut e = Entry::decode(1, &old_entry()).unwrap();
+        assert!(!e.redrive);
+        e.redrive = true;
+        assert!(Entry::decode(1, &e.encode()).unwrap().redrive);
+    }
+
+    #[test]
     fn an_entry_written_before_the_compact_flag_is_not_compact() {
         let e = Entry {
             seq: 1,
             accepted_ms: 0,
             replay: true,
+            redrive: false,
             scheme: Scheme::Ed25519,
             compact: true,
             schema: Outcome::Unknown,

@@ -25,10 +25,12 @@ mod checkpoint;
 mod confirmed;
 mod damage;
 mod dedup;
+mod disk;
 mod error;
 mod keys;
 mod layout;
 mod log;
+mod lookup;
 mod outbox;
 mod recover;
 mod replay;
@@ -44,6 +46,7 @@ pub use check::{accept_loss, check, check_with_vault, Acceptance, Report};
 pub use damage::{Damage, Lost};
 pub use error::StoreError;
 pub use layout::Encoded;
+pub use lookup::{open_read_only, Found, Lookup, Page, Query, State, StateFilter};
 pub use outbox::Window;
 pub use replay::ReplayError;
 pub use sweep::SweepReport;
@@ -65,11 +68,12 @@ use checkpoint::Checkpoint;
 use confirmed::Confirmed;
 use damage::{Held, Ledger};
 use dedup::BucketKeys;
+use disk::Health;
 use keys::KeyIndex;
 use layout::{accepted, meta_u64, CONFIRMED, EVENTS, MAIN_DB, STOPPED_AT, WATERMARK};
 use outbox::{Marks, Outbox};
 use replay::{Keep, Replays};
-use writer::{Command, Events, Health, Parts, Writer};
+use writer::{Command, Events, Parts, Writer};
 
 /// How long a request waits for its commit before it is answered 429: a disk that stalls must
 /// not hold webhooks (and HighLevel's connections) open. If the commit lands after all, the
@@ -91,6 +95,7 @@ pub struct Store {
     ledger: Arc<Ledger>,
     replays: Arc<Replays>,
     checkpoint: Arc<Checkpoint>,
+    lookup: Arc<Lookup>,
 }
 
 impl std::fmt::Debug for Store {
@@ -180,6 +185,19 @@ impl Store {
         let health = Arc::new(Health::new(dir.to_path_buf()));
         let (sender, receiver) = mpsc::sync_channel(QUEUE_DEPTH);
         let dedup = BucketKeys::new(buckets.clone(), retention.as_millis() as u64, index);
+        let indexes = Arc::new(lookup::Indexes::new(
+            events_dir.clone(),
+            log.clone(),
+            true,
+            last_seq + 1,
+        ));
+        // The segment that was being written when the store last stopped has no index file.
+        indexes.warm(2);
+        let keys = lookup::Keys::Records {
+            buckets: buckets.clone(),
+            index: dedup.index(),
+        };
+        let lookup = Arc::new(Lookup::new(indexes.clone(), meta.clone(), keys));
         let checkpoint = Checkpoint::new(meta_db.clone(), meta.clone());
         checkpoint.start()?;
         let parts = Parts {
@@ -189,6 +207,8 @@ impl Store {
             ledger: ledger.clone(),
             log,
             checkpoint: checkpoint.clone(),
+            indexes,
+            meta: meta.clone(),
             events_dir,
             retention,
         };
@@ -207,6 +227,7 @@ impl Store {
             replays: Arc::new(Replays::new(outbox.clone())),
             outbox,
             checkpoint,
+            lookup,
         };
         store.check_disk();
         Ok(store)
@@ -310,9 +331,11 @@ impl Store {
         dedup_key: String,
         record: ArrayRecord,
     ) -> Result<AcceptOutcome, StoreError> {
+        // The elements' lookup rows are read here, off the writer's thread.
+        let rows = lookup::array_rows(&record).unwrap_or_default();
         self.send(|reply| Command::Accept {
             dedup_key,
-            events: Events::Array(record),
+            events: Events::Array(record, rows),
             reply,
         })
         .await
@@ -364,13 +387,48 @@ impl Store {
     /// Records `first..=through` as confirmed; returns whether the watermark moved (see
     /// [`Outbox::mark_confirmed`](outbox::Outbox::mark_confirmed)).
     pub fn mark_published(&self, first: u64, through: u64) -> Result<bool, StoreError> {
-        self.outbox.mark_confirmed(&[(first, through)])
+        self.outbox.mark_confirmed(&[(first, through)], &[])
     }
 
     /// Records the seqs of `ranges` as confirmed, in one flush; returns whether the watermark
-    /// moved.
-    pub fn mark_confirmed(&self, ranges: &[(u64, u64)]) -> Result<bool, StoreError> {
-        self.outbox.mark_confirmed(ranges)
+    /// moved. `quarantined` are those of them the quarantine queue took, and why.
+    pub fn mark_confirmed(
+        &self,
+        ranges: &[(u64, u64)],
+        quarantined: &[(u64, &str)],
+    ) -> Result<bool, StoreError> {
+        self.outbox.mark_confirmed(ranges, quarantined)
+    }
+
+    /// Lookups over the stored events (`GET /v1/events`).
+    pub fn lookup(&self) -> Arc<Lookup> {
+        self.lookup.clone()
+    }
+
+    /// Queues the event at `seq` again, marked `replay` and to go to the main exchange
+    /// whatever its schema outcome: the redrive of a quarantined event (if the broker refuses
+    /// it again, the relay quarantines the copy). `false` when the store does not hold it.
+    pub async fn replay_one(&self, seq: u64) -> Result<bool, StoreError> {
+        let lookup = self.lookup.clone();
+        let found = tokio::task::spawn_blocking(move || lookup.one(seq))
+            .await
+            .map_err(|e| StoreError::io("the lookup stopped", std::io::Error::other(e)))??;
+        let Some(mut entry) = found.and_then(|f| f.entry) else {
+            return Ok(false);
+        };
+        entry.replay = true;
+        entry.redrive = true;
+        self.append(vec![entry]).await?;
+        Ok(true)
+    }
+
+    /// How many events [`Store::replay`] would queue for `window` and `keep`, queueing none.
+    pub async fn count_replay(
+        &self,
+        window: Window,
+        keep: impl Fn(&Entry) -> bool + Send + Sync + 'static,
+    ) -> Result<usize, StoreError> {
+        replay::count(self.outbox.clone(), window, Arc::new(keep)).await
     }
 
     /// The oldest unpublished entry's seq and acceptance time.
@@ -401,6 +459,24 @@ impl Store {
         self.meta_db.flush_async().await?;
         Ok(())
     }
+}
+
+/// The writer's lookup-index work for `entries` in commits of `commit` events (each event's
+/// row made, a commit's rows appended), timed: what the index adds to an accepted event, for
+/// `examples/lookup.rs`.
+#[doc(hidden)]
+pub fn index_work(entries: &[Entry], commit: usize) -> Duration {
+    let rows = lookup::ActiveRows::new(1);
+    let started = std::time::Instant::now();
+    for batch in entries.chunks(commit.max(1)) {
+        let framed: Vec<Vec<lookup::Row>> = batch
+            .iter()
+            .map(|e| vec![lookup::Row::of_entry(e)])
+            .collect();
+        let made: Vec<lookup::Row> = framed.iter().flatten().copied().collect();
+        rows.push(&made);
+    }
+    started.elapsed()
 }
 
 /// What the buckets' bounds, read at start, say is lost; `through` is the last seq known

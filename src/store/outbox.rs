@@ -19,6 +19,7 @@ use super::damage::Ledger;
 use super::error::StoreError;
 use super::layout::{key, last_of, seq_of, Stored, CONFIRMED, EVENT, WATERMARK};
 use super::log::EventLog;
+use super::lookup::{quarantine, ConfirmTimes};
 
 /// How many frames one read of the log takes at most.
 const LOG_READ_FRAMES: usize = 512;
@@ -42,6 +43,8 @@ pub(super) struct Outbox {
     confirmed: Mutex<Confirmed>,
     /// How many seqs `confirmed` holds.
     confirmed_count: AtomicU64,
+    /// When seqs were confirmed, for lookups (taken under `confirmed`'s lock).
+    times: Mutex<ConfirmTimes>,
     /// The newest committed entries, consecutive seqs, exactly as they are on disk.
     pub(super) recent: Mutex<VecDeque<Entry>>,
     /// The outbox gained entries.
@@ -85,6 +88,7 @@ impl Outbox {
             published: AtomicU64::new(published),
             confirmed_count: AtomicU64::new(confirmed.count()),
             confirmed: Mutex::new(confirmed),
+            times: Mutex::new(ConfirmTimes::default()),
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
             appended: Notify::new(),
             limit: AtomicU64::new(u64::MAX),
@@ -280,20 +284,33 @@ impl Outbox {
     /// seq that continues it, and over the accepted losses that follow, which nothing will
     /// confirm. The watermark and what stays confirmed above it are flushed together: a crash
     /// then publishes again only what was in flight. Returns whether the watermark moved.
-    pub fn mark_confirmed(&self, ranges: &[(u64, u64)]) -> Result<bool, StoreError> {
+    /// `quarantined` are the seqs among them that went to the quarantine queue, and why:
+    /// lookups show them as such.
+    pub fn mark_confirmed(
+        &self,
+        ranges: &[(u64, u64)],
+        quarantined: &[(u64, &str)],
+    ) -> Result<bool, StoreError> {
         let mut confirmed = self.confirmed.lock().expect("confirmed seqs");
         let current = self.published_through();
         let was_empty = confirmed.is_empty();
-        let mut added = false;
+        let mut added = Vec::with_capacity(ranges.len());
         for &(first, last) in ranges {
             let first = first.max(current + 1);
             if first <= last {
                 confirmed.insert(first, last);
-                added = true;
+                added.push((first, last));
             }
         }
-        if !added {
+        if added.is_empty() {
             return Ok(false);
+        }
+        let now = now_ms();
+        let mut batch = sled::Batch::default();
+        let mut times = self.times.lock().expect("confirm times");
+        times.record(&mut batch, &added, now);
+        for &(seq, why) in quarantined {
+            quarantine(&mut batch, seq, now, why);
         }
         let mut through = current;
         loop {
@@ -303,7 +320,6 @@ impl Outbox {
             }
             through = next;
         }
-        let mut batch = sled::Batch::default();
         batch.insert(WATERMARK, &through.to_be_bytes());
         if !confirmed.is_empty() {
             batch.insert(CONFIRMED, confirmed.encode());
@@ -435,7 +451,7 @@ pub(super) fn entries_from(
 }
 
 /// Entries one per seq from (seq, encoded entry or record) items in seq order.
-struct Expand<I> {
+pub(super) struct Expand<I> {
     items: I,
     from: u64,
     /// The array record being expanded.
@@ -485,7 +501,7 @@ impl Open {
 }
 
 impl<I> Expand<I> {
-    fn new(items: I, from: u64) -> Expand<I> {
+    pub(super) fn new(items: I, from: u64) -> Expand<I> {
         Expand {
             items,
             from,

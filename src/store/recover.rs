@@ -11,6 +11,7 @@ use super::bucket::WithKeys;
 use super::damage::Ledger;
 use super::error::StoreError;
 use super::keys::key_hash;
+use super::keys::DedupRecord;
 use super::layout::{decode_applied, APPLIED, STORE_ID};
 use super::log::{store_id_of, EventLog, Known, Options, RealFs, Recovered};
 
@@ -72,8 +73,8 @@ pub(super) fn open_log(
 /// checkpoint: they were fsynced, so they may have been acknowledged.
 fn record_unapplied(opened: &mut [WithKeys], recovered: &Recovered) -> Result<(), StoreError> {
     let mut at = 0;
-    let mut keys: Vec<(Vec<u8>, u64)> = Vec::new();
-    let flush = |(bucket, hashes): &mut WithKeys, keys: &mut Vec<(Vec<u8>, u64)>| {
+    let mut keys: Vec<(Vec<u8>, DedupRecord)> = Vec::new();
+    let flush = |(bucket, hashes): &mut WithKeys, keys: &mut Vec<(Vec<u8>, DedupRecord)>| {
         if keys.is_empty() {
             return Ok::<(), StoreError>(());
         }
@@ -98,7 +99,12 @@ fn record_unapplied(opened: &mut [WithKeys], recovered: &Recovered) -> Result<()
             }
             at = owner;
         }
-        keys.push((w.dedup_key.clone(), w.accepted_ms));
+        // A delivery of several frames carries its key on its last: its seqs are that frame's.
+        let record = DedupRecord {
+            accepted_ms: w.accepted_ms,
+            seqs: Some((w.first_seq, w.seq_count)),
+        };
+        keys.push((w.dedup_key.clone(), record));
     }
     if let Some(bucket) = opened.get_mut(at) {
         flush(bucket, &mut keys)?;

@@ -42,6 +42,30 @@ pub enum ReplayError {
 /// Which archived events a replay takes; shared with each chunk's read.
 pub(super) type Keep = Arc<dyn Fn(&Entry) -> bool + Send + Sync>;
 
+/// How many archived original events of `window` `keep` keeps, read as a replay reads them
+/// (a dry run): nothing is queued.
+pub(super) async fn count(
+    outbox: Arc<Outbox>,
+    window: Window,
+    keep: Keep,
+) -> Result<usize, StoreError> {
+    let read = move || {
+        let through = outbox.last_seq();
+        let (mut count, mut from) = (0, 0);
+        loop {
+            let chunk = outbox.archived(&window, through, from, CHUNK, &*keep)?;
+            count += chunk.entries.len();
+            match chunk.next {
+                Some(next) => from = next,
+                None => return Ok(count),
+            }
+        }
+    };
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|e| StoreError::io("the archive read stopped", std::io::Error::other(e)))?
+}
+
 /// Runs replays, one at a time.
 pub(super) struct Replays {
     outbox: Arc<Outbox>,

@@ -5,9 +5,9 @@
 //! checkpoint flushes them), and only then answers. It also starts new buckets (rotation,
 //! which seals the log's segment) and takes expired ones off the list (`sweep`).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,9 +20,12 @@ use super::bucket::{Bucket, Buckets};
 use super::checkpoint::Checkpoint;
 use super::damage::Ledger;
 use super::dedup::{BucketKeys, DedupKeys};
+use super::disk::{Disk, Health};
 use super::error::StoreError;
+use super::keys::DedupRecord;
 use super::layout::Encoded;
 use super::log::{EventLog, Frame, LogError};
+use super::lookup::{self, ActiveRows, Indexes, Row};
 use super::outbox::Outbox;
 use super::sweep::{fate_of_oldest, Fate, Graveyard, SweepReport};
 
@@ -48,13 +51,6 @@ const BUCKETS_PER_RETENTION: u32 = 4;
 /// A bucket takes new events until it holds this many encoded bytes (or its span is over):
 /// its segment, and the dedup keys sled keeps in memory of an open bucket, grow with it.
 pub(super) const BUCKET_BYTES: u64 = 32 * 1024 * 1024;
-/// New events are refused (429) while the data disk has less free space than this share of its
-/// size, kept within [`RESERVE_MIN`, `RESERVE_MAX`]: sled needs room to finish what it writes
-/// (the dedup keys, the checkpoint, the token vault), and a fixed reserve would be all of a
-/// small volume.
-const RESERVE_SHARE: u64 = 20;
-const RESERVE_MIN: u64 = 2 * 1024 * 1024;
-const RESERVE_MAX: u64 = 64 * 1024 * 1024;
 /// What an entry costs on disk beyond its body, at most (its header fields are bounded by the
 /// request's size, not by this; it only needs to keep the estimate on the safe side for
 /// typical events).
@@ -63,14 +59,15 @@ const ENTRY_OVERHEAD: u64 = 512;
 /// What a delivery stores: entries of their own, or one record for a whole array.
 pub(super) enum Events {
     Entries(Vec<Entry>),
-    Array(ArrayRecord),
+    /// With its elements' lookup rows, made by the caller (their times are set here).
+    Array(ArrayRecord, Vec<Row>),
 }
 
 impl Events {
     fn count(&self) -> usize {
         match self {
             Events::Entries(entries) => entries.len(),
-            Events::Array(record) => record.schema.len(),
+            Events::Array(record, _) => record.schema.len(),
         }
     }
 
@@ -78,7 +75,7 @@ impl Events {
     fn disk_bytes(&self) -> u64 {
         match self {
             Events::Entries(entries) => entries_bytes(entries),
-            Events::Array(r) => {
+            Events::Array(r, _) => {
                 let fields = r.dedup_key.len() + r.signature.len() + r.schema.len();
                 (r.body.len() + fields) as u64 + ENTRY_OVERHEAD
             }
@@ -129,88 +126,6 @@ enum Waiting {
     Append(Reply<usize>, usize),
 }
 
-/// The data disk's free space and the part of it new events must leave free.
-#[derive(Clone, Copy)]
-pub(super) struct Disk {
-    free: u64,
-    reserve: u64,
-}
-
-impl Disk {
-    /// Whether a batch writing `bytes` of entries leaves the reserve free. sled writes more than
-    /// the entries (its log framing, at times a new segment), and it never finishes a flush
-    /// after a write error: it must not run out of space, so it gets twice what it is given.
-    fn takes(&self, bytes: u64) -> Result<(), StoreError> {
-        if self.free >= self.reserve.saturating_add(bytes.saturating_mul(2)) {
-            Ok(())
-        } else {
-            Err(StoreError::DiskLow {
-                free: self.free,
-                reserve: self.reserve,
-            })
-        }
-    }
-}
-
-/// What readiness reads of the writer: the disk, the last write, the commit under way.
-pub(super) struct Health {
-    /// The data dir, whose free space is checked before each batch.
-    dir: PathBuf,
-    /// What the last disk check found (the writer checks before each batch).
-    disk_low: AtomicBool,
-    /// Set when the last write failed; cleared by the next good one. For readiness only: every
-    /// batch is tried, so that the store takes events again as soon as the disk lets it.
-    write_failed: AtomicBool,
-    /// When the commit being written began (unix ms), 0 between commits.
-    writing_since: AtomicU64,
-    /// An fsync of the log failed: nothing more is stored until a restart.
-    stopped: AtomicBool,
-}
-
-impl Health {
-    pub fn new(dir: PathBuf) -> Health {
-        Health {
-            dir,
-            disk_low: AtomicBool::new(false),
-            write_failed: AtomicBool::new(false),
-            writing_since: AtomicU64::new(0),
-            stopped: AtomicBool::new(false),
-        }
-    }
-
-    /// A failed fsync stopped the event log: the store takes no event until it is restarted.
-    pub fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Relaxed)
-    }
-
-    /// The data disk's free space and reserve, recorded for readiness. `None` when it cannot
-    /// be read: the write itself then tells.
-    pub fn check_disk(&self) -> Option<Disk> {
-        let disk = fs2::statvfs(&self.dir).ok().map(|stats| Disk {
-            free: stats.available_space(),
-            reserve: (stats.total_space() / RESERVE_SHARE).clamp(RESERVE_MIN, RESERVE_MAX),
-        });
-        let low = disk.is_some_and(|d| d.free < d.reserve);
-        self.disk_low.store(low, Ordering::Relaxed);
-        disk
-    }
-
-    /// The disk had room and the last write worked, as of the last batch or disk check.
-    pub fn wrote_fine(&self) -> bool {
-        !self.disk_low.load(Ordering::Relaxed)
-            && !self.write_failed.load(Ordering::Relaxed)
-            && !self.is_stopped()
-    }
-
-    /// How long the commit being written has taken so far; zero between commits.
-    pub fn stuck_for(&self) -> Duration {
-        match self.writing_since.load(Ordering::Relaxed) {
-            0 => Duration::ZERO,
-            since => Duration::from_millis(now_ms().saturating_sub(since)),
-        }
-    }
-}
-
 /// What the writer shares with the store's handle, and where it makes buckets.
 pub(super) struct Parts {
     pub buckets: Arc<Buckets>,
@@ -219,6 +134,9 @@ pub(super) struct Parts {
     pub ledger: Arc<Ledger>,
     pub log: Arc<EventLog>,
     pub checkpoint: Arc<Checkpoint>,
+    pub indexes: Arc<Indexes>,
+    /// The main database's `meta` tree, where the lookup records of swept seqs are removed.
+    pub meta: sled::Tree,
     pub events_dir: PathBuf,
     pub retention: Duration,
 }
@@ -231,6 +149,8 @@ struct Framed {
     /// delivery's frames never recorded its key, so its redelivery is taken again.
     dedup_key: Vec<u8>,
     record: Vec<u8>,
+    /// Its lookup rows, one per seq.
+    rows: Vec<Row>,
 }
 
 /// One group commit being put together.
@@ -245,8 +165,8 @@ struct Commit {
     has_record: bool,
     /// Encoded bytes of what it writes.
     bytes: u64,
-    /// The dedup keys it records.
-    keys: HashSet<String>,
+    /// The dedup keys it records, with the first seq and seq count of their deliveries.
+    keys: HashMap<String, (u64, u32)>,
     waiting: Vec<Waiting>,
 }
 
@@ -261,6 +181,8 @@ pub(super) struct Writer {
     graveyard: Graveyard,
     /// Encoded bytes of the entries written to the current bucket since it was created.
     current_bytes: u64,
+    /// The lookup rows of the segment being written.
+    rows: Arc<ActiveRows>,
 }
 
 impl Writer {
@@ -268,6 +190,7 @@ impl Writer {
         Self {
             span_ms: (parts.retention / BUCKETS_PER_RETENTION).as_millis().max(1) as u64,
             retention_ms: parts.retention.as_millis() as u64,
+            rows: parts.indexes.active(),
             parts,
             next_seq,
             dedup,
@@ -324,6 +247,7 @@ impl Writer {
             }
             return Err(e.into());
         }
+        self.rows = parts.indexes.sealed(first_seq);
         let bucket = Arc::new(bucket);
         let previous = parts.buckets.push(bucket.clone());
         self.dedup.rotated(previous.first_seq);
@@ -367,6 +291,7 @@ impl Writer {
             seq_count: 1,
             dedup_key: dedup_key.to_vec(),
             record: encoded,
+            rows: vec![Row::of_entry(&entry)],
         });
         commit.written.push(entry);
         seq
@@ -377,6 +302,7 @@ impl Writer {
         &mut self,
         commit: &mut Commit,
         mut record: ArrayRecord,
+        mut rows: Vec<Row>,
         now: u64,
         dedup_key: &[u8],
     ) -> u64 {
@@ -387,11 +313,16 @@ impl Writer {
         record.accepted_ms = now;
         let encoded = record.encode();
         commit.bytes += encoded.len() as u64;
+        rows.resize(count as usize, Row::NONE);
+        for row in rows.iter_mut().filter(|r| !r.is_none()) {
+            row.ms = now;
+        }
         commit.frames.push(Framed {
             first_seq: seq,
             seq_count: u32::try_from(count).unwrap_or(u32::MAX),
             dedup_key: dedup_key.to_vec(),
             record: encoded,
+            rows,
         });
         commit.has_record = true;
         seq
@@ -416,7 +347,7 @@ impl Writer {
                     reply,
                 } => {
                     // A key taken earlier in this batch needs no lookup.
-                    let duplicate = commit.keys.contains(&dedup_key)
+                    let duplicate = commit.keys.contains_key(&dedup_key)
                         || match self.dedup.lookup(&dedup_key, now) {
                             Ok(d) => d,
                             Err(e) => {
@@ -451,12 +382,13 @@ impl Writer {
                                 }
                             }
                         }
-                        Events::Array(record) if !record.is_empty() => {
-                            first_seq = self.record_into(&mut commit, record, now, key);
+                        Events::Array(record, rows) if !record.is_empty() => {
+                            first_seq = self.record_into(&mut commit, record, rows, now, key);
                         }
-                        Events::Array(_) => {}
+                        Events::Array(..) => {}
                     }
-                    commit.keys.insert(dedup_key);
+                    let seqs = (first_seq, u32::try_from(count).unwrap_or(u32::MAX));
+                    commit.keys.insert(dedup_key, seqs);
                     commit.waiting.push(Waiting::Accept(
                         reply,
                         AcceptOutcome::Accepted { first_seq, count },
@@ -525,8 +457,12 @@ impl Writer {
             self.next_seq = start_seq;
         } else {
             health.write_failed.store(false, Ordering::Relaxed);
-            for k in &keys {
+            for k in keys.keys() {
                 self.dedup.record(k, now);
+            }
+            if wrote {
+                let rows: Vec<Row> = frames.iter().flat_map(|f| f.rows.iter().copied()).collect();
+                self.rows.push(&rows);
             }
             self.current_bytes += bytes;
             if wrote {
@@ -557,11 +493,20 @@ impl Writer {
     fn append(
         &self,
         frames: &[Framed],
-        keys: &HashSet<String>,
+        keys: &HashMap<String, (u64, u32)>,
         bucket: &Arc<Bucket>,
         now: u64,
     ) -> Result<(), StoreError> {
-        let keys: Vec<(Vec<u8>, u64)> = keys.iter().map(|k| (k.as_bytes().to_vec(), now)).collect();
+        let keys: Vec<(Vec<u8>, DedupRecord)> = keys
+            .iter()
+            .map(|(k, &seqs)| {
+                let record = DedupRecord {
+                    accepted_ms: now,
+                    seqs: Some(seqs),
+                };
+                (k.as_bytes().to_vec(), record)
+            })
+            .collect();
         if frames.is_empty() {
             if let Err(e) = bucket.record_keys(&keys) {
                 tracing::error!(error = %e, "could not record dedup keys");
@@ -624,6 +569,10 @@ impl Writer {
             self.dedup.forget_before(oldest_left);
             // Their segments leave the disk with their buckets' directories.
             self.parts.log.forget_before(oldest_left);
+            self.parts.indexes.forget_before(oldest_left);
+            if let Err(e) = lookup::forget_before(&self.parts.meta, oldest_left) {
+                tracing::warn!(error = %e, "could not remove the lookup records of swept events");
+            }
         }
         self.graveyard.bury();
         Ok(report)

@@ -5,6 +5,7 @@ mod amqp;
 mod cli;
 mod damage;
 mod durability;
+mod events;
 mod files;
 mod forms;
 mod helpers;

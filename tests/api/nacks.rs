@@ -13,7 +13,7 @@ use crate::helpers::*;
 
 /// A queue bound to `pattern` that holds at most `max` messages and makes the broker nack
 /// every publish routed to it beyond that, as a consumer's queue does when its consumer stops.
-async fn full_queue(exchange: &str, pattern: &str, max: i64) -> (lapin::Connection, String) {
+pub async fn full_queue(exchange: &str, pattern: &str, max: i64) -> (lapin::Connection, String) {
     let (connection, channel) = amqp().await;
     let name = unique("test.full");
     let mut args = FieldTable::default();
@@ -39,7 +39,7 @@ async fn full_queue(exchange: &str, pattern: &str, max: i64) -> (lapin::Connecti
     (connection, name)
 }
 
-async fn delete_queue(connection: lapin::Connection, name: &str) {
+pub async fn delete_queue(connection: lapin::Connection, name: &str) {
     let channel = connection.create_channel().await.unwrap();
     channel
         .queue_delete(name.into(), QueueDeleteOptions::default())

@@ -33,7 +33,7 @@ pub(in crate::store) mod tests;
 pub use error::LogError;
 pub use format::SEGMENT_FILE;
 pub use fs::{LogFs, RealFs};
-pub use inspect::{inspect, store_id_of};
+pub use inspect::{inspect, store_id_of, ReadOnlyFs};
 pub use loss::Recovered;
 pub use read::Read;
 pub use segment::SegmentInfo;

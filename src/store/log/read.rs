@@ -27,7 +27,6 @@ impl Stored {
         self.first_seq + u64::from(self.seq_count) - 1
     }
 
-    #[cfg(test)]
     pub fn dedup_key(&self) -> &[u8] {
         &self.body[..self.key_len]
     }

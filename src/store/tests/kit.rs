@@ -82,6 +82,7 @@ pub(in crate::store) fn entry(key: &str, body: &str) -> Entry {
         seq: 0,
         accepted_ms: 0,
         replay: false,
+        redrive: false,
         scheme: Scheme::Ed25519,
         compact: false,
         schema: Outcome::Unknown,

@@ -5,6 +5,7 @@ pub(super) mod kit;
 mod arrays;
 mod damage;
 mod logged;
+mod lookup;
 mod model;
 mod outbox;
 mod replay;

@@ -1,9 +1,12 @@
 //! The command line: `serve` (default), `check-config`, `sign`, `keygen`, `outbox`, `tenants`,
-//! `healthcheck`, `store check`, `store accept-loss` and `listen` (`listen.rs`, with the HTTP
-//! side in `forward.rs`).
+//! `events` (`events.rs`), `healthcheck`, `store check`, `store accept-loss` and `listen`
+//! (`listen.rs`, with the HTTP side in `forward.rs`).
 
+mod events;
 mod forward;
 pub mod listen;
+
+pub use events::{events, EventsArgs};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -65,6 +68,9 @@ pub enum Command {
         #[arg(long, default_value_t = 1000)]
         page_size: usize,
     },
+    /// Look events up: a page of those that match, or one by its seq (asks the running
+    /// gateway, else reads the store without taking its locks).
+    Events(Box<EventsArgs>),
     /// Exit 0 when the running gateway's admin `/healthz` answers 200 (for container health checks).
     Healthcheck,
     /// Check the data dir offline for damage, or accept what it lost (hlgate must be stopped).
@@ -213,13 +219,22 @@ pub fn keygen(prefix: &Path) -> Result<(), String> {
 
 /// GETs an admin endpoint of the running gateway; `Ok(None)` when nothing listens.
 pub async fn admin_get(settings: &Settings, path: &str) -> Result<Option<String>, String> {
+    Ok(admin_request(settings, path).await?.map(|(_, text)| text))
+}
+
+/// GETs an admin endpoint of the running gateway: its status and body; `Ok(None)` when
+/// nothing listens.
+async fn admin_request(settings: &Settings, path: &str) -> Result<Option<(u16, String)>, String> {
     let url = format!("http://{}{path}", settings.http.admin_listen);
     let mut request = reqwest::Client::new().get(&url);
     if let Some(token) = &settings.http.admin_token {
         request = request.bearer_auth(token.expose());
     }
     match request.send().await {
-        Ok(r) => Ok(Some(r.text().await.map_err(|e| e.to_string())?)),
+        Ok(r) => {
+            let status = r.status().as_u16();
+            Ok(Some((status, r.text().await.map_err(|e| e.to_string())?)))
+        }
         Err(e) if e.is_connect() => Ok(None),
         Err(e) => Err(format!("GET {url}: {e}")),
     }
