@@ -3,12 +3,13 @@
 //!
 //! `server` builds both listeners and assembles their routes; the handler files (`public`,
 //! `oauth`, `admin`, `proxy`, and `holding` for a start that waits for disk space) share only
-//! `state`, `auth` and `error`, never each other.
+//! `state`, `auth` and `error`, never each other; `health` answers delivery health.
 
 pub mod admin;
 mod auth;
 mod body;
 mod error;
+mod health;
 mod holding;
 mod oauth;
 mod proxy;

@@ -13,7 +13,7 @@ use tracing::warn;
 use super::error::not_found;
 use super::holding::{self, Holding};
 use super::state::{AdminState, PublicState};
-use super::{admin, oauth, proxy, public};
+use super::{admin, health, oauth, proxy, public};
 use crate::config::HttpSettings;
 
 /// A listener that could not be bound.
@@ -98,7 +98,9 @@ fn public_routes(cfg: &mut web::ServiceConfig) {
 
 /// The admin listener: operations, tokens and the HighLevel API proxy.
 fn admin_routes(cfg: &mut web::ServiceConfig) {
-    cfg.configure(admin::routes).configure(proxy::routes);
+    cfg.configure(admin::routes)
+        .configure(health::routes)
+        .configure(proxy::routes);
 }
 
 /// A server on `listener` whose handlers share `state`, with `/healthz` and a JSON 404.
