@@ -1,12 +1,14 @@
 //! One integration test binary: the real app, real sled in temp dirs, the real RabbitMQ.
 
 mod admin;
+mod alerts;
 mod amqp;
 mod cli;
 mod damage;
 mod durability;
 mod files;
 mod forms;
+mod health;
 mod helpers;
 mod highlevel;
 mod hlapi;
@@ -17,6 +19,7 @@ mod nacks;
 mod poison;
 mod proxy;
 mod proxy_guards;
+mod receiver;
 mod refusals;
 mod schema;
 mod shapes;
