@@ -297,3 +297,85 @@ fn announce(alert: &Fired, watched: &Watched) {
         notifier.send(alert);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::Settings;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn calm() -> Conditions {
+        Conditions {
+            outbox_depth: 0,
+            outbox_oldest_seconds: 0.0,
+            broker: BrokerState::Connected,
+            store: StoreCondition::Ok,
+            needs_reauth: 0,
+        }
+    }
+
+    /// The store in `dir` (once a store dropped before lets go of its files) and health on it.
+    fn open(dir: &std::path::Path, clock: &ManualClock) -> (Store, Arc<Tally>, Health) {
+        let mut tries = 0;
+        let store = loop {
+            match Store::open(dir, DAY * 7) {
+                Ok(store) => break store,
+                Err(e) if e.is_locked() && tries < 1000 => tries += 1,
+                Err(e) => panic!("{e}"),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let tally = Arc::new(Tally::new(clock.clock()));
+        let settings = Settings::load(None, &HashMap::new()).unwrap().alerts;
+        let health = Health::open(
+            store.attempts().unwrap(),
+            tally.clone(),
+            clock.clock(),
+            settings,
+        );
+        (store, tally, health.unwrap())
+    }
+
+    #[test]
+    fn counts_and_last_deliveries_come_back_after_a_save_and_old_minutes_leave() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at(1_800_000_000_000);
+        let (store, tally, health) = open(dir.path(), &clock);
+        tally.delivered(Attempt::Accepted, "loc-1", "ContactCreate");
+        tally.count(Attempt::OutboxFull);
+        let accepted_at = clock.now_ms();
+        health.save().unwrap();
+        clock.advance(DAY);
+        tally.delivered(Attempt::Duplicate, "loc-2", "NoteCreate");
+        health.save().unwrap();
+        drop((health, tally, store));
+
+        let (_store, _tally, health) = open(dir.path(), &clock);
+        let report = serde_json::to_value(health.report(calm())).unwrap();
+        let w72 = &report["windows"]["72h"];
+        assert_eq!(
+            (w72["attempts"].clone(), w72["succeeded"].clone()),
+            (3.into(), 2.into())
+        );
+        assert_eq!(w72["failed"]["outbox_full"], 1);
+        assert_eq!(report["windows"]["24h"]["attempts"], 1);
+        assert_eq!(report["last_accepted_at"], rfc3339(accepted_at));
+        let (page, next) = health.tenants(None, 1);
+        assert_eq!(
+            page,
+            [("loc-1".into(), (accepted_at, "ContactCreate".into()))]
+        );
+        assert_eq!(next.as_deref(), Some("loc-1"));
+        let (page, next) = health.tenants(next.as_deref(), 1);
+        assert_eq!((page[0].0.as_str(), next), ("loc-2", None));
+
+        // Six days on, the first day's minute is past the five kept: gone from disk too.
+        clock.advance(DAY * 5);
+        health.save().unwrap();
+        let kept = health.attempts.read(0).unwrap();
+        assert_eq!(kept.minutes.len(), 1);
+    }
+}

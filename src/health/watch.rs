@@ -341,3 +341,141 @@ pub fn for_humans(ms: u64) -> String {
         (h, m) => format!("{h}h {m}m"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::health::Attempt;
+
+    fn settings(pairs: &[(&str, &str)]) -> AlertSettings {
+        let env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load(None, &env).unwrap().alerts
+    }
+
+    fn calm() -> Conditions {
+        Conditions {
+            outbox_depth: 0,
+            outbox_oldest_seconds: 0.0,
+            broker: BrokerState::Connected,
+            store: StoreCondition::Ok,
+            needs_reauth: 0,
+        }
+    }
+
+    fn levels(snapshot: &Snapshot, settings: &AlertSettings) -> Vec<(&'static str, u64)> {
+        let readings = snapshot.readings(settings);
+        readings
+            .iter()
+            .map(|r| (r.kind.as_str(), r.level))
+            .collect()
+    }
+
+    const NOW: u64 = 20 * 86_400_000;
+
+    #[test]
+    fn limits_decide_each_level_and_zero_watches_nothing() {
+        let defaults = settings(&[]);
+        let troubled = Conditions {
+            outbox_depth: 7,
+            outbox_oldest_seconds: 900.0,
+            broker: BrokerState::Blocked,
+            store: StoreCondition::Damaged,
+            needs_reauth: 3,
+        };
+        let m = Minutes::default();
+        let at_limits = Snapshot::take(NOW, &m, None, Some(300_000), troubled.clone(), &defaults);
+        let want = [
+            ("success", 0),
+            ("silence", 0),
+            ("signature_failures", 0),
+            ("outbox_age", 1),
+            ("broker_disconnected", 1),
+            ("store", 2),
+            ("needs_reauth", 3),
+        ];
+        assert_eq!(levels(&at_limits, &defaults), want);
+        let readings = at_limits.readings(&defaults);
+        assert_eq!(readings[4].details["broker"], "blocked");
+        assert_eq!(readings[3].details["depth"], 7);
+        // Just under the limits; then the watches turned off.
+        let under = Conditions {
+            outbox_oldest_seconds: 899.0,
+            ..troubled.clone()
+        };
+        let s = Snapshot::take(NOW, &m, None, Some(299_999), under, &defaults);
+        assert_eq!(
+            &levels(&s, &defaults)[3..5],
+            [("outbox_age", 0), ("broker_disconnected", 0)]
+        );
+        let off = settings(&[
+            ("HLGATE_ALERT_OUTBOX_AGE", "0"),
+            ("HLGATE_ALERT_BROKER_DOWN", "0"),
+        ]);
+        let s = Snapshot::take(NOW, &m, None, Some(86_400_000), troubled, &off);
+        assert_eq!(
+            &levels(&s, &off)[3..5],
+            [("outbox_age", 0), ("broker_disconnected", 0)]
+        );
+        assert!(Snapshot::take(NOW, &m, None, None, calm(), &defaults)
+            .readings(&defaults)
+            .iter()
+            .all(|r| r.level == 0));
+    }
+
+    #[test]
+    fn the_worst_window_decides_and_silence_raises_the_status() {
+        let defaults = settings(&[]);
+        let mut m = Minutes::default();
+        let mut counts = [0; Attempt::ALL.len()];
+        // An hour ago and more, all well; in the last minute, 200 refusals.
+        counts[Attempt::Accepted as usize] = 20_000;
+        m.add(clock_minute(NOW) - 120, &counts);
+        counts = [0; Attempt::ALL.len()];
+        counts[Attempt::DiskFull as usize] = 200;
+        m.add(clock_minute(NOW), &counts);
+        let s = Snapshot::take(NOW, &m, Some(NOW), None, calm(), &defaults);
+        let statuses: Vec<_> = s.windows.iter().map(|w| w.status).collect();
+        assert_eq!(statuses, [Status::Critical, Status::Ok, Status::Ok]);
+        assert_eq!(s.worst().name, "1h");
+        assert_eq!(s.status(), Status::Critical);
+        let success = &s.readings(&defaults)[0];
+        assert_eq!(
+            (success.level, &success.details["window"]),
+            (2, &json!("1h"))
+        );
+        assert_eq!(success.details["failed"], json!({"disk_full": 200}));
+
+        // Nothing judged, but silent: a warning. Silence off: ok.
+        let mut m = Minutes::default();
+        let mut counts = [0; Attempt::ALL.len()];
+        counts[Attempt::Accepted as usize] = 1;
+        for day in 1..=2 {
+            m.add(clock_minute(NOW - day * 86_400_000) - 5, &counts);
+        }
+        let last = Some(NOW - 2 * 86_400_000);
+        let s = Snapshot::take(NOW, &m, last, None, calm(), &defaults);
+        assert_eq!((s.worst().name, s.status()), ("72h", Status::Warning));
+        let off = settings(&[("HLGATE_ALERT_SILENCE", "0")]);
+        let s = Snapshot::take(NOW, &m, last, None, calm(), &off);
+        assert_eq!(s.status(), Status::Ok);
+        assert_eq!(levels(&s, &off)[1], ("silence", 0));
+    }
+
+    fn clock_minute(ms: u64) -> u64 {
+        super::super::clock::minute_of(ms)
+    }
+
+    #[test]
+    fn durations_read_for_humans() {
+        assert_eq!(for_humans(45_000), "45s");
+        assert_eq!(for_humans(31 * 60_000), "31m");
+        assert_eq!(for_humans(2 * 3_600_000), "2h");
+        assert_eq!(for_humans(24 * 3_600_000 + 10 * 60_000), "24h 10m");
+    }
+}
