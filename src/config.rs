@@ -16,8 +16,8 @@ use crate::telemetry::LogFormat;
 use crate::verify::{Keyring, KeyringError};
 pub use parse::{format_duration, parse_amqp_url, parse_duration, redact_url};
 use parse::{
-    parse_addr, parse_bool, parse_exchange, parse_limit, parse_log_format,
-    parse_nonzero_duration, parse_positive, parse_schema_mode, parse_share, parse_span, parse_url,
+    parse_addr, parse_bool, parse_exchange, parse_limit, parse_log_format, parse_nonzero_duration,
+    parse_positive, parse_schema_mode, parse_share, parse_span, parse_url,
 };
 
 pub use crate::secret::{Secret, TokenKey};

@@ -14,7 +14,7 @@ pub enum Kind {
     SignatureFailures,
     OutboxAge,
     BrokerDisconnected,
-    /// 0 ok, 1 unwritable, 2 damaged.
+    /// 0 ok, 1 unwritable, 2 stopped (a failed fsync), 3 damaged.
     Store,
     /// The number of tenants in `needs_reauth`: a rise is news, a fall is not (but to none).
     NeedsReauth,
@@ -50,6 +50,7 @@ impl Kind {
             (Kind::Success, 1) => "warning",
             (Kind::Success, _) => "critical",
             (Kind::Store, 1) => "unwritable",
+            (Kind::Store, 2) => "stopped",
             (Kind::Store, _) => "damaged",
             (Kind::NeedsReauth, 0) => "cleared",
             (Kind::NeedsReauth, _) => "new",
@@ -289,8 +290,12 @@ mod tests {
         let mut alerts = Alerts::new(0);
         let store = |n| vec![read(Kind::Store, n)];
         assert_eq!(
-            states(&alerts.evaluate(0, store(2))),
+            states(&alerts.evaluate(0, store(3))),
             [("store", "damaged")]
+        );
+        assert_eq!(
+            states(&alerts.evaluate(1, store(2))),
+            [("store", "stopped")]
         );
         assert_eq!(
             states(&alerts.evaluate(1, store(1))),

@@ -29,6 +29,8 @@ pub struct Conditions {
 pub enum StoreCondition {
     Ok,
     Unwritable,
+    /// A failed fsync stopped the event log: only a restart recovers.
+    Stopped,
     Damaged,
 }
 
@@ -37,6 +39,7 @@ impl StoreCondition {
         match self {
             StoreCondition::Ok => "ok",
             StoreCondition::Unwritable => "unwritable",
+            StoreCondition::Stopped => "stopped",
             StoreCondition::Damaged => "damaged",
         }
     }
@@ -49,6 +52,8 @@ impl Conditions {
         let (outbox_depth, outbox_oldest_seconds) = store.outbox_state();
         let store = if !store.damage().is_empty() {
             StoreCondition::Damaged
+        } else if store.stopped() {
+            StoreCondition::Stopped
         } else if !store.writable() {
             StoreCondition::Unwritable
         } else {
@@ -305,8 +310,12 @@ impl Snapshot {
         let (level, summary) = match store {
             StoreCondition::Ok => (0, "the store is writable and accounts for every event"),
             StoreCondition::Unwritable => (1, "the store cannot write: new events get 429"),
-            StoreCondition::Damaged => (
+            StoreCondition::Stopped => (
                 2,
+                "a failed fsync stopped the event log: new events get 429 until a restart",
+            ),
+            StoreCondition::Damaged => (
+                3,
                 "the store is missing events no operator accepted as lost (hlgate store check)",
             ),
         };
@@ -396,10 +405,16 @@ mod tests {
             ("signature_failures", 0),
             ("outbox_age", 1),
             ("broker_disconnected", 1),
-            ("store", 2),
+            ("store", 3),
             ("needs_reauth", 3),
         ];
         assert_eq!(levels(&at_limits, &defaults), want);
+        let stopped = Conditions {
+            store: StoreCondition::Stopped,
+            ..calm()
+        };
+        let s = Snapshot::take(NOW, &m, None, None, stopped, &defaults);
+        assert_eq!(levels(&s, &defaults)[5], ("store", 2));
         let readings = at_limits.readings(&defaults);
         assert_eq!(readings[4].details["broker"], "blocked");
         assert_eq!(readings[3].details["depth"], 7);

@@ -8,7 +8,12 @@ pub const ROOMS: &[(&str, &[&str])] = &[
     // The alert webhook is no HighLevel endpoint: its sender is a room of its own.
     (
         "reqwest",
-        &["src/highlevel/", "src/cli.rs", "src/cli/", "src/health/notify.rs"],
+        &[
+            "src/highlevel/",
+            "src/cli.rs",
+            "src/cli/",
+            "src/health/notify.rs",
+        ],
     ),
 ];
 
