@@ -99,8 +99,8 @@ pub struct Application {
     opened: Result<Opened, Listeners>,
     settings: Settings,
     shutdown: CancellationToken,
-    /// Every task: the servers, the relay, the sweeper, the refresher and what the token
-    /// module starts. Shutdown waits for all of them.
+    /// Every task: the servers, the relay, the sweeper, the refresher, what the token module
+    /// starts, the health task and the alert sender. Shutdown waits for all of them.
     tasks: TaskTracker,
     /// Counts every webhook answer from the start, also while the store cannot open.
     tally: Arc<Tally>,

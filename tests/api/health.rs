@@ -234,9 +234,12 @@ async fn tenants_page_in_tenant_order_with_a_cursor() {
 #[tokio::test]
 async fn the_windows_and_silence_follow_the_clock() {
     let clock = ManualClock::at(T0);
+    let proxy = Proxy::down().await;
+    let url = proxy.url();
     let quiet = [
         ("HLGATE_ALERT_BROKER_DOWN", "0"),
         ("HLGATE_ALERT_OUTBOX_AGE", "0"),
+        ("HLGATE_AMQP_URL", &url),
     ];
     let app = spawn_with_clock(&quiet, &clock).await;
     // Ten minutes past the same hour on three days running.
