@@ -471,5 +471,59 @@ fn outbox(c: &mut Criterion) {
     drop(dir);
 }
 
-criterion_group!(benches, verify, extract, schema, store_accept, outbox);
+/// What delivery health adds to each answer: an atomic add, and for a 2xx the tenant's note
+/// queued for the health task (which takes the queue between batches, untimed, as that task
+/// does every second, so that the queue never fills).
+fn health(c: &mut Criterion) {
+    use hlgate::config::Settings;
+    use hlgate::health::{Attempt, Clock, Health, Tally};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path(), Duration::from_secs(3600)).expect("store");
+    let alerts = Settings::load(None, &Default::default())
+        .expect("settings")
+        .alerts;
+    let tally = std::sync::Arc::new(Tally::new(Clock::system()));
+    let attempts = store.attempts().expect("attempts");
+    let health = Health::open(attempts, tally.clone(), Clock::system(), alerts).expect("health");
+    loadavg("health", "before");
+    let mut g = c.benchmark_group("health");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    g.bench_function("count_refusal", |b| {
+        b.iter(|| tally.count(black_box(Attempt::InvalidSignature)))
+    });
+    g.bench_function("count_accepted_with_tenant", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(10_000);
+                let start = Instant::now();
+                for _ in 0..n {
+                    let tenant = black_box("ve9EPM428h8vShlRW1KT");
+                    tally.delivered(Attempt::Accepted, tenant, "ContactCreate");
+                }
+                spent += start.elapsed();
+                health.tenants(None, 1);
+                left -= n;
+            }
+            spent
+        })
+    });
+    g.finish();
+    loadavg("health", "after");
+    drop((health, store));
+    std::thread::sleep(Duration::from_millis(100));
+    drop(dir);
+}
+
+criterion_group!(
+    benches,
+    verify,
+    extract,
+    schema,
+    store_accept,
+    outbox,
+    health
+);
 criterion_main!(benches);

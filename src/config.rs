@@ -16,8 +16,8 @@ use crate::telemetry::LogFormat;
 use crate::verify::{Keyring, KeyringError};
 pub use parse::{format_duration, parse_amqp_url, parse_duration, redact_url};
 use parse::{
-    parse_addr, parse_bool, parse_exchange, parse_log_format, parse_nonzero_duration,
-    parse_positive, parse_schema_mode, parse_url,
+    parse_addr, parse_bool, parse_exchange, parse_limit, parse_log_format, parse_nonzero_duration,
+    parse_positive, parse_schema_mode, parse_share, parse_span, parse_url,
 };
 
 pub use crate::secret::{Secret, TokenKey};
@@ -144,6 +144,34 @@ pub struct LogSettings {
     pub format: LogFormat,
 }
 
+/// What delivery health is judged by and what raises an alert.
+#[derive(Clone, Debug)]
+pub struct AlertSettings {
+    /// Where alerts are POSTed (Slack, Mattermost or Teams incoming webhook). A secret: such a
+    /// URL carries its own token.
+    pub webhook_url: Option<Secret>,
+    /// Success ratio (0–1) below which a window with enough volume is `warning`.
+    pub success_warn: f64,
+    /// Success ratio (0–1) below which it is `critical`.
+    pub success_critical: f64,
+    /// No accepted event this long, while earlier days had traffic then: silence. `None`: off.
+    pub silence: Option<Duration>,
+    /// Share (0–1) of the attempts within `signature_window` that failed their signature, at
+    /// which the burst alert starts.
+    pub signature_share: f64,
+    /// The span the signature-failure share is taken over.
+    pub signature_window: Duration,
+    /// The outbox's oldest event older than this: alert. `None`: off.
+    pub outbox_age: Option<Duration>,
+    /// The broker not connected for longer than this: alert. `None`: off.
+    pub broker_down: Option<Duration>,
+    /// After an alert, a change of the same alert within this time waits for its end and is
+    /// sent only if it still holds.
+    pub hold_down: Duration,
+    /// How often the minute counts are saved to disk (what a `kill -9` can lose at most).
+    pub save_every: Duration,
+}
+
 /// All of hlgate's settings, validated, one group per component.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -156,6 +184,7 @@ pub struct Settings {
     /// Schema validation mode.
     pub schema_mode: SchemaMode,
     pub log: LogSettings,
+    pub alerts: AlertSettings,
 }
 
 /// A setting that could not be used; names the variable.
@@ -278,6 +307,27 @@ specs! {
     };
     SHUTDOWN_GRACE: "HLGATE_SHUTDOWN_GRACE", Some("10s"),
         |s| format_duration(s.http.shutdown_grace);
+    ALERT_WEBHOOK_URL: "HLGATE_ALERT_WEBHOOK_URL", None,
+        |s| redacted(s.alerts.webhook_url.is_some());
+    ALERT_SUCCESS_WARN: "HLGATE_ALERT_SUCCESS_WARN", Some("0.97"),
+        |s| s.alerts.success_warn.to_string();
+    ALERT_SUCCESS_CRITICAL: "HLGATE_ALERT_SUCCESS_CRITICAL", Some("0.93"),
+        |s| s.alerts.success_critical.to_string();
+    ALERT_SILENCE: "HLGATE_ALERT_SILENCE", Some("30m"), |s| off_or(s.alerts.silence);
+    ALERT_SIGNATURE_SHARE: "HLGATE_ALERT_SIGNATURE_SHARE", Some("0.1"),
+        |s| s.alerts.signature_share.to_string();
+    ALERT_SIGNATURE_WINDOW: "HLGATE_ALERT_SIGNATURE_WINDOW", Some("15m"),
+        |s| format_duration(s.alerts.signature_window);
+    ALERT_OUTBOX_AGE: "HLGATE_ALERT_OUTBOX_AGE", Some("15m"), |s| off_or(s.alerts.outbox_age);
+    ALERT_BROKER_DOWN: "HLGATE_ALERT_BROKER_DOWN", Some("5m"), |s| off_or(s.alerts.broker_down);
+    ALERT_HOLD_DOWN: "HLGATE_ALERT_HOLD_DOWN", Some("10m"),
+        |s| format_duration(s.alerts.hold_down);
+    HEALTH_SAVE_EVERY: "HLGATE_HEALTH_SAVE_EVERY", Some("1m"),
+        |s| format_duration(s.alerts.save_every);
+}
+
+fn off_or(limit: Option<Duration>) -> String {
+    limit.map_or_else(|| "0 (off)".to_string(), format_duration)
 }
 
 /// Looks a setting up in the environment first, then in the file.
@@ -348,6 +398,33 @@ fn keyring(
         },
     };
     load(&text).map_err(|e| invalid(var, e.to_string()))
+}
+
+/// The alert settings; the critical margin may not be above the warning one.
+fn alerts(s: &Sources<'_>) -> Result<AlertSettings, ConfigError> {
+    let webhook_url = s.optional(&ALERT_WEBHOOK_URL)?;
+    if let Some(url) = &webhook_url {
+        // The message must not echo the URL: its path is the receiver's secret.
+        parse_url(url).map_err(|_| invalid(ALERT_WEBHOOK_URL.var, "is not an http(s) URL"))?;
+    }
+    let alerts = AlertSettings {
+        webhook_url: webhook_url.map(Secret::new),
+        success_warn: s.parsed(&ALERT_SUCCESS_WARN, parse_share)?,
+        success_critical: s.parsed(&ALERT_SUCCESS_CRITICAL, parse_share)?,
+        silence: s.parsed(&ALERT_SILENCE, parse_limit)?,
+        signature_share: s.parsed(&ALERT_SIGNATURE_SHARE, parse_share)?,
+        signature_window: s.parsed(&ALERT_SIGNATURE_WINDOW, parse_nonzero_duration)?,
+        outbox_age: s.parsed(&ALERT_OUTBOX_AGE, parse_limit)?,
+        broker_down: s.parsed(&ALERT_BROKER_DOWN, parse_limit)?,
+        hold_down: s.parsed(&ALERT_HOLD_DOWN, parse_span)?,
+        save_every: s.parsed(&HEALTH_SAVE_EVERY, parse_nonzero_duration)?,
+    };
+    if alerts.success_critical > alerts.success_warn {
+        let (warn, critical) = (alerts.success_warn, alerts.success_critical);
+        let why = format!("{critical} is above {} ({warn})", ALERT_SUCCESS_WARN.var);
+        return Err(invalid(ALERT_SUCCESS_CRITICAL.var, why));
+    }
+    Ok(alerts)
 }
 
 /// Both credentials, or neither: one without the other is a mistake, not "off".
@@ -458,6 +535,7 @@ impl Settings {
                 filter: s.parsed(&LOG, |t| Ok(t.to_string()))?,
                 format: s.parsed(&LOG_FORMAT, parse_log_format)?,
             },
+            alerts: alerts(&s)?,
         };
 
         let http = &settings.http;
@@ -483,112 +561,4 @@ impl Settings {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn defaults_need_no_file_and_no_env() {
-        let s = Settings::load(None, &HashMap::new()).unwrap();
-        assert_eq!(s.http.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(s.http.admin_listen.to_string(), "127.0.0.1:9090");
-        assert_eq!(s.store.dedup_retention, Duration::from_secs(604_800));
-        assert_eq!(s.ingest.ed25519_keys.len(), 1);
-        assert_eq!(s.ingest.rsa_keys.len(), 1);
-        assert_eq!(s.schema_mode, SchemaMode::Warn);
-        assert_eq!(s.http.body_timeout, Duration::from_secs(30));
-        assert!(s.oauth.credentials.is_none());
-    }
-
-    #[test]
-    fn body_timeout_is_a_duration_from_env_or_file_and_shown() {
-        let s = Settings::load(Some("body_timeout = \"1500ms\"\n"), &HashMap::new()).unwrap();
-        assert_eq!(s.http.body_timeout, Duration::from_millis(1500));
-        let s = Settings::load(None, &env(&[("HLGATE_BODY_TIMEOUT", "2m")])).unwrap();
-        assert_eq!(s.http.body_timeout, Duration::from_secs(120));
-        assert!(s
-            .describe()
-            .contains(&("HLGATE_BODY_TIMEOUT", "2m".to_string())));
-    }
-
-    #[test]
-    fn environment_wins_over_file() {
-        let file = "exchange = \"from.file\"\nmax_body_bytes = 10\n";
-        let s = Settings::load(Some(file), &env(&[("HLGATE_EXCHANGE", "from.env")])).unwrap();
-        assert_eq!(s.amqp.exchange, "from.env");
-        assert_eq!(s.http.max_body_bytes, 10);
-    }
-
-    #[test]
-    fn bad_values_name_the_variable() {
-        for (var, value) in [
-            ("HLGATE_DEDUP_RETENTION", "7 days"),
-            ("HLGATE_LISTEN", "nowhere"),
-            ("HLGATE_MAX_BODY_BYTES", "-1"),
-            ("HLGATE_BODY_TIMEOUT", "30"),
-            ("HLGATE_BODY_TIMEOUT", "0s"),
-            ("HLGATE_NACK_QUARANTINE_AFTER", "soon"),
-            ("HLGATE_NACK_QUARANTINE_AFTER", "-1m"),
-            ("HLGATE_SCHEMA_MODE", "strict"),
-            ("HLGATE_ACCEPT_LEGACY_RSA", "maybe"),
-            ("HLGATE_ED25519_PUBLIC_KEYS", "no pem here"),
-            ("HLGATE_TOKEN_KEY", "c2hvcnQ="),
-        ] {
-            let err = Settings::load(None, &env(&[(var, value)])).unwrap_err();
-            assert!(err.to_string().starts_with(var), "{var}: {err}");
-        }
-    }
-
-    #[test]
-    fn non_loopback_admin_needs_a_token() {
-        let err =
-            Settings::load(None, &env(&[("HLGATE_ADMIN_LISTEN", "0.0.0.0:9090")])).unwrap_err();
-        assert!(err.to_string().starts_with("HLGATE_ADMIN_TOKEN"));
-        let ok = Settings::load(
-            None,
-            &env(&[
-                ("HLGATE_ADMIN_LISTEN", "0.0.0.0:9090"),
-                ("HLGATE_ADMIN_TOKEN", "t0ken"),
-            ]),
-        );
-        assert!(ok.is_ok());
-    }
-
-    #[test]
-    fn secrets_are_redacted_everywhere() {
-        let s = Settings::load(
-            None,
-            &env(&[
-                ("HLGATE_ADMIN_TOKEN", "admin-s3cret"),
-                ("HLGATE_PROXY_TOKENS", "proxy-s3cret, other-s3cret"),
-                ("HLGATE_CLIENT_ID", "app-1"),
-                ("HLGATE_CLIENT_SECRET", "client-s3cret"),
-                ("HLGATE_AMQP_URL", "amqp://user:amqp-s3cret@host:5672/%2f"),
-                (
-                    "HLGATE_TOKEN_KEY",
-                    "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
-                ),
-            ]),
-        )
-        .unwrap();
-        let debug = format!("{s:?}");
-        let described = format!("{:?}", s.describe());
-        for text in [debug, described] {
-            for secret in [
-                "admin-s3cret",
-                "proxy-s3cret",
-                "client-s3cret",
-                "amqp-s3cret",
-                "AAECAw",
-            ] {
-                assert!(!text.contains(secret), "{secret} leaked");
-            }
-        }
-    }
-}
+mod tests;

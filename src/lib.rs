@@ -3,8 +3,9 @@
 //! Reading order: `config` (settings), `secret`, `verify` (signatures), `event` (type, tenant,
 //! keys), `schema`, `entry` (the outbox entry), `store` (sled: dedup, outbox, archive), `ingest`
 //! (the use case), `publish` (relay to RabbitMQ), `highlevel` (HighLevel's HTTP API), `oauth` (the
-//! token module), `http` (listeners), `metrics`, `telemetry`, `startup` (wiring), `cli`; the
-//! small helpers `backoff`, `files` and `loglimit`. ARCHITECTURE.md draws the arrows between them.
+//! token module), `health` (delivery health and alerts), `http` (listeners), `metrics`,
+//! `telemetry`, `startup` (wiring), `cli`; the small helpers `backoff`, `files` and `loglimit`.
+//! ARCHITECTURE.md draws the arrows between them.
 
 pub mod backoff;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod entry;
 pub mod event;
 pub mod files;
+pub mod health;
 pub mod highlevel;
 pub mod http;
 pub mod ingest;

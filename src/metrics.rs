@@ -17,10 +17,12 @@ pub enum WebhookOutcome {
     TooLarge,
     Overloaded,
     BodyTimeout,
+    /// The body could not be read (400): mostly a connection broken on the way.
+    Unreadable,
 }
 
 impl WebhookOutcome {
-    const ALL: [WebhookOutcome; 8] = [
+    const ALL: [WebhookOutcome; 9] = [
         WebhookOutcome::Accepted,
         WebhookOutcome::Duplicate,
         WebhookOutcome::InvalidSignature,
@@ -29,6 +31,7 @@ impl WebhookOutcome {
         WebhookOutcome::TooLarge,
         WebhookOutcome::Overloaded,
         WebhookOutcome::BodyTimeout,
+        WebhookOutcome::Unreadable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +44,7 @@ impl WebhookOutcome {
             WebhookOutcome::TooLarge => "too_large",
             WebhookOutcome::Overloaded => "overloaded",
             WebhookOutcome::BodyTimeout => "body_timeout",
+            WebhookOutcome::Unreadable => "unreadable",
         }
     }
 }
@@ -144,6 +148,10 @@ pub struct Metrics {
     pub api_wait_seconds: Histogram,
     /// Time HighLevel took to answer proxied requests (headers), retries included.
     pub api_upstream_seconds: Histogram,
+    /// Alerts fired, by alert and state.
+    alerts: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Alert webhook deliveries, by result.
+    alert_deliveries: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// Values read from elsewhere at scrape time.
@@ -158,6 +166,10 @@ pub struct Gauges {
     pub store_damaged: bool,
     /// A failed fsync stopped the event log until a restart.
     pub store_stopped: bool,
+    /// New events can be stored (disk room, last write fine).
+    pub store_writable: bool,
+    /// The last accepted event's time (unix seconds), when one was.
+    pub last_accepted_seconds: Option<f64>,
     pub tenants: Vec<(&'static str, u64)>,
 }
 
@@ -198,6 +210,16 @@ impl Metrics {
     pub fn api_request(&self, outcome: &'static str) {
         let mut map = self.api_requests.lock().expect("metrics lock");
         *map.entry(outcome).or_default() += 1;
+    }
+
+    pub fn alert(&self, alert: &'static str, state: &'static str) {
+        let mut map = self.alerts.lock().expect("metrics lock");
+        *map.entry((alert, state)).or_default() += 1;
+    }
+
+    pub fn alert_delivery(&self, result: &'static str) {
+        let mut map = self.alert_deliveries.lock().expect("metrics lock");
+        *map.entry(result).or_default() += 1;
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -305,6 +327,21 @@ impl Metrics {
             "hlgate_store_writer_stopped {}",
             u8::from(gauges.store_stopped)
         );
+        single(
+            &mut out,
+            "gauge",
+            "hlgate_store_writable",
+            "1 while new events can be stored (disk room, last write fine).",
+            u64::from(gauges.store_writable),
+        );
+        if let Some(seconds) = gauges.last_accepted_seconds {
+            gauge(
+                &mut out,
+                "hlgate_last_accepted_timestamp_seconds",
+                "When the last event was accepted (unix seconds).",
+            );
+            let _ = writeln!(out, "hlgate_last_accepted_timestamp_seconds {seconds}");
+        }
         counter(
             &mut out,
             "hlgate_publish_total",
@@ -400,6 +437,28 @@ impl Metrics {
         gauge(&mut out, "hlgate_tenants", "Tenants by token state.");
         for (state, n) in &gauges.tenants {
             let _ = writeln!(out, "hlgate_tenants{{state=\"{state}\"}} {n}");
+        }
+        counter(
+            &mut out,
+            "hlgate_alerts_total",
+            "Alerts fired, by alert and state.",
+        );
+        for ((alert, state), n) in self.alerts.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "hlgate_alerts_total{{alert=\"{alert}\",state=\"{state}\"}} {n}"
+            );
+        }
+        counter(
+            &mut out,
+            "hlgate_alert_deliveries_total",
+            "Alert webhook POSTs by result (sent, retried, failed, dropped).",
+        );
+        for (result, n) in self.alert_deliveries.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "hlgate_alert_deliveries_total{{result=\"{result}\"}} {n}"
+            );
         }
         out
     }

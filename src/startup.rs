@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Settings;
+use crate::health::{self, Clock, Health, Notifier, Tally, Watched};
 use crate::highlevel::{ApiClient, HighLevelClient};
 use crate::http::{self, AdminState, BindError, Holding, Listeners, PublicState, Servers};
 use crate::ingest::Ingest;
@@ -85,6 +86,8 @@ struct Opened {
     store: Store,
     relay: Relay,
     tokens: Arc<TokenService>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
 }
 
 /// A built hlgate, listening, ready to run.
@@ -96,9 +99,12 @@ pub struct Application {
     opened: Result<Opened, Listeners>,
     settings: Settings,
     shutdown: CancellationToken,
-    /// Every task: the servers, the relay, the sweeper, the refresher and what the token
-    /// module starts. Shutdown waits for all of them.
+    /// Every task: the servers, the relay, the sweeper, the refresher, what the token module
+    /// starts, the health task and the alert sender. Shutdown waits for all of them.
     tasks: TaskTracker,
+    /// Counts every webhook answer from the start, also while the store cannot open.
+    tally: Arc<Tally>,
+    clock: Clock,
 }
 
 /// The error of a store that cannot be opened or read in `dir`.
@@ -184,10 +190,16 @@ struct Core {
     metrics: Arc<Metrics>,
     tokens: Arc<TokenService>,
     ingest: Arc<Ingest>,
+    health: Arc<Health>,
 }
 
-/// Opens the store and builds the ingest use case and the token module on it.
-fn open_core(settings: &Settings, tasks: &TaskTracker) -> Result<Core, StartupError> {
+/// Opens the store and builds the ingest use case, the token module and delivery health on it.
+fn open_core(
+    settings: &Settings,
+    tasks: &TaskTracker,
+    tally: &Arc<Tally>,
+    clock: &Clock,
+) -> Result<Core, StartupError> {
     let data_dir = &settings.store.data_dir;
     std::fs::create_dir_all(data_dir).map_err(|e| StartupError::Store {
         dir: data_dir.display().to_string(),
@@ -218,11 +230,21 @@ fn open_core(settings: &Settings, tasks: &TaskTracker) -> Result<Core, StartupEr
         retention: settings.store.dedup_retention,
         max_future_skew: checks.max_future_skew,
     });
+    // Last: it takes the tally's deliveries queue, which a failed start must not have taken.
+    let attempts = store.attempts().map_err(store_error(data_dir))?;
+    let health = Health::open(
+        attempts,
+        tally.clone(),
+        clock.clone(),
+        settings.alerts.clone(),
+    )
+    .map_err(store_error(data_dir))?;
     Ok(Core {
         store,
         metrics,
         tokens,
         ingest,
+        health: Arc::new(health),
     })
 }
 
@@ -232,17 +254,19 @@ fn assemble(
     core: Core,
     listeners: Listeners,
     shutdown: &CancellationToken,
+    tally: &Arc<Tally>,
 ) -> Result<Opened, StartupError> {
     let Core {
         store,
         metrics,
         tokens,
         ingest,
+        health,
     } = core;
     let servers = http::serve(
         &settings.http,
         listeners,
-        PublicState::new(ingest, &settings.http, tokens.clone()),
+        PublicState::new(ingest, &settings.http, tokens.clone(), tally.clone()),
         AdminState {
             store: store.clone(),
             metrics: metrics.clone(),
@@ -253,6 +277,7 @@ fn assemble(
             proxy_tokens: settings.api.proxy_tokens.clone(),
             proxy_max_body_bytes: settings.api.max_body_bytes,
             shutdown: shutdown.clone(),
+            health: health.clone(),
         },
     )?;
     let relay = Relay {
@@ -264,7 +289,7 @@ fn assemble(
             schema_mode: settings.schema_mode,
         },
         store: store.clone(),
-        metrics,
+        metrics: metrics.clone(),
         hooks: Some(Arc::new(Hooks(tokens.clone()))),
     };
     Ok(Opened {
@@ -272,6 +297,8 @@ fn assemble(
         store,
         relay,
         tokens,
+        health,
+        metrics,
     })
 }
 
@@ -283,9 +310,11 @@ async fn wait_for_space(
     listeners: Listeners,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
+    (tally, clock): (&Arc<Tally>, &Clock),
 ) -> Result<Option<Opened>, StartupError> {
     let holding = Holding {
         admin_token: settings.http.admin_token.clone(),
+        tally: tally.clone(),
     };
     let holding = http::hold(&listeners, holding)?.start(&TaskTracker::new());
     let core = loop {
@@ -296,7 +325,7 @@ async fn wait_for_space(
                 return Ok(None);
             }
         }
-        match open_core(settings, tasks) {
+        match open_core(settings, tasks, tally, clock) {
             Ok(core) => break core,
             // A try that failed for want of space may hold sled's file lock for a moment.
             Err(e) if e.is_no_space() || e.is_locked() => {
@@ -311,7 +340,7 @@ async fn wait_for_space(
     // Connections that come meanwhile wait in the listeners' backlog for the servers below.
     holding.stop(HOLDING_STOP).await;
     info!("the data disk has room again: the store is open");
-    assemble(settings, core, listeners, shutdown).map(Some)
+    assemble(settings, core, listeners, shutdown, tally).map(Some)
 }
 
 impl Application {
@@ -319,11 +348,20 @@ impl Application {
     /// store that cannot open for want of disk space does not fail the build: `run` then
     /// answers webhooks 429 until it opens (see [`StartupError::is_no_space`]).
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        Application::build_with_clock(settings, Clock::system()).await
+    }
+
+    /// [`Application::build`] with the clock delivery health reads (tests move one by hand).
+    pub async fn build_with_clock(
+        settings: Settings,
+        clock: Clock,
+    ) -> Result<Application, StartupError> {
         let listeners = Listeners::bind(&settings.http)?;
         let (public_addr, admin_addr) = (listeners.public_addr(), listeners.admin_addr());
         let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
-        let opened = match open_core(&settings, &tasks) {
-            Ok(core) => Ok(assemble(&settings, core, listeners, &shutdown)?),
+        let tally = Arc::new(Tally::new(clock.clone()));
+        let opened = match open_core(&settings, &tasks, &tally, &clock) {
+            Ok(core) => Ok(assemble(&settings, core, listeners, &shutdown, &tally)?),
             Err(e) if e.is_no_space() => {
                 error!(
                     error = %e,
@@ -341,6 +379,8 @@ impl Application {
             settings,
             shutdown,
             tasks,
+            tally,
+            clock,
         })
     }
 
@@ -370,23 +410,30 @@ impl Application {
             settings,
             shutdown,
             tasks,
+            tally,
+            clock,
         } = self;
+        let counting = (&tally, &clock);
         let opened = match opened {
             Ok(opened) => opened,
-            Err(listeners) => match wait_for_space(&settings, listeners, &tasks, &shutdown).await {
-                Ok(Some(opened)) => opened,
-                Ok(None) => return true,
-                Err(e) => {
-                    error!(error = %e, "cannot start");
-                    return false;
+            Err(listeners) => {
+                match wait_for_space(&settings, listeners, &tasks, &shutdown, counting).await {
+                    Ok(Some(opened)) => opened,
+                    Ok(None) => return true,
+                    Err(e) => {
+                        error!(error = %e, "cannot start");
+                        return false;
+                    }
                 }
-            },
+            }
         };
         let Opened {
             servers,
             store,
             relay,
             tokens,
+            health,
+            metrics,
         } = opened;
         let grace = settings.http.shutdown_grace;
         let serving = servers.start(&tasks);
@@ -402,6 +449,18 @@ impl Application {
         }
         let every = sweep_every(settings.store.dedup_retention);
         tasks.spawn(sweep(store.clone(), every, shutdown.child_token()));
+        let notifier = settings
+            .alerts
+            .webhook_url
+            .clone()
+            .map(|url| Notifier::start(url, metrics.clone(), &tasks, shutdown.child_token()));
+        let watched = Watched {
+            store: store.clone(),
+            metrics,
+            tokens: tokens.clone(),
+            notifier,
+        };
+        tasks.spawn(health::run(health.clone(), watched, shutdown.child_token()));
         tasks.close();
         info!(public = %public_addr, admin = %admin_addr, "hlgate serving");
 
@@ -412,6 +471,8 @@ impl Application {
             // stored. The other tasks saw the token and end after what they are doing.
             serving.stop(requests_deadline(grace)).await;
             tasks.wait().await;
+            // After the listeners: the last answers are in the counts saved.
+            health::save(health.clone()).await;
             if let Err(e) = store.flush().await {
                 warn!(error = %e, "final flush failed");
             }

@@ -91,6 +91,27 @@ pub fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// A share from 0 (excluded) to 1.
+pub fn parse_share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if r > 0.0 && r <= 1.0 => Ok(r),
+        _ => Err(format!("{text:?} is not a number above 0 and at most 1")),
+    }
+}
+
+/// A duration, `0` taken without a unit.
+pub fn parse_span(text: &str) -> Result<Duration, String> {
+    match text {
+        "0" => Ok(Duration::ZERO),
+        _ => parse_duration(text),
+    }
+}
+
+/// A duration where `0` turns a watch off (`None`).
+pub fn parse_limit(text: &str) -> Result<Option<Duration>, String> {
+    parse_span(text).map(|d| (!d.is_zero()).then_some(d))
+}
+
 pub fn parse_amqp_url(text: &str) -> Result<String, String> {
     if text.starts_with("amqp://") || text.starts_with("amqps://") {
         Ok(text.to_string())

@@ -78,6 +78,8 @@ async fn metrics(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpR
         buckets_closed: buckets_closed as u64,
         store_damaged: !state.store.damage().is_empty(),
         store_stopped: state.store.stopped(),
+        store_writable: state.store.writable(),
+        last_accepted_seconds: state.health.last_accepted_ms().map(|ms| ms as f64 / 1000.0),
         tenants: state.tokens.state_counts(),
     };
     Ok(HttpResponse::Ok()

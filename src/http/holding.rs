@@ -5,9 +5,12 @@
 use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 
+use std::sync::Arc;
+
 use super::auth::authorize;
 use super::error::ApiError;
 use crate::config::Secret;
+use crate::health::{Attempt, Tally};
 
 const WHY: &str = "the data disk is full: the store cannot open until there is space again";
 
@@ -15,6 +18,8 @@ const WHY: &str = "the data disk is full: the store cannot open until there is s
 #[derive(Clone)]
 pub struct Holding {
     pub admin_token: Option<Secret>,
+    /// Each 429 counts in delivery health: HighLevel counts it as a failure.
+    pub tally: Arc<Tally>,
 }
 
 /// Every answer closes its connection: the next request then reaches the servers that follow.
@@ -36,7 +41,8 @@ pub(super) fn admin(cfg: &mut web::ServiceConfig) {
 }
 
 /// Nothing is read or stored: the body waits at HighLevel, which delivers it again.
-async fn webhook() -> HttpResponse {
+async fn webhook(state: web::Data<Holding>) -> HttpResponse {
+    state.tally.count(Attempt::DiskFull);
     closing(ApiError::overloaded(WHY).error_response())
 }
 

@@ -2,14 +2,15 @@
 //! listener, and the one mapping from errors to HTTP answers.
 //!
 //! `server` builds both listeners and assembles their routes; the handler files (`public`,
-//! `oauth`, `admin`, `events`, `proxy`, and `holding` for a start that waits for disk space) share only
-//! `state`, `auth` and `error`, never each other.
+//! `oauth`, `admin`, `events`, `health`, `proxy`, and `holding` for a start that waits for disk
+//! space) share only `state`, `auth` and `error`, never each other.
 
 pub mod admin;
 mod auth;
 mod body;
 mod error;
 mod events;
+mod health;
 mod holding;
 mod oauth;
 mod proxy;

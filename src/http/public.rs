@@ -10,9 +10,11 @@ use super::body::{read_limited, BodyError};
 use super::error::ApiError;
 use super::state::PublicState;
 use crate::config::format_duration;
+use crate::health::Attempt;
 use crate::ingest::{IngestError, Receipt};
 use crate::loglimit::LogLimit;
 use crate::metrics::WebhookOutcome;
+use crate::store::StoreError;
 use crate::verify::SignatureHeaders;
 
 #[derive(Serialize)]
@@ -52,24 +54,27 @@ pub async fn webhook(
     };
 
     let result = ingest.ingest(&body.bytes, headers).await;
-    let (outcome, answer) = match result {
+    let (attempt, answer) = match result {
         Ok(receipt) => {
-            let (outcome, status) = if receipt.duplicate {
-                (WebhookOutcome::Duplicate, "duplicate")
+            let (attempt, status) = if receipt.duplicate {
+                (Attempt::Duplicate, "duplicate")
             } else {
-                (WebhookOutcome::Accepted, "accepted")
+                (Attempt::Accepted, "accepted")
             };
             metrics.ingest_seconds.observe(started.elapsed());
             let response = HttpResponse::Ok().json(Answer {
                 status,
                 id: &receipt.dedup_key,
             });
-            metrics.webhook(outcome);
-            log(outcome, Some(&receipt), started, 200);
+            metrics.webhook(attempt.outcome());
+            state
+                .tally
+                .delivered(attempt, &receipt.tenant, &receipt.event_type);
+            log(attempt.outcome(), Some(&receipt), started, 200);
             return Ok(response);
         }
         Err(IngestError::MissingSignature) => (
-            WebhookOutcome::MissingSignature,
+            Attempt::MissingSignature,
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "missing_signature",
@@ -77,7 +82,7 @@ pub async fn webhook(
             ),
         ),
         Err(IngestError::InvalidSignature) => (
-            WebhookOutcome::InvalidSignature,
+            Attempt::InvalidSignature,
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_signature",
@@ -85,7 +90,7 @@ pub async fn webhook(
             ),
         ),
         Err(IngestError::StaleTimestamp) => (
-            WebhookOutcome::StaleTimestamp,
+            Attempt::StaleTimestamp,
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "stale_timestamp",
@@ -99,25 +104,43 @@ pub async fn webhook(
                 tracing::warn!(error = %e, held_back, "refusing events for now");
             }
             (
-                WebhookOutcome::Overloaded,
+                refusal(&e),
                 ApiError::overloaded("hlgate cannot store events right now; retry later"),
             )
         }
     };
-    metrics.webhook(outcome);
-    log(outcome, None, started, answer.status.as_u16());
+    count(&state, attempt);
+    log(attempt.outcome(), None, started, answer.status.as_u16());
     Err(answer)
 }
 
+/// The cause of a 429, for delivery health.
+fn refusal(e: &IngestError) -> Attempt {
+    match e {
+        IngestError::OutboxFull(_) => Attempt::OutboxFull,
+        IngestError::Store(StoreError::DiskLow { .. }) => Attempt::DiskFull,
+        IngestError::Store(e) if e.is_no_space() => Attempt::DiskFull,
+        IngestError::Store(StoreError::Busy | StoreError::Stalled(_)) => Attempt::StoreBusy,
+        _ => Attempt::StoreError,
+    }
+}
+
+/// Counted in `hlgate_webhooks_total` and in delivery health.
+fn count(state: &PublicState, attempt: Attempt) {
+    state.ingest.metrics.webhook(attempt.outcome());
+    state.tally.count(attempt);
+}
+
 /// The answer to a body that could not be read; counted and logged like every webhook answer
-/// (but a broken connection, which nobody hears).
+/// (a broken connection too: HighLevel counts a delivery without an answer as failed).
 fn refuse_body(state: &PublicState, error: BodyError, started: Instant) -> ApiError {
-    let (outcome, answer) = match error {
-        BodyError::Read(e) => {
-            return ApiError::bad_request(format!("the body could not be read: {e}"));
-        }
+    let (attempt, answer) = match error {
+        BodyError::Read(e) => (
+            Attempt::Unreadable,
+            ApiError::bad_request(format!("the body could not be read: {e}")),
+        ),
         BodyError::TooLarge => (
-            WebhookOutcome::TooLarge,
+            Attempt::TooLarge,
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
@@ -125,11 +148,11 @@ fn refuse_body(state: &PublicState, error: BodyError, started: Instant) -> ApiEr
             ),
         ),
         BodyError::NoRoom => (
-            WebhookOutcome::Overloaded,
+            Attempt::TooManyBodies,
             ApiError::overloaded("hlgate holds too many unfinished bodies; retry later"),
         ),
         BodyError::Timeout => (
-            WebhookOutcome::BodyTimeout,
+            Attempt::BodyTimeout,
             ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
@@ -140,8 +163,8 @@ fn refuse_body(state: &PublicState, error: BodyError, started: Instant) -> ApiEr
             ),
         ),
     };
-    state.ingest.metrics.webhook(outcome);
-    log(outcome, None, started, answer.status.as_u16());
+    count(state, attempt);
+    log(attempt.outcome(), None, started, answer.status.as_u16());
     answer
 }
 

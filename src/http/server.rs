@@ -13,7 +13,7 @@ use tracing::warn;
 use super::error::not_found;
 use super::holding::{self, Holding};
 use super::state::{AdminState, PublicState};
-use super::{admin, events, oauth, proxy, public};
+use super::{admin, events, health, oauth, proxy, public};
 use crate::config::HttpSettings;
 
 /// A listener that could not be bound.
@@ -100,6 +100,7 @@ fn public_routes(cfg: &mut web::ServiceConfig) {
 fn admin_routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(admin::routes)
         .configure(events::routes)
+        .configure(health::routes)
         .configure(proxy::routes);
 }
 

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::body::BodyBudget;
 use crate::config::{HttpSettings, Secret};
+use crate::health::{Health, Tally};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::oauth::{Proxy, TokenService};
@@ -22,16 +23,24 @@ pub struct PublicState {
     pub bodies: BodyBudget,
     /// The token module, for the install flow.
     pub tokens: Arc<TokenService>,
+    /// Every webhook answer, counted for delivery health.
+    pub tally: Arc<Tally>,
 }
 
 impl PublicState {
-    pub fn new(ingest: Arc<Ingest>, http: &HttpSettings, tokens: Arc<TokenService>) -> Self {
+    pub fn new(
+        ingest: Arc<Ingest>,
+        http: &HttpSettings,
+        tokens: Arc<TokenService>,
+        tally: Arc<Tally>,
+    ) -> Self {
         Self {
             ingest,
             max_body_bytes: http.max_body_bytes,
             body_timeout: http.body_timeout,
             bodies: BodyBudget::for_max_body(http.max_body_bytes),
             tokens,
+            tally,
         }
     }
 }
@@ -52,4 +61,6 @@ pub struct AdminState {
     pub proxy_max_body_bytes: usize,
     /// Cancelled at shutdown: a replay stops early rather than hold the stop.
     pub shutdown: CancellationToken,
+    /// Delivery health, for `/v1/health`.
+    pub health: Arc<Health>,
 }

@@ -19,6 +19,7 @@
 //! across buckets. The `meta` tree of the main database holds the published watermark: the
 //! outbox is every entry above it.
 
+mod attempts;
 mod bucket;
 mod check;
 mod checkpoint;
@@ -42,6 +43,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use attempts::{Attempts, Changes, LastDelivery, MinuteCounts, Recorded};
 pub use check::{accept_loss, check, check_with_vault, Acceptance, Report};
 pub use damage::{Damage, Lost};
 pub use error::StoreError;
@@ -243,6 +245,11 @@ impl Store {
     /// for a company token (`installs`).
     pub fn keyed_tree(&self, name: &str) -> Result<KeyedTree, StoreError> {
         KeyedTree::open(&self.meta_db, name)
+    }
+
+    /// Delivery health's minute counts and last deliveries per tenant, in the main database.
+    pub fn attempts(&self) -> Result<Attempts, StoreError> {
+        Attempts::open(&self.meta_db)
     }
 
     /// Unpublished events.

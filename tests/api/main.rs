@@ -1,6 +1,7 @@
 //! One integration test binary: the real app, real sled in temp dirs, the real RabbitMQ.
 
 mod admin;
+mod alerts;
 mod amqp;
 mod cli;
 mod damage;
@@ -8,6 +9,7 @@ mod durability;
 mod events;
 mod files;
 mod forms;
+mod health;
 mod helpers;
 mod highlevel;
 mod hlapi;
@@ -18,6 +20,7 @@ mod nacks;
 mod poison;
 mod proxy;
 mod proxy_guards;
+mod receiver;
 mod refusals;
 mod schema;
 mod shapes;

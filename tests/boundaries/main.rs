@@ -71,7 +71,7 @@ fn only_http_names_actix() {
 }
 
 #[test]
-fn only_the_highlevel_client_and_the_cli_name_reqwest() {
+fn only_the_highlevel_client_the_cli_and_the_alert_sender_name_reqwest() {
     assert_room("reqwest", "src/");
 }
 
