@@ -9,6 +9,9 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::loglimit::LogLimit;
 
 use super::bucket::Buckets;
 use super::error::StoreError;
@@ -90,7 +93,16 @@ impl DedupKeys for BucketKeys {
                 // Its events are in its segment, which took this key's hash: the record is
                 // only the acceptance time.
                 Err(e) if bucket.is_logged() => {
-                    tracing::warn!(error = %e, bucket = first_seq, "a bucket's dedup keys cannot be read; answering from their hashes");
+                    // Every lookup that reaches it meets this: a line per minute.
+                    static UNREADABLE: LogLimit = LogLimit::new(Duration::from_secs(60));
+                    if let Some(held_back) = UNREADABLE.admit(&e.to_string()) {
+                        tracing::error!(
+                            error = %e,
+                            bucket = first_seq,
+                            held_back,
+                            "a bucket's dedup database cannot be read; dedup answers from its key hashes"
+                        );
+                    }
                     return Ok(self.live(bucket.newest_ms(), now_ms));
                 }
                 Err(e) => return Err(e),
