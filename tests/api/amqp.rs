@@ -140,17 +140,41 @@ async fn events_nobody_bound_are_kept_in_the_unrouted_queue() {
     let app = spawn_app().await;
     // Bound only to a pattern this event does not match.
     let mut other = Tap::bind(&app.exchange, "SomethingElse.#").await;
+    // The shared `highlevel.unrouted` queue holds every test's unrouted events: a queue of this
+    // test's own on the same fanout sees the copy that went there.
+    let (connection, channel) = amqp().await;
+    let mut unrouted = Tap::attach(connection, channel, "highlevel.unrouted", "").await;
     let marker = unique("unrouted");
     let body = format!(r#"{{"type":"ContactDelete","locationId":"L","webhookId":"{marker}"}}"#);
     assert_eq!(app.post_signed(body.as_bytes()).await.status(), 200);
     app.wait_drained().await;
     other.assert_quiet(Duration::from_millis(300)).await;
 
-    let d = find_in_queue("highlevel.unrouted", &marker)
-        .await
-        .expect("the event is in highlevel.unrouted");
+    let mut found = None;
+    while let Some(d) = unrouted.next(Duration::from_secs(5)).await {
+        if message_id(&d) == marker {
+            found = Some(d);
+            break;
+        }
+    }
+    let d = found.expect("the event went to highlevel.unrouted");
     assert_eq!(d.data, body.into_bytes());
     assert_eq!(d.routing_key.as_str(), "ContactDelete.L");
+    // And the durable queue of that name is bound there, so it keeps the event.
+    let (connection, channel) = amqp().await;
+    let kept = channel
+        .queue_declare(
+            "highlevel.unrouted".into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("the durable queue highlevel.unrouted");
+    assert!(kept.message_count() >= 1);
+    let _ = connection.close(200, "bye".into()).await;
     other.cleanup(&app.exchange).await;
 }
 
