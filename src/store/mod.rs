@@ -111,6 +111,16 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) the store in `dir` and starts the writer thread.
     pub fn open(dir: &Path, retention: Duration) -> Result<Store, StoreError> {
+        Store::open_on(dir, retention, Arc::new(log::RealFs))
+    }
+
+    /// [`Store::open`] with the event log's file operations going through `fs` (tests fail
+    /// them on purpose).
+    fn open_on(
+        dir: &Path,
+        retention: Duration,
+        fs: Arc<dyn log::LogFs>,
+    ) -> Result<Store, StoreError> {
         // A data dir made by an older version or by hand may be open to others.
         std::fs::create_dir_all(dir)
             .and_then(|()| {
@@ -137,7 +147,7 @@ impl Store {
         let mut index = KeyIndex::default();
         let mut buckets = Vec::new();
         let (mut opened, set_aside) = Bucket::open_all(&events_dir, now, &ledger)?;
-        let (log, recovered) = recover::open_log(&meta, &events_dir, &mut opened, published)?;
+        let (log, recovered) = recover::open_log(fs, &meta, &events_dir, &mut opened, published)?;
         for (bucket, hashes) in opened {
             index.add(bucket.first_seq, hashes);
             buckets.push(bucket);

@@ -13,12 +13,13 @@ use super::error::StoreError;
 use super::keys::key_hash;
 use super::keys::DedupRecord;
 use super::layout::{decode_applied, APPLIED, STORE_ID};
-use super::log::{store_id_of, EventLog, Known, Options, RealFs, Recovered};
+use super::log::{store_id_of, EventLog, Known, LogFs, Options, Recovered};
 
 /// Opens the log in `events_dir`. `opened` are the buckets a start found (oldest first): the
 /// logged ones take their bounds from their segments, and gain the keys of the frames past the
 /// checkpoint. `published` is the watermark.
 pub(super) fn open_log(
+    fs: Arc<dyn LogFs>,
     meta: &sled::Tree,
     events_dir: &Path,
     opened: &mut [WithKeys],
@@ -39,7 +40,7 @@ pub(super) fn open_log(
     let mut options = Options::new(store_id(meta, events_dir)?);
     // A bucket ends its segment (rotation), not the log: a segment per bucket.
     options.segment_bytes = u64::MAX;
-    let (log, recovered) = EventLog::open(Arc::new(RealFs), events_dir, options, known)?;
+    let (log, recovered) = EventLog::open(fs, events_dir, options, known)?;
     let segments = log.segments();
     for (bucket, _) in opened.iter().filter(|(b, _)| b.is_logged()) {
         if let Some(s) = segments.iter().find(|s| s.first_seq == bucket.first_seq) {

@@ -16,7 +16,7 @@
 mod append;
 mod error;
 #[cfg(test)]
-mod faults;
+pub(in crate::store) mod faults;
 mod format;
 mod fs;
 mod inspect;

@@ -4,6 +4,7 @@ pub(super) mod kit;
 
 mod arrays;
 mod damage;
+mod faults;
 mod logged;
 mod lookup;
 mod model;
