@@ -31,4 +31,5 @@ mod token_events;
 mod token_key;
 mod token_schedule;
 mod tokens;
+mod upgrade;
 mod webhook;
