@@ -76,6 +76,7 @@ fn entry(seq: u64, body: &[u8]) -> Entry {
         accepted_ms: now_ms(),
         replay: false,
         redrive: false,
+        trace: None,
         scheme: Scheme::Ed25519,
         compact: false,
         schema: Outcome::Unknown,
@@ -129,7 +130,7 @@ async fn run(
                 short(&e.routing_key()),
                 BasicPublishOptions::default(),
                 &e.body,
-                properties(&e, &Attached::Off),
+                properties(&e, &Attached::Off, None),
             )
             .await
             .map_err(|e| format!("publish: {e}"))?;
@@ -175,7 +176,7 @@ async fn run_pipelined(
                 short(&e.routing_key()),
                 BasicPublishOptions::default(),
                 &e.body,
-                properties(e, &Attached::Off),
+                properties(e, &Attached::Off, None),
             ));
             let first = futures_util::poll!(send.as_mut());
             sending.push((send, first));

@@ -321,6 +321,7 @@ fn entry(key: &str, body: &[u8]) -> Entry {
         accepted_ms: 0,
         replay: false,
         redrive: false,
+        trace: None,
         scheme: Scheme::Ed25519,
         compact: false,
         schema: Outcome::Unknown,

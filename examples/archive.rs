@@ -38,6 +38,7 @@ fn event(i: u64) -> Entry {
         webhook_id: Some(key),
         signature: "s".repeat(88),
         body: body.into_bytes(),
+        trace: None,
     }
 }
 

@@ -14,7 +14,14 @@
 //! `@path`; HighLevel's published keys when unset) and `HLGATE_ACCEPT_LEGACY_RSA`.
 //!
 //! Output, one line per message:
-//! `<ack|reject> <routing key> message_id=<id> schema=<x-hl-schema> signature=<verdict>`.
+//! `<ack|reject> <routing key> message_id=<id> schema=<x-hl-schema> signature=<verdict>`,
+//! then ` trace=<trace id> parent=<span id>` when the message carries a W3C `traceparent`.
+//!
+//! Every message carries the `traceparent` of hlgate's publish span (a child of the webhook's
+//! span when hlgate exports traces). A consumer continues the trace by making its own span a
+//! child of that one: same trace id, the publish span's id as its parent, the sampled flag
+//! kept. With an OpenTelemetry SDK that is its W3C `TraceContextPropagator` extracting from the
+//! message headers; here the header is only read and printed.
 //!
 //! With `--contacts`, the consumer also calls HighLevel through hlgate's API proxy for each
 //! verified event about a contact: `GET /contacts/{id}` for the event's tenant
@@ -33,6 +40,7 @@ use std::collections::HashMap;
 
 use futures_util::StreamExt;
 use hlgate::config::Settings;
+use hlgate::traces::SpanContext;
 use hlgate::verify::{SignatureHeaders, Verifier};
 use lapin::message::Delivery;
 use lapin::options::{
@@ -182,6 +190,20 @@ fn verify(verifier: &Verifier, delivery: &Delivery) -> Verdict {
         }
         Err(_) => Verdict::Failed("invalid"),
     }
+}
+
+/// ` trace=<trace id> parent=<span id>` from a valid `traceparent`: the trace this consumer's
+/// own span would join, and the span it would be a child of.
+fn trace(delivery: &Delivery) -> String {
+    let Some(value) = header_text(delivery, "traceparent") else {
+        return String::new();
+    };
+    if SpanContext::from_traceparent(value).is_none() {
+        return String::new();
+    }
+    let mut parts = value.trim().split('-').skip(1);
+    let (trace_id, parent) = (parts.next().unwrap_or("-"), parts.next().unwrap_or("-"));
+    format!(" trace={trace_id} parent={parent}")
 }
 
 /// The contact an event is about: `contactId`, or the `id` of a contact event.
@@ -340,12 +362,13 @@ async fn run(args: Args) -> Result<(), String> {
             _ => None,
         };
         println!(
-            "{} {} message_id={} schema={} signature={signature}{}",
+            "{} {} message_id={} schema={} signature={signature}{}{}",
             if ack { "ack" } else { "reject" },
             delivery.routing_key,
             message_id(&delivery),
             header_text(&delivery, "x-hl-schema").unwrap_or("-"),
             contact.unwrap_or_default(),
+            trace(&delivery),
         );
         if ack {
             delivery

@@ -41,6 +41,7 @@ fn event(i: u64) -> Entry {
         accepted_ms: 0,
         replay: false,
         redrive: false,
+        trace: None,
         scheme: Scheme::Ed25519,
         compact: false,
         schema: Outcome::Unknown,

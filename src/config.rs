@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod parse;
+mod traces;
 
 use crate::schema::SchemaMode;
 use crate::telemetry::LogFormat;
@@ -19,6 +20,7 @@ use parse::{
     parse_addr, parse_bool, parse_exchange, parse_limit, parse_log_format, parse_nonzero_duration,
     parse_positive, parse_schema_mode, parse_share, parse_span, parse_url,
 };
+pub use traces::TraceSettings;
 
 pub use crate::secret::{Secret, TokenKey};
 
@@ -185,6 +187,7 @@ pub struct Settings {
     pub schema_mode: SchemaMode,
     pub log: LogSettings,
     pub alerts: AlertSettings,
+    pub traces: TraceSettings,
 }
 
 /// A setting that could not be used; names the variable.
@@ -324,6 +327,11 @@ specs! {
         |s| format_duration(s.alerts.hold_down);
     HEALTH_SAVE_EVERY: "HLGATE_HEALTH_SAVE_EVERY", Some("1m"),
         |s| format_duration(s.alerts.save_every);
+    OTLP_ENDPOINT: "HLGATE_OTLP_ENDPOINT", None, |s| traces::shown_endpoint(&s.traces);
+    OTLP_SAMPLE_RATIO: "HLGATE_OTLP_SAMPLE_RATIO", Some("1.0"),
+        |s| s.traces.sample_ratio.to_string();
+    OTLP_HEADERS: "HLGATE_OTLP_HEADERS", None,
+        |s| format!("{} header(s)", s.traces.headers.len());
 }
 
 fn off_or(limit: Option<Duration>) -> String {
@@ -536,6 +544,21 @@ impl Settings {
                 format: s.parsed(&LOG_FORMAT, parse_log_format)?,
             },
             alerts: alerts(&s)?,
+            traces: TraceSettings {
+                endpoint: match s.optional(&OTLP_ENDPOINT)? {
+                    Some(url) => {
+                        Some(traces::endpoint(url).map_err(|w| invalid(OTLP_ENDPOINT.var, w))?)
+                    }
+                    None => None,
+                },
+                sample_ratio: s.parsed(&OTLP_SAMPLE_RATIO, traces::parse_ratio)?,
+                headers: match s.optional(&OTLP_HEADERS)? {
+                    Some(text) => {
+                        traces::parse_headers(&text).map_err(|w| invalid(OTLP_HEADERS.var, w))?
+                    }
+                    None => Vec::new(),
+                },
+            },
         };
 
         let http = &settings.http;

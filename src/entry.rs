@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::event::{element, message_id, routing_key};
 use crate::schema::Outcome;
+use crate::traces::SpanContext;
 use crate::verify::Scheme;
 
 /// The clock of acceptance times: unix milliseconds.
@@ -29,6 +30,10 @@ pub struct Entry {
     /// A single event replayed by an operator (`/v1/events/{seq}/replay`): it goes to the main
     /// exchange whatever its schema outcome, so that a quarantined event can be redriven.
     pub redrive: bool,
+    /// The webhook's trace, which its publish span continues. In memory only, never stored:
+    /// an entry read back from disk (after a restart, a backlog, an array delivery, a replay)
+    /// starts a trace of its own.
+    pub trace: Option<SpanContext>,
     pub scheme: Scheme,
     /// The signature verified only over the body's compact form, not the bytes as received.
     pub compact: bool,
@@ -94,6 +99,7 @@ impl ArrayRecord {
             accepted_ms: self.accepted_ms,
             replay: self.replay,
             redrive: false,
+            trace: None,
             scheme: self.scheme,
             compact: self.compact,
             schema: self.schema[i],

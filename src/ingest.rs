@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
@@ -13,6 +13,7 @@ use crate::event::{
 use crate::metrics::Metrics;
 use crate::schema::{Outcome, Schemas};
 use crate::store::{AcceptOutcome, Store, StoreError};
+use crate::traces::{Kind, Span, Tracer};
 use crate::verify::{SignatureHeaders, Verified, Verifier, VerifyError};
 
 /// What a caller learns about an accepted or absorbed delivery.
@@ -65,23 +66,38 @@ pub struct Ingest {
     pub metrics: Arc<Metrics>,
     pub retention: Duration,
     pub max_future_skew: Duration,
+    /// Where the webhook's spans start ([`Tracer::off`] without an endpoint).
+    pub tracer: Tracer,
 }
 
 impl Ingest {
-    /// Runs the contract's checks in order on the raw body and stores what passes.
+    /// Runs the contract's checks in order on the raw body and stores what passes; the
+    /// `verify`, `dedup` and `commit` spans are children of `trace` (the webhook's).
     pub async fn ingest(
         &self,
         body: &[u8],
         headers: SignatureHeaders<'_>,
+        trace: &Span,
     ) -> Result<Receipt, IngestError> {
-        let verified = self
-            .verifier
-            .verify_gathered(body, headers)
-            .await
-            .map_err(|e| match e {
-                VerifyError::Missing => IngestError::MissingSignature,
-                VerifyError::Invalid => IngestError::InvalidSignature,
-            })?;
+        let mut verifying = trace.child("verify", Kind::Internal);
+        let verified = match self.verifier.verify_gathered(body, headers).await {
+            Ok(verified) => verified,
+            Err(e) => {
+                verifying.fail(match e {
+                    VerifyError::Missing => "missing signature",
+                    VerifyError::Invalid => "invalid signature",
+                });
+                return Err(match e {
+                    VerifyError::Missing => IngestError::MissingSignature,
+                    VerifyError::Invalid => IngestError::InvalidSignature,
+                });
+            }
+        };
+        if verifying.is_recording() {
+            verifying.set("hlgate.signature_scheme", verified.scheme().as_str());
+            verifying.set("hlgate.signature_compact", verified.used_fallback());
+        }
+        verifying.end();
         if verified.used_fallback() {
             self.metrics
                 .signature_fallback
@@ -102,17 +118,30 @@ impl Ingest {
             }
         };
         let key = receipt.dedup_key.clone();
+        let (stamp, handed) = (trace.is_recording(), Instant::now());
         // The store answers a duplicate before it refuses for a full outbox or disk.
         let accepted = match stored {
-            Stored::Entries(entries) => self.store.accept(key, entries).await,
-            Stored::Array(record) => self.store.accept_array(key, record).await,
+            Stored::Entries(mut entries) => {
+                // Its publish continues this trace, while the relay takes it from memory.
+                if let Some(context) = trace.context() {
+                    entries.iter_mut().for_each(|e| e.trace = Some(context));
+                }
+                self.store.accept_stamped(key, entries, stamp).await
+            }
+            Stored::Array(record) => self.store.accept_array_stamped(key, record, stamp).await,
         };
-        let outcome = match accepted {
-            Ok(outcome) => outcome,
+        let answered = match accepted {
+            Ok(answered) => answered,
             Err(StoreError::OutboxFull(depth)) => return Err(IngestError::OutboxFull(depth)),
             Err(e) => return Err(e.into()),
         };
-        match outcome {
+        if let Some(deduped) = answered.deduped {
+            trace.child_between("dedup", handed, deduped);
+            if answered.outcome != AcceptOutcome::Duplicate {
+                trace.child_between("commit", deduped, Instant::now());
+            }
+        }
+        match answered.outcome {
             AcceptOutcome::Accepted { .. } => Ok(receipt),
             AcceptOutcome::Duplicate => Ok(Receipt {
                 duplicate: true,
@@ -224,6 +253,7 @@ pub fn entries(verified: &Verified<'_>, delivery: Delivery, schema: Vec<Outcome>
             accepted_ms: 0,
             replay: false,
             redrive: false,
+            trace: None,
             scheme: verified.scheme(),
             compact: verified.used_fallback(),
             schema: schema.next().unwrap_or(Outcome::Unknown),

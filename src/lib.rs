@@ -4,7 +4,8 @@
 //! keys), `schema`, `entry` (the outbox entry), `store` (sled: dedup, outbox, archive), `ingest`
 //! (the use case), `publish` (relay to RabbitMQ), `highlevel` (HighLevel's HTTP API), `oauth` (the
 //! token module), `health` (delivery health and alerts), `http` (listeners), `metrics`,
-//! `telemetry`, `startup` (wiring), `cli`; the small helpers `backoff`, `files` and `loglimit`.
+//! `telemetry`, `traces` (OpenTelemetry spans, `traceparent`), `startup` (wiring), `cli`; the
+//! small helpers `backoff`, `files` and `loglimit`.
 //! ARCHITECTURE.md draws the arrows between them.
 
 pub mod backoff;
@@ -26,4 +27,5 @@ pub mod secret;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod traces;
 pub mod verify;

@@ -152,7 +152,14 @@ pub struct Metrics {
     alerts: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Alert webhook deliveries, by result.
     alert_deliveries: Mutex<BTreeMap<&'static str, u64>>,
+    /// Spans sent to the OTLP collector, and dropped by reason ([`OTLP_DROP_REASONS`]).
+    otlp_exported: AtomicU64,
+    otlp_dropped: [AtomicU64; OTLP_DROP_REASONS.len()],
 }
+
+/// Why spans are dropped: the exporter's queue was full, the collector could not take a batch,
+/// or the exporter had stopped.
+pub const OTLP_DROP_REASONS: [&str; 3] = ["queue_full", "export_failed", "stopped"];
 
 /// Values read from elsewhere at scrape time.
 #[derive(Default)]
@@ -220,6 +227,17 @@ impl Metrics {
     pub fn alert_delivery(&self, result: &'static str) {
         let mut map = self.alert_deliveries.lock().expect("metrics lock");
         *map.entry(result).or_default() += 1;
+    }
+
+    pub fn otlp_exported(&self, n: u64) {
+        self.otlp_exported.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Atomic: a full queue may drop a span per request.
+    pub fn otlp_dropped(&self, reason: &str, n: u64) {
+        if let Some(i) = OTLP_DROP_REASONS.iter().position(|r| *r == reason) {
+            self.otlp_dropped[i].fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -458,6 +476,25 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "hlgate_alert_deliveries_total{{result=\"{result}\"}} {n}"
+            );
+        }
+        single(
+            &mut out,
+            "counter",
+            "hlgate_otlp_spans_exported_total",
+            "Spans the OTLP collector took.",
+            self.otlp_exported.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "hlgate_otlp_spans_dropped_total",
+            "Spans dropped: exporter queue full, export failed, or exporter stopped.",
+        );
+        for (i, reason) in OTLP_DROP_REASONS.iter().enumerate() {
+            let n = self.otlp_dropped[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "hlgate_otlp_spans_dropped_total{{reason=\"{reason}\"}} {n}"
             );
         }
         out

@@ -23,6 +23,7 @@ use crate::oauth::{
 use crate::publish::{relay, Relay, RelayConfig};
 use crate::schema::Schemas;
 use crate::store::{Store, StoreError};
+use crate::traces::Tracer;
 use crate::verify::Verifier;
 
 /// How often the token schedule looks for tenants due for a refresh.
@@ -88,6 +89,7 @@ struct Opened {
     tokens: Arc<TokenService>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    tracer: Tracer,
 }
 
 /// A built hlgate, listening, ready to run.
@@ -157,7 +159,12 @@ fn token_service(
 }
 
 /// The HighLevel API proxy, on the token module's tokens.
-fn proxy(settings: &Settings, tokens: &Arc<TokenService>, metrics: &Arc<Metrics>) -> Proxy {
+fn proxy(
+    settings: &Settings,
+    tokens: &Arc<TokenService>,
+    metrics: &Arc<Metrics>,
+    tracer: &Tracer,
+) -> Proxy {
     let api = &settings.api;
     Proxy::new(
         tokens.clone(),
@@ -168,6 +175,7 @@ fn proxy(settings: &Settings, tokens: &Arc<TokenService>, metrics: &Arc<Metrics>
             max_wait: api.max_wait,
         },
         metrics.clone(),
+        tracer.clone(),
     )
 }
 
@@ -229,6 +237,7 @@ fn open_core(
         metrics: metrics.clone(),
         retention: settings.store.dedup_retention,
         max_future_skew: checks.max_future_skew,
+        tracer: Tracer::start(&settings.traces, &metrics),
     });
     // Last: it takes the tally's deliveries queue, which a failed start must not have taken.
     let attempts = store.attempts().map_err(store_error(data_dir))?;
@@ -263,6 +272,7 @@ fn assemble(
         ingest,
         health,
     } = core;
+    let tracer = ingest.tracer.clone();
     let servers = http::serve(
         &settings.http,
         listeners,
@@ -273,7 +283,7 @@ fn assemble(
             admin_token: settings.http.admin_token.clone(),
             outbox_max_events: settings.store.outbox_max_events,
             tokens: tokens.clone(),
-            proxy: Arc::new(proxy(settings, &tokens, &metrics)),
+            proxy: Arc::new(proxy(settings, &tokens, &metrics, &tracer)),
             proxy_tokens: settings.api.proxy_tokens.clone(),
             proxy_max_body_bytes: settings.api.max_body_bytes,
             shutdown: shutdown.clone(),
@@ -291,6 +301,7 @@ fn assemble(
         store: store.clone(),
         metrics: metrics.clone(),
         hooks: Some(Arc::new(Hooks(tokens.clone()))),
+        tracer: tracer.clone(),
     };
     Ok(Opened {
         servers,
@@ -299,6 +310,7 @@ fn assemble(
         tokens,
         health,
         metrics,
+        tracer,
     })
 }
 
@@ -434,6 +446,7 @@ impl Application {
             tokens,
             health,
             metrics,
+            tracer,
         } = opened;
         let grace = settings.http.shutdown_grace;
         let serving = servers.start(&tasks);
@@ -473,6 +486,9 @@ impl Application {
             tasks.wait().await;
             // After the listeners: the last answers are in the counts saved.
             health::save(health.clone()).await;
+            // After every task: their last spans are queued. A collector that is away has
+            // a second at most.
+            tracer.shutdown(Duration::from_secs(1)).await;
             if let Err(e) = store.flush().await {
                 warn!(error = %e, "final flush failed");
             }

@@ -374,6 +374,7 @@ fn unique(prefix: &str) -> String {
 
 #[tokio::test]
 async fn the_example_consumer_acks_verified_events_and_rejects_the_rest() {
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     use lapin::options::{
         BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
         QueueDeleteOptions,
@@ -448,6 +449,9 @@ async fn the_example_consumer_acks_verified_events_and_rejects_the_rest() {
         headers.insert("x-hl-signature".into(), text(signature));
         headers.insert("x-hl-signature-scheme".into(), text("ed25519"));
         headers.insert("x-hl-schema".into(), text("valid"));
+        if message_id == "m-good" {
+            headers.insert("traceparent".into(), text(TRACEPARENT));
+        }
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_message_id(message_id.into())
@@ -486,7 +490,8 @@ async fn the_example_consumer_acks_verified_events_and_rejects_the_rest() {
     assert_eq!(
         lines,
         [
-            "ack ContactCreate.loc1 message_id=m-good schema=valid signature=verified",
+            "ack ContactCreate.loc1 message_id=m-good schema=valid signature=verified \
+             trace=4bf92f3577b34da6a3ce929d0e0e4736 parent=00f067aa0ba902b7",
             "reject ContactCreate.loc1 message_id=m-forged schema=valid signature=invalid",
             &format!(
                 "reject ContactCreate.loc1 message_id={sha}/0 schema=valid signature=unverifiable"

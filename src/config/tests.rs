@@ -167,3 +167,42 @@ fn the_webhook_url_is_a_secret() {
     let shown = format!("{s:?} {:?}", s.describe());
     assert!(!shown.contains("s3cret"), "{shown}");
 }
+
+#[test]
+fn traces_are_off_by_default_and_their_secrets_stay_hidden() {
+    let s = Settings::load(None, &HashMap::new()).unwrap();
+    assert!(s.traces.endpoint.is_none());
+    assert_eq!(s.traces.sample_ratio, 1.0);
+    let s = Settings::load(
+        Some("otlp_sample_ratio = \"0.1\"\n"),
+        &env(&[
+            (
+                "HLGATE_OTLP_ENDPOINT",
+                "https://u:pw@c.example/otlp?key=k3y",
+            ),
+            ("HLGATE_OTLP_HEADERS", "x-api-key=h3ader"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.traces.sample_ratio, 0.1);
+    assert_eq!(s.traces.headers.len(), 1);
+    let described = format!("{:?} {:?}", s.describe(), s);
+    for secret in ["pw", "k3y", "h3ader"] {
+        assert!(!described.contains(secret), "{secret} in {described}");
+    }
+    assert!(s.describe().contains(&(
+        "HLGATE_OTLP_ENDPOINT",
+        "https://u:[redacted]@c.example/otlp".to_string()
+    )));
+    let e = Settings::load(None, &env(&[("HLGATE_OTLP_ENDPOINT", "c:4318?key=k3y")]));
+    let e = e.unwrap_err().to_string();
+    assert!(
+        e.starts_with("HLGATE_OTLP_ENDPOINT:") && !e.contains("k3y"),
+        "{e}"
+    );
+    let e = Settings::load(None, &env(&[("HLGATE_OTLP_SAMPLE_RATIO", "2")]));
+    assert!(e
+        .unwrap_err()
+        .to_string()
+        .starts_with("HLGATE_OTLP_SAMPLE_RATIO:"));
+}

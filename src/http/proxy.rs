@@ -239,7 +239,11 @@ async fn forward(
         headers: request_headers(&req),
         body,
     };
-    let (result, timing) = state.proxy.forward(&tenant, request).await;
+    let parent = (state.proxy.tracer()).incoming(|| {
+        let value = req.headers().get("traceparent")?;
+        value.to_str().ok().map(String::from)
+    });
+    let (result, timing) = state.proxy.forward(&tenant, request, parent).await;
     let answer = match result {
         Ok(response) => {
             let mut answer = HttpResponse::build(

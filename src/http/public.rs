@@ -15,6 +15,7 @@ use crate::ingest::{IngestError, Receipt};
 use crate::loglimit::LogLimit;
 use crate::metrics::WebhookOutcome;
 use crate::store::StoreError;
+use crate::traces::{Kind, Span};
 use crate::verify::SignatureHeaders;
 
 #[derive(Serialize)]
@@ -41,19 +42,26 @@ pub async fn webhook(
     let started = Instant::now();
     let ingest = &state.ingest;
     let metrics = &ingest.metrics;
+    // HighLevel sends no traceparent; a proxy in front of hlgate may.
+    let parent = ingest
+        .tracer
+        .incoming(|| header(&req, "traceparent").map(String::from));
+    let span = ingest
+        .tracer
+        .span_since("webhook", Kind::Server, parent, started);
 
     let read = read_limited(&req, payload, state.max_body_bytes, &state.bodies);
     let body = match tokio::time::timeout(state.body_timeout, read).await {
         Ok(Ok(body)) => body,
-        Ok(Err(e)) => return Err(refuse_body(&state, e, started)),
-        Err(_elapsed) => return Err(refuse_body(&state, BodyError::Timeout, started)),
+        Ok(Err(e)) => return Err(refuse_body(&state, e, started, span)),
+        Err(_elapsed) => return Err(refuse_body(&state, BodyError::Timeout, started, span)),
     };
     let headers = SignatureHeaders {
         ghl: header(&req, "x-ghl-signature"),
         wh: header(&req, "x-wh-signature"),
     };
 
-    let result = ingest.ingest(&body.bytes, headers).await;
+    let result = ingest.ingest(&body.bytes, headers, &span).await;
     let (attempt, answer) = match result {
         Ok(receipt) => {
             let (attempt, status) = if receipt.duplicate {
@@ -70,7 +78,7 @@ pub async fn webhook(
             state
                 .tally
                 .delivered(attempt, &receipt.tenant, &receipt.event_type);
-            log(attempt.outcome(), Some(&receipt), started, 200);
+            log(attempt.outcome(), Some(&receipt), started, 200, span);
             return Ok(response);
         }
         Err(IngestError::MissingSignature) => (
@@ -110,7 +118,13 @@ pub async fn webhook(
         }
     };
     count(&state, attempt);
-    log(attempt.outcome(), None, started, answer.status.as_u16());
+    log(
+        attempt.outcome(),
+        None,
+        started,
+        answer.status.as_u16(),
+        span,
+    );
     Err(answer)
 }
 
@@ -133,7 +147,7 @@ fn count(state: &PublicState, attempt: Attempt) {
 
 /// The answer to a body that could not be read; counted and logged like every webhook answer
 /// (a broken connection too: HighLevel counts a delivery without an answer as failed).
-fn refuse_body(state: &PublicState, error: BodyError, started: Instant) -> ApiError {
+fn refuse_body(state: &PublicState, error: BodyError, started: Instant, span: Span) -> ApiError {
     let (attempt, answer) = match error {
         BodyError::Read(e) => (
             Attempt::Unreadable,
@@ -164,12 +178,38 @@ fn refuse_body(state: &PublicState, error: BodyError, started: Instant) -> ApiEr
         ),
     };
     count(state, attempt);
-    log(attempt.outcome(), None, started, answer.status.as_u16());
+    log(
+        attempt.outcome(),
+        None,
+        started,
+        answer.status.as_u16(),
+        span,
+    );
     answer
 }
 
-/// One line per request; never a secret.
-fn log(outcome: WebhookOutcome, receipt: Option<&Receipt>, started: Instant, status: u16) {
+/// One line per request, and the end of its span; never a secret.
+fn log(
+    outcome: WebhookOutcome,
+    receipt: Option<&Receipt>,
+    started: Instant,
+    status: u16,
+    mut span: Span,
+) {
+    if span.is_recording() {
+        span.set("http.request.method", "POST");
+        span.set("http.route", "/webhooks/highlevel");
+        span.set("http.response.status_code", i64::from(status));
+        span.set("hlgate.outcome", outcome.as_str());
+        if let Some(r) = receipt {
+            span.set("hlgate.tenant", r.tenant.as_str());
+            span.set("hlgate.event_type", r.event_type.as_str());
+        }
+        if status >= 400 {
+            span.fail("refused");
+        }
+    }
+    span.end();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     match receipt {
         Some(r) => tracing::info!(

@@ -20,6 +20,7 @@ use crate::highlevel::RateLimitHeaders;
 use crate::highlevel::{ApiBody, ApiCallError, ApiClient, ApiRequest, ApiResponse};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
+use crate::traces::{Kind, Span, SpanContext, Tracer};
 
 /// HighLevel's burst interval until its headers say otherwise.
 const INTERVAL: Duration = Duration::from_secs(10);
@@ -111,6 +112,7 @@ pub struct Proxy {
     queues: Flights,
     settings: ProxySettings,
     metrics: Arc<Metrics>,
+    tracer: Tracer,
 }
 
 /// Methods whose repetition HighLevel documents as harmless.
@@ -132,6 +134,7 @@ impl Proxy {
         api: ApiClient,
         settings: ProxySettings,
         metrics: Arc<Metrics>,
+        tracer: Tracer,
     ) -> Proxy {
         let limits = Limits {
             burst: settings.burst,
@@ -145,7 +148,13 @@ impl Proxy {
             queues: Flights::default(),
             settings,
             metrics,
+            tracer,
         }
+    }
+
+    /// Where a proxied call's spans start.
+    pub fn tracer(&self) -> &Tracer {
+        &self.tracer
     }
 
     /// The budget of a tenant with these ids, as the governor believes it now.
@@ -167,14 +176,17 @@ impl Proxy {
         }
     }
 
-    /// Forwards `request` for `tenant`: HighLevel's answer, or why there is none.
+    /// Forwards `request` for `tenant`: HighLevel's answer, or why there is none. Its `proxy`
+    /// span continues the caller's trace (`parent`) when it sent one.
     pub async fn forward(
         &self,
         tenant: &str,
         mut request: Forward,
+        parent: Option<SpanContext>,
     ) -> (Result<ApiResponse, ProxyError>, Timing) {
         let mut timing = Timing::default();
-        let result = self.attempts(tenant, &mut request, &mut timing).await;
+        let mut span = self.tracer.span("proxy", Kind::Server, parent);
+        let result = (self.attempts(tenant, &mut request, &mut timing, &span)).await;
         self.metrics.api_wait_seconds.observe(timing.wait);
         if !timing.upstream.is_zero() {
             self.metrics.api_upstream_seconds.observe(timing.upstream);
@@ -195,6 +207,18 @@ impl Proxy {
             Err(ProxyError::TooLarge | ProxyError::Body(_)) => "client_error",
         };
         self.metrics.api_request(outcome);
+        if span.is_recording() {
+            span.set("http.request.method", request.method.as_str());
+            span.set("hlgate.tenant", tenant);
+            span.set("hlgate.outcome", outcome);
+            if let Ok(r) = &result {
+                span.set("http.response.status_code", i64::from(r.status));
+            }
+            if !matches!(outcome, "ok" | "client_error") {
+                span.fail("not answered by HighLevel as asked");
+            }
+        }
+        span.end();
         (result, timing)
     }
 
@@ -203,6 +227,7 @@ impl Proxy {
         tenant: &str,
         request: &mut Forward,
         timing: &mut Timing,
+        trace: &Span,
     ) -> Result<ApiResponse, ProxyError> {
         let started = Instant::now();
         let record = self.tokens.proxy_record(tenant).await?;
@@ -218,8 +243,13 @@ impl Proxy {
         let mut backoff = Backoff::new(RETRY_PAUSE.0, RETRY_PAUSE.1);
         loop {
             let admitted = Instant::now();
+            let mut waiting = trace.child("governor_wait", Kind::Internal);
             let sent = self.admit(&key, started).await;
             timing.wait += admitted.elapsed();
+            if sent.is_err() {
+                waiting.fail("no budget within HLGATE_API_MAX_WAIT");
+            }
+            waiting.end();
             let sent = sent?;
             let body = match first.take() {
                 Some(body) => body,
@@ -232,8 +262,14 @@ impl Proxy {
                 body,
             };
             let t0 = Instant::now();
+            let mut upstream = trace.child("upstream", Kind::Client);
             let answer = self.api.send(call, &token).await;
             timing.upstream += t0.elapsed();
+            match &answer {
+                Ok(r) => upstream.set("http.response.status_code", i64::from(r.status)),
+                Err(_) => upstream.fail("HighLevel could not be reached"),
+            }
+            upstream.end();
             self.budget.settle(&key, sent);
             let response = match answer {
                 Ok(response) => response,

@@ -11,6 +11,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::entry::Entry;
+use crate::traces::SpanContext;
 
 /// Alternate exchange and queue for events no consumer has bound.
 pub const UNROUTED: &str = "highlevel.unrouted";
@@ -189,8 +190,13 @@ impl Headers {
 
 /// The message properties and headers consumers rely on (README: "For consumers"). The
 /// signature is sent whole: it verified against a configured key, so it is as long as that
-/// key's signatures; the access token comes from HighLevel, not from the body.
-pub fn properties(entry: &Entry, attached: &Attached) -> BasicProperties {
+/// key's signatures; the access token comes from HighLevel, not from the body. `trace` is the
+/// publish span's place, sent as the W3C `traceparent` a consumer continues.
+pub fn properties(
+    entry: &Entry,
+    attached: &Attached,
+    trace: Option<&SpanContext>,
+) -> BasicProperties {
     let mut h = Headers::default();
     h.capped("x-hl-event-type", &entry.event_type);
     h.capped("x-hl-tenant-id", &entry.tenant);
@@ -227,6 +233,9 @@ pub fn properties(entry: &Entry, attached: &Attached) -> BasicProperties {
             h.put("x-hl-token-error", text(why));
         }
     }
+    if let Some(trace) = trace {
+        h.put("traceparent", text(&trace.traceparent()));
+    }
     let message_id = entry.message_id();
     if entry.replay {
         h.put("x-hl-replay", AMQPValue::Boolean(true));
@@ -253,9 +262,10 @@ pub fn quarantine_properties(entry: &Entry, why: &str) -> BasicProperties {
 
 /// The message `entry` is published as, for an operator to read (`GET /v1/events/{seq}`):
 /// its routing key, properties and headers as [`properties`] makes them, with no token
-/// attached (the tokens go on at publish time, and never into an answer).
+/// attached (the tokens go on at publish time, and never into an answer) and no `traceparent`
+/// (each publish has its own).
 pub fn message_view(entry: &Entry) -> serde_json::Value {
-    let props = properties(entry, &Attached::Off);
+    let props = properties(entry, &Attached::Off, None);
     let mut headers = serde_json::Map::new();
     if let Some(table) = props.headers() {
         for (name, value) in table.inner() {

@@ -19,6 +19,7 @@ use crate::metrics::{BrokerState, Metrics, PublishResult};
 use crate::schema::SchemaMode;
 use crate::secret::Secret;
 use crate::store::Store;
+use crate::traces::Tracer;
 
 /// How many entries one read takes from the outbox; up to two such windows are unconfirmed.
 /// Under load a confirm round trip is long (RabbitMQ shares the CPU with ingest): smaller
@@ -53,6 +54,8 @@ pub struct Relay {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub hooks: Option<Arc<dyn TokenHooks>>,
+    /// Where each publish's span starts; its context is the message's `traceparent`.
+    pub tracer: Tracer,
 }
 
 impl Relay {
@@ -140,6 +143,7 @@ impl Relay {
             hooks: self.hooks.as_ref(),
             exchange: &self.config.exchange,
             schema_mode: self.config.schema_mode,
+            tracer: &self.tracer,
         }
     }
 

@@ -20,6 +20,7 @@ use crate::loglimit::LogLimit;
 use crate::metrics::{BrokerState, Metrics, PublishResult};
 use crate::schema::{Outcome, SchemaMode};
 use crate::store::Store;
+use crate::traces::{Kind, Span, SpanContext, Tracer};
 
 /// A window whose confirms have not all come within this time means a stalled link (a network
 /// that drops without a reset): reconnect. Time the broker spends blocking the connection (a
@@ -47,16 +48,17 @@ pub trait TokenHooks: Send + Sync {
     fn published<'a>(&'a self, entry: &'a Entry) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 }
 
-/// A batch handed to the broker, its confirms not yet awaited.
+/// A batch handed to the broker, its confirms not yet awaited; each with its publish span,
+/// which ends at its confirm.
 pub(super) struct InFlight {
-    pub confirms: Vec<(Entry, lapin::PublisherConfirm)>,
+    pub confirms: Vec<(Entry, lapin::PublisherConfirm, Span)>,
     /// Set when the batch could not be handed over whole.
     pub failure: Option<LinkDown>,
 }
 
 impl InFlight {
     pub fn first(&self) -> u64 {
-        self.confirms.first().map_or(0, |(e, _)| e.seq)
+        self.confirms.first().map_or(0, |(e, _, _)| e.seq)
     }
 }
 
@@ -144,6 +146,7 @@ pub(super) struct Wire<'a> {
     pub hooks: Option<&'a Arc<dyn TokenHooks>>,
     pub exchange: &'a str,
     pub schema_mode: SchemaMode,
+    pub tracer: &'a Tracer,
 }
 
 impl Wire<'_> {
@@ -156,6 +159,7 @@ impl Wire<'_> {
     pub async fn publish(&self, batch: Vec<Entry>) -> InFlight {
         let mut handed = Vec::with_capacity(batch.len());
         let mut failure = None;
+        let spans: Vec<Span> = batch.iter().map(|e| self.span(e)).collect();
         let attached = match self.hooks {
             Some(h) => h.attach_many(&batch).await,
             None => Vec::new(),
@@ -165,12 +169,16 @@ impl Wire<'_> {
             for (i, entry) in batch.iter().enumerate() {
                 let attached = attached.get(i).unwrap_or(&Attached::Off);
                 let (exchange, routing_key) = self.destination(entry);
+                // Off, a trace of its own that nothing records: a consumer still continues it.
+                let trace = spans[i]
+                    .context()
+                    .unwrap_or_else(|| SpanContext::random(false));
                 let mut send = Box::pin(self.link.channel.basic_publish(
                     exchange,
                     amqp::short(&routing_key),
                     BasicPublishOptions::default(),
                     &entry.body,
-                    amqp::properties(entry, attached),
+                    amqp::properties(entry, attached, Some(&trace)),
                 ));
                 let first = futures_util::poll!(send.as_mut());
                 let failed = matches!(first, Poll::Ready(Err(_)));
@@ -202,8 +210,30 @@ impl Wire<'_> {
                 }
             }
         }
-        let confirms = batch.into_iter().zip(handed).collect();
+        let mut spans = spans.into_iter();
+        let confirms = (batch.into_iter().zip(handed))
+            .map(|(entry, confirm)| (entry, confirm, spans.next().unwrap_or_default()))
+            .collect();
+        spans.for_each(|mut s| s.fail("not handed to the broker"));
         InFlight { confirms, failure }
+    }
+
+    /// An entry's publish span: a child of its webhook's while the entry came from memory.
+    fn span(&self, entry: &Entry) -> Span {
+        let mut span = self.tracer.span("publish", Kind::Producer, entry.trace);
+        if span.is_recording() {
+            let (exchange, routing_key) = self.destination(entry);
+            span.set("messaging.system", "rabbitmq");
+            span.set("messaging.operation.type", "send");
+            span.set("messaging.destination.name", exchange.as_str());
+            span.set("messaging.rabbitmq.destination.routing_key", routing_key);
+            span.set("messaging.message.id", entry.message_id());
+            span.set("hlgate.seq", entry.seq as i64);
+            span.set("hlgate.tenant", entry.tenant.as_str());
+            span.set("hlgate.event_type", entry.event_type.as_str());
+            span.set("hlgate.replay", entry.replay);
+        }
+        span
     }
 
     /// Awaits `work` while the broker answers. Time the broker spends blocking the connection
@@ -267,21 +297,26 @@ impl Wire<'_> {
         let mut patience = Patience(CONFIRM_TIMEOUT);
         let mut acked = Vec::with_capacity(in_flight.confirms.len());
         let mut settled = Settled::default();
-        for (entry, confirm) in in_flight.confirms {
+        let mut confirms = in_flight.confirms.into_iter();
+        while let Some((entry, confirm, mut span)) = confirms.next() {
             let confirmed = match self.on_link(&mut patience, confirm).await {
                 Ok(confirmed) => confirmed,
                 Err(down) => {
                     failure.get_or_insert(down);
+                    span.fail("no confirm: the link went down");
+                    confirms.for_each(|(_, _, mut s)| s.fail("no confirm: the link went down"));
                     break;
                 }
             };
             let now = Instant::now();
             match confirmed {
                 Ok(c) if c.is_ack() => {
+                    span.end();
                     refused.acked(entry.seq, now);
                     acked.push(entry);
                 }
                 Ok(_) => {
+                    span.fail("nacked by the broker");
                     self.metrics.publish(PublishResult::Nack, 1);
                     match refused.nacked(entry.seq, now) {
                         Verdict::Retry => {
@@ -303,6 +338,7 @@ impl Wire<'_> {
                     }
                 }
                 Err(e) => {
+                    span.fail("the confirm failed");
                     self.metrics.publish(PublishResult::Error, 1);
                     failure.get_or_insert_with(|| LinkDown::from_error("confirm", &e));
                 }

@@ -53,7 +53,7 @@ pub use outbox::Window;
 pub use replay::ReplayError;
 pub use sweep::SweepReport;
 pub use tokens::{KeyedTree, OfflineTrees};
-pub use writer::AcceptOutcome;
+pub use writer::{AcceptOutcome, Answered};
 
 use std::path::Path;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -332,9 +332,21 @@ impl Store {
         dedup_key: String,
         entries: Vec<Entry>,
     ) -> Result<AcceptOutcome, StoreError> {
+        let answered = self.accept_stamped(dedup_key, entries, false).await;
+        answered.map(|a| a.outcome)
+    }
+
+    /// [`Store::accept`], with the instant the dedup lookup answered when `stamp`.
+    pub async fn accept_stamped(
+        &self,
+        dedup_key: String,
+        entries: Vec<Entry>,
+        stamp: bool,
+    ) -> Result<Answered, StoreError> {
         self.send(|reply| Command::Accept {
             dedup_key,
             events: Events::Entries(entries),
+            stamp,
             reply,
         })
         .await
@@ -348,11 +360,23 @@ impl Store {
         dedup_key: String,
         record: ArrayRecord,
     ) -> Result<AcceptOutcome, StoreError> {
+        let answered = self.accept_array_stamped(dedup_key, record, false).await;
+        answered.map(|a| a.outcome)
+    }
+
+    /// [`Store::accept_array`], with the instant the dedup lookup answered when `stamp`.
+    pub async fn accept_array_stamped(
+        &self,
+        dedup_key: String,
+        record: ArrayRecord,
+        stamp: bool,
+    ) -> Result<Answered, StoreError> {
         // The elements' lookup rows are read here, off the writer's thread.
         let rows = lookup::array_rows(&record).unwrap_or_default();
         self.send(|reply| Command::Accept {
             dedup_key,
             events: Events::Array(record, rows),
+            stamp,
             reply,
         })
         .await

@@ -102,6 +102,14 @@ pub enum AcceptOutcome {
     Duplicate,
 }
 
+/// A delivery's outcome, and when its dedup lookup answered when that was asked (a traced
+/// webhook's `dedup` span ends there and its `commit` span starts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answered {
+    pub outcome: AcceptOutcome,
+    pub deduped: Option<Instant>,
+}
+
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// What the handle asks of the writer.
@@ -109,7 +117,8 @@ pub(super) enum Command {
     Accept {
         dedup_key: String,
         events: Events,
-        reply: Reply<AcceptOutcome>,
+        stamp: bool,
+        reply: Reply<Answered>,
     },
     Append {
         entries: Vec<Entry>,
@@ -122,7 +131,7 @@ pub(super) enum Command {
 
 /// A request of the current batch waiting for the flush.
 enum Waiting {
-    Accept(Reply<AcceptOutcome>, AcceptOutcome),
+    Accept(Reply<Answered>, Answered),
     Append(Reply<usize>, usize),
 }
 
@@ -344,6 +353,7 @@ impl Writer {
                 Command::Accept {
                     dedup_key,
                     events,
+                    stamp,
                     reply,
                 } => {
                     // A key taken earlier in this batch needs no lookup.
@@ -355,11 +365,12 @@ impl Writer {
                                 continue;
                             }
                         };
+                    let deduped = stamp.then(Instant::now);
                     if duplicate {
                         // Its first copy is on disk already, or in this very batch.
-                        commit
-                            .waiting
-                            .push(Waiting::Accept(reply, AcceptOutcome::Duplicate));
+                        let outcome = AcceptOutcome::Duplicate;
+                        let answer = Answered { outcome, deduped };
+                        commit.waiting.push(Waiting::Accept(reply, answer));
                         continue;
                     }
                     // Only after dedup: a redelivery of what is stored is a duplicate even
@@ -389,10 +400,9 @@ impl Writer {
                     }
                     let seqs = (first_seq, u32::try_from(count).unwrap_or(u32::MAX));
                     commit.keys.insert(dedup_key, seqs);
-                    commit.waiting.push(Waiting::Accept(
-                        reply,
-                        AcceptOutcome::Accepted { first_seq, count },
-                    ));
+                    let outcome = AcceptOutcome::Accepted { first_seq, count };
+                    let answer = Answered { outcome, deduped };
+                    commit.waiting.push(Waiting::Accept(reply, answer));
                 }
                 Command::Append { entries, reply } => {
                     if let Err(e) = self.room(disk, &commit, entries_bytes(&entries)) {

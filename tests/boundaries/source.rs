@@ -5,10 +5,16 @@ pub const ROOMS: &[(&str, &[&str])] = &[
     ("sled", &["src/store/"]),
     ("lapin", &["src/publish/"]),
     ("actix", &["src/http/"]),
-    // The alert webhook is no HighLevel endpoint: its sender is a room of its own.
+    // The alert webhook and the OTLP collector are no HighLevel endpoints: each sender is a
+    // room of its own.
     (
         "reqwest",
-        &["src/highlevel/", "src/cli/", "src/health/notify.rs"],
+        &[
+            "src/highlevel/",
+            "src/cli/",
+            "src/health/notify.rs",
+            "src/traces/export.rs",
+        ],
     ),
 ];
 

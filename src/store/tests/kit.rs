@@ -83,6 +83,7 @@ pub(in crate::store) fn entry(key: &str, body: &str) -> Entry {
         accepted_ms: 0,
         replay: false,
         redrive: false,
+        trace: None,
         scheme: Scheme::Ed25519,
         compact: false,
         schema: Outcome::Unknown,
