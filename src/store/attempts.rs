@@ -194,6 +194,8 @@ mod tests {
             .unwrap();
         drop(attempts);
         drop(db);
+        // sled lets go of its file lock a moment after the last handle is dropped.
+        std::thread::sleep(std::time::Duration::from_millis(300));
 
         let db = sled::open(dir.path()).unwrap();
         let read = Attempts::open(&db).unwrap().read(0).unwrap();
