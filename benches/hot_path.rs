@@ -518,6 +518,65 @@ fn health(c: &mut Criterion) {
     drop(dir);
 }
 
+/// The span work of one webhook (webhook, verify, dedup, commit) and its publish (the span and
+/// the message's `traceparent`), as the handler, ingest and the relay do it. `off`: no
+/// `HLGATE_OTLP_ENDPOINT`, every span empty, the `traceparent` from fresh ids: what every
+/// request pays. `on`: every trace recorded and queued for an exporter (pointed at a port
+/// nothing listens on, so a full queue drops; either is a `try_send`).
+fn traces(c: &mut Criterion) {
+    use hlgate::config::Settings;
+    use hlgate::metrics::Metrics;
+    use hlgate::traces::{Kind, Span, SpanContext, Tracer};
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let _entered = runtime.enter();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let endpoint = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let env = [("HLGATE_OTLP_ENDPOINT".to_string(), endpoint)].into();
+    let settings = Settings::load(None, &env).expect("settings").traces;
+    let metrics = std::sync::Arc::new(Metrics::default());
+    let one_request = |tracer: &Tracer| {
+        let started = Instant::now();
+        let parent = tracer.incoming(|| None);
+        let mut webhook = tracer.span_since("webhook", Kind::Server, parent, started);
+        let mut verify = webhook.child("verify", Kind::Internal);
+        if verify.is_recording() {
+            verify.set("hlgate.signature_scheme", "ed25519");
+        }
+        verify.end();
+        if webhook.is_recording() {
+            let deduped = Instant::now();
+            webhook.child_between("dedup", started, deduped);
+            webhook.child_between("commit", deduped, Instant::now());
+            webhook.set("hlgate.tenant", "ve9EPM428h8vShlRW1KT");
+            webhook.set("hlgate.event_type", "ContactCreate");
+        }
+        let context = webhook.context();
+        webhook.end();
+        let mut publish: Span = tracer.span("publish", Kind::Producer, context);
+        if publish.is_recording() {
+            publish.set("hlgate.tenant", "ve9EPM428h8vShlRW1KT");
+        }
+        let trace = (publish.context()).unwrap_or_else(|| SpanContext::random(false));
+        black_box(trace.traceparent());
+        publish.end();
+    };
+    loadavg("traces", "before");
+    let mut g = c.benchmark_group("traces");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    let off = Tracer::off();
+    g.bench_function("off", |b| b.iter(|| one_request(black_box(&off))));
+    // The part of `off` the contract asks for: the message's own traceparent.
+    g.bench_function("traceparent", |b| {
+        b.iter(|| black_box(SpanContext::random(false).traceparent()))
+    });
+    let on = Tracer::start(&settings, &metrics);
+    g.bench_function("on", |b| b.iter(|| one_request(black_box(&on))));
+    g.finish();
+    loadavg("traces", "after");
+}
+
 criterion_group!(
     benches,
     verify,
@@ -525,6 +584,7 @@ criterion_group!(
     schema,
     store_accept,
     outbox,
-    health
+    health,
+    traces
 );
 criterion_main!(benches);
