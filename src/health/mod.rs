@@ -40,13 +40,11 @@ use crate::oauth::TokenService;
 use crate::store::{Attempts, Changes, LastDelivery, Store, StoreError};
 use alerts::Alerts;
 use clock::minute_of;
-use minutes::Minutes;
+use minutes::{Minutes, KEEP_MINUTES};
 use report::Extras;
 use tally::Delivery;
 use watch::Snapshot;
 
-/// How long minute counts are kept: the 72-hour window and silence's 3 days back, with room.
-const KEEP_MINUTES: u64 = 5 * 24 * 60;
 /// How often the background task takes the counts and looks at the alerts.
 const TICK: Duration = Duration::from_secs(1);
 

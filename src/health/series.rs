@@ -5,13 +5,13 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::clock::rfc3339;
-use super::minutes::Minutes;
+use super::minutes::{Minutes, KEEP_MINUTES};
 use super::tally::Attempt;
 
 /// The most steps one answer holds: 72 hours of minutes.
 pub const MAX_STEPS: u64 = 72 * 60;
 /// The longest span asked for: the minutes kept (5 days).
-pub const MAX_SPAN_MINUTES: u64 = super::KEEP_MINUTES;
+pub const MAX_SPAN_MINUTES: u64 = KEEP_MINUTES;
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Series {
