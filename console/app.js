@@ -101,6 +101,11 @@ signedOut.addEventListener('signed-out', () => {
 });
 
 document.addEventListener('DOMContentLoaded', () => {
+  // The skip link moves the focus only: as a hash it would be taken for a route.
+  document.querySelector('.skip').addEventListener('click', (e) => {
+    e.preventDefault();
+    main().focus();
+  });
   document.getElementById('sign-out').addEventListener('click', () => {
     session.clear();
     signInForm(null);
