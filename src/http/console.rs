@@ -10,8 +10,8 @@ use super::error::not_found;
 
 /// Scripts and styles from this listener only, no inline script, no framing, no plugins; the
 /// API calls go to the same origin.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
-     style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; \
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self'; img-src 'self'; connect-src 'self'; object-src 'none'; \
      base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// Every file of the console by its name under `/console/`, with its media type.
@@ -80,4 +80,29 @@ fn page(media_type: &'static str, text: &'static str) -> HttpResponse {
         // Small files: asked again each load, so a new binary's page is never mixed with old.
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")));
     response.body(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_of_the_console_is_served() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/console");
+        let mut missing = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name != "index.html" && !ASSETS.iter().any(|(served, _, _)| *served == name) {
+                missing.push(name);
+            }
+        }
+        assert!(missing.is_empty(), "not in ASSETS: {missing:?}");
+    }
+
+    #[test]
+    fn the_page_loads_its_scripts_from_this_listener_only() {
+        assert!(INDEX.contains(r#"<script type="module" src="/console/app.js">"#));
+        assert!(!INDEX.contains("<script>"), "no inline script");
+        assert!(!INDEX.contains("http://") && !INDEX.contains("https://"));
+    }
 }

@@ -47,6 +47,12 @@ async fn search_an_event_s_page_a_replay_and_a_window_replay() {
         return;
     };
     b.goto(&app.admin_url("/#/events")).await;
+    // A body search without a window, tenant or type: the API's refusal, said on the page.
+    b.fill("#f-q", "console").await;
+    b.click("form.search button[type=submit]").await;
+    b.text_with("#results [role=alert]", "bad_request: q reads event bodies")
+        .await;
+    b.fill("#f-q", "").await;
     b.fill("#f-tenant", &a).await;
     b.click("form.search button[type=submit]").await;
     b.until("document.querySelectorAll('#results tbody tr').length === 3")
@@ -82,6 +88,9 @@ async fn search_an_event_s_page_a_replay_and_a_window_replay() {
     // Replay, once confirmed: exactly one message, marked.
     b.press("Replay").await;
     b.text_with(".confirm", "Publish event").await;
+    // The confirmation takes the focus, so that Enter or Escape-then-Tab decide it.
+    let focused = b.js("return document.activeElement.textContent;").await;
+    assert_eq!(focused, "Yes, replay");
     tap.assert_quiet(Duration::from_millis(300)).await;
     b.press("Yes, replay").await;
     b.text_with(".confirm", "Queued").await;
