@@ -21,20 +21,18 @@ export async function render(root, params) {
   }
   root.append(h('h1', {}, 'Tenants'), filter);
 
-  // Shown before everything else whenever the list is not filtered to another state.
-  if (!after && (state === '' || state === 'needs_reauth')) {
+  // Shown before everything else on the first page of the whole list.
+  if (!after && state === '') {
     const reauth = await api(`/v1/tenants${query({ state: 'needs_reauth', limit: PAGE })}`);
     if (reauth.tenants.length) {
       root.append(h('section', { class: 'card wide attention', 'aria-labelledby': 'h-reauth', id: 'needs-reauth' },
         h('h2', { id: 'h-reauth' }, `Need the app installed again (${reauth.tenants.length}${reauth.next ? '+' : ''})`),
-        h('p', {}, 'hlgate could neither refresh nor recover these tokens. An admin of each location or '
-          + 'agency must install the app again (the install link is /oauth/install on the public listener); '
-          + 'until then its events are still stored and published, but no token is served or attached. '
-          + 'The last error says what HighLevel answered.'),
-        h('div', { class: 'scroll' }, tenantsTable(reauth.tenants, 'Tenants that need re-authorisation'))));
+        whatToDo(),
+        h('div', { class: 'scroll' }, tenantsTable(reauth.tenants, 'Tenants that need re-authorisation')),
+        reauth.next ? h('p', {}, h('a', { href: '#/tenants?state=needs_reauth' }, 'Every tenant that needs it')) : null));
     }
   }
-  if (state === 'needs_reauth') return;
+  if (state === 'needs_reauth') root.append(h('div', { class: 'card wide attention' }, whatToDo()));
 
   const page = await api(`/v1/tenants${query({ state, limit: PAGE, after })}`);
   const list = h('section', { class: 'card wide', 'aria-labelledby': 'h-all', id: 'all-tenants' },
@@ -48,6 +46,13 @@ export async function render(root, params) {
   list.append(nav);
   root.append(list);
   if (page.pending_installs?.length) root.append(pending(page.pending_installs));
+}
+
+function whatToDo() {
+  return h('p', {}, 'hlgate could neither refresh nor recover these tokens. An admin of each location or '
+    + 'agency must install the app again (the install link is /oauth/install on the public listener); '
+    + 'until then its events are still stored and published, but no token is served or attached. '
+    + 'The last error says what HighLevel answered.');
 }
 
 function tenantsTable(tenants, caption) {

@@ -208,6 +208,16 @@ async fn quarantine_redrives_an_event_and_tenants_list_needs_reauth_first() {
         .js("return [...document.querySelectorAll('tbody tr')].map(r => r.dataset.tenant);")
         .await;
     assert_eq!(private, json!(["loc-mm-private"]));
+    b.goto(&app.admin_url("/#/tenants?state=needs_reauth"))
+        .await;
+    b.until("document.querySelector('#all-tenants h2')?.textContent === 'Tenants: needs_reauth'")
+        .await;
+    let listed = b
+        .js("return [...document.querySelectorAll('tbody tr')].map(r => r.dataset.tenant);")
+        .await;
+    assert_eq!(listed, json!([reauth]));
+    b.text_with("main .attention", "must install the app again")
+        .await;
     b.goto(&app.admin_url("/")).await;
     b.text_with("[data-metric='tenants-needs_reauth']", "1")
         .await;
