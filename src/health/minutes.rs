@@ -6,6 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::tally::Attempt;
 use crate::store::MinuteCounts;
 
+/// How long minute counts are kept: the 72-hour window and silence's 3 days back, with room.
+pub const KEEP_MINUTES: u64 = 5 * 24 * 60;
+
 /// Counts by [`Attempt::ALL`] slot.
 pub type Counts = [u64; Attempt::ALL.len()];
 

@@ -5,8 +5,8 @@
 //! The rooms: `tally` (the hot path's atomic counters), `clock` (the time read, injectable),
 //! `minutes` (the counts per minute in memory), `judge` (pure: window status, silence,
 //! signature bursts), `watch` (one look at everything, and each alert's condition in it),
-//! `alerts` (transitions with a hold-down), `report` (`/v1/health`), `notify` (the alert
-//! webhook).
+//! `alerts` (transitions with a hold-down), `report` (`/v1/health`), `series` (the counts in
+//! steps, for charts), `notify` (the alert webhook).
 
 mod alerts;
 mod clock;
@@ -14,6 +14,7 @@ mod judge;
 mod minutes;
 mod notify;
 mod report;
+mod series;
 mod tally;
 mod watch;
 
@@ -21,6 +22,7 @@ pub use alerts::{Fired, Kind, Severity};
 pub use clock::{rfc3339, Clock, ManualClock};
 pub use notify::{payload, Notifier};
 pub use report::{ActiveAlert, Report};
+pub use series::{Series, MAX_SPAN_MINUTES, MAX_STEPS};
 pub use tally::{Attempt, Tally};
 pub use watch::{Conditions, StoreCondition};
 
@@ -38,13 +40,11 @@ use crate::oauth::TokenService;
 use crate::store::{Attempts, Changes, LastDelivery, Store, StoreError};
 use alerts::Alerts;
 use clock::minute_of;
-use minutes::Minutes;
+use minutes::{Minutes, KEEP_MINUTES};
 use report::Extras;
 use tally::Delivery;
 use watch::Snapshot;
 
-/// How long minute counts are kept: the 72-hour window and silence's 3 days back, with room.
-const KEEP_MINUTES: u64 = 5 * 24 * 60;
 /// How often the background task takes the counts and looks at the alerts.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -207,6 +207,15 @@ impl Health {
         Report::new(&snapshot, extras)
     }
 
+    /// The last `span_minutes` (ending with the current minute) in steps of `step_minutes`,
+    /// which divides it.
+    pub fn series(&self, span_minutes: u64, step_minutes: u64) -> Series {
+        let mut book = self.book();
+        let now = self.clock.now_ms();
+        self.absorb(&mut book, now);
+        series::series(&book.minutes, minute_of(now), span_minutes, step_minutes)
+    }
+
     /// Up to `limit` tenants after `after` in tenant order with their last delivery, and the
     /// cursor of the next page.
     pub fn tenants(
@@ -314,6 +323,7 @@ mod tests {
             broker: BrokerState::Connected,
             store: StoreCondition::Ok,
             needs_reauth: 0,
+            tenant_states: Vec::new(),
         }
     }
 

@@ -86,6 +86,8 @@ pub struct OutboxView {
 #[derive(Debug, Serialize)]
 pub struct TenantsView {
     pub needs_reauth: u64,
+    /// Tenants by token state, every state named.
+    pub by_state: Map<String, Value>,
     /// Tenants with a delivery on record.
     pub seen: usize,
 }
@@ -171,6 +173,11 @@ impl Report {
             },
             tenants: TenantsView {
                 needs_reauth: c.needs_reauth,
+                by_state: c
+                    .tenant_states
+                    .iter()
+                    .map(|(state, n)| (state.to_string(), (*n).into()))
+                    .collect(),
                 seen: extras.tenants_seen,
             },
             alerts: extras.alerts,

@@ -23,6 +23,8 @@ pub struct Conditions {
     pub broker: BrokerState,
     pub store: StoreCondition,
     pub needs_reauth: u64,
+    /// Tenants by token state, every state named.
+    pub tenant_states: Vec<(&'static str, u64)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,17 +61,18 @@ impl Conditions {
         } else {
             StoreCondition::Ok
         };
-        let needs_reauth = tokens
-            .state_counts()
-            .into_iter()
+        let tenant_states = tokens.state_counts();
+        let needs_reauth = tenant_states
+            .iter()
             .find(|(state, _)| *state == "needs_reauth")
-            .map_or(0, |(_, n)| n);
+            .map_or(0, |(_, n)| *n);
         Conditions {
             outbox_depth,
             outbox_oldest_seconds,
             broker: metrics.broker(),
             store,
             needs_reauth,
+            tenant_states,
         }
     }
 }
@@ -374,6 +377,7 @@ mod tests {
             broker: BrokerState::Connected,
             store: StoreCondition::Ok,
             needs_reauth: 0,
+            tenant_states: Vec::new(),
         }
     }
 
@@ -396,6 +400,7 @@ mod tests {
             broker: BrokerState::Blocked,
             store: StoreCondition::Damaged,
             needs_reauth: 3,
+            tenant_states: vec![("needs_reauth", 3)],
         };
         let m = Minutes::default();
         let at_limits = Snapshot::take(NOW, &m, None, Some(300_000), troubled.clone(), &defaults);

@@ -2,12 +2,13 @@
 //! listener, and the one mapping from errors to HTTP answers.
 //!
 //! `server` builds both listeners and assembles their routes; the handler files (`public`,
-//! `oauth`, `admin`, `events`, `health`, `proxy`, and `holding` for a start that waits for disk
-//! space) share only `state`, `auth` and `error`, never each other.
+//! `oauth`, `admin`, `events`, `health`, `proxy`, `console` (the operator console's files), and
+//! `holding` for a start that waits for disk space) share only `state`, `auth` and `error`, never each other.
 
 pub mod admin;
 mod auth;
 mod body;
+mod console;
 mod error;
 mod events;
 mod health;

@@ -13,7 +13,7 @@ use tracing::warn;
 use super::error::not_found;
 use super::holding::{self, Holding};
 use super::state::{AdminState, PublicState};
-use super::{admin, events, health, oauth, proxy, public};
+use super::{admin, console, events, health, oauth, proxy, public};
 use crate::config::HttpSettings;
 
 /// A listener that could not be bound.
@@ -96,9 +96,10 @@ fn public_routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(public::routes).configure(oauth::routes);
 }
 
-/// The admin listener: operations, tokens and the HighLevel API proxy.
+/// The admin listener: operations, tokens, the HighLevel API proxy and the console.
 fn admin_routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(admin::routes)
+        .configure(console::routes)
         .configure(events::routes)
         .configure(health::routes)
         .configure(proxy::routes);

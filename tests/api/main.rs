@@ -10,6 +10,7 @@ mod events;
 mod files;
 mod forms;
 mod health;
+mod health_series;
 mod helpers;
 mod highlevel;
 mod hlapi;
