@@ -339,6 +339,7 @@ fn asyncapi_names_every_contract_header() {
         "x-hl-token-error",
         "x-hl-replay",
         "x-deduplication-header",
+        "traceparent",
     ] {
         assert!(
             text.contains(header),
@@ -354,6 +355,7 @@ fn asyncapi_names_every_contract_header() {
         "x-hl-schema",
         "x-hl-signature",
         "x-hl-replay",
+        "traceparent",
     ] {
         assert!(
             declared.iter().any(|d| d == header),
