@@ -17,7 +17,8 @@
 #   docker run ... -p 9090:9090 -e HLGATE_ADMIN_LISTEN=0.0.0.0:9090 \
 #     -e HLGATE_ADMIN_TOKEN="$(openssl rand -hex 32)" hlgate
 #
-# Keep port 9090 off the public network even then; only /healthz answers without the token.
+# Keep port 9090 off the public network even then; only /healthz and the console's page (which
+# holds no data: it asks the API with the token) answer without the token.
 
 FROM rust:1-slim-bookworm AS builder
 # jemalloc (the allocator) is built from source with make.
@@ -26,8 +27,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# The JSON Schemas in schemas/ are compiled into the binary (build.rs): the runtime stage needs
-# no source files.
+# The JSON Schemas in schemas/ (build.rs) and the console's files in console/ are compiled into
+# the binary: the runtime stage needs no source files.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bin hlgate
 

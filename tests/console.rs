@@ -136,6 +136,8 @@ async fn the_overview_shows_the_counts_of_72_hours_of_traffic() {
         Some(&clock),
     )
     .await;
+    // Bound, so that what the traffic publishes is not left in the shared highlevel.unrouted.
+    let tap = Tap::bind(&app.exchange, "#").await;
     let windows = traffic(&app, &clock).await;
     app.wait_drained().await;
     let health = api(&app, "/v1/health").await;
@@ -225,6 +227,7 @@ async fn the_overview_shows_the_counts_of_72_hours_of_traffic() {
     b.assert_fits(390, 844).await;
     b.screenshot("console-overview.png", 1200).await;
     b.close().await;
+    tap.cleanup(&app.exchange).await;
 }
 
 /// Posts an event for `tenant` with `note` in its body; its webhook id (the dedup key).
@@ -259,6 +262,7 @@ async fn hostile_fields_show_as_text_and_run_nothing() {
     let script = "<script>window.__pwned=1</script>";
     let img = "<img src=x onerror=\"window.__pwned=1;alert(1)\">";
     let svg = "\"><svg onload=\"window.__pwned=1;alert(1)\">";
+    let tap = Tap::bind(&app.exchange, "#").await;
     let id = post(&app, script, img, svg, json!(svg)).await;
     app.wait_drained().await;
     let seq = seq_of(&app, &id).await;
@@ -297,4 +301,5 @@ async fn hostile_fields_show_as_text_and_run_nothing() {
     assert_eq!(injected, json!([true, 0, true]));
     assert_only_admin(&b, &app).await;
     b.close().await;
+    tap.cleanup(&app.exchange).await;
 }

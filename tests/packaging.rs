@@ -351,6 +351,7 @@ fn dockerignore_keeps_build_output_and_data_out_of_the_context() {
         "Cargo.lock",
         "src",
         "schemas",
+        "console",
         "build.rs",
         "benches",
     ] {

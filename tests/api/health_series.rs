@@ -21,6 +21,8 @@ async fn series(app: &TestApp, query: &str) -> Value {
 async fn steps_hold_each_minutes_outcomes_and_end_with_the_current_minute() {
     let clock = ManualClock::at(T0);
     let app = spawn_with_clock(&[("HLGATE_ALERT_BROKER_DOWN", "0")], &clock).await;
+    // Bound, so that nothing is left in the shared highlevel.unrouted.
+    let tap = Tap::bind(&app.exchange, "#").await;
     // Minute 0: two accepted and one forged; minute 2: one accepted.
     for _ in 0..2 {
         let (_, body) = contact_event("loc-series");
@@ -74,6 +76,7 @@ async fn steps_hold_each_minutes_outcomes_and_end_with_the_current_minute() {
     let points = s["points"].as_array().unwrap();
     assert_eq!(points.len(), 72);
     assert_eq!(points[71]["attempts"], 4);
+    tap.cleanup(&app.exchange).await;
 }
 
 #[tokio::test]

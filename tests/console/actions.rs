@@ -150,7 +150,8 @@ async fn search_an_event_s_page_a_replay_and_a_window_replay() {
 async fn quarantine_redrives_an_event_and_tenants_list_needs_reauth_first() {
     let dir = tempfile::tempdir().unwrap();
     let reauth = "loc-zz-reauth";
-    let error = "invalid_grant: the refresh token was revoked";
+    // What HighLevel answered, as hostile as a body: shown as text too.
+    let error = "invalid_grant <img src=x onerror=\"window.__pwned=1;alert(1)\">";
     seed_tenants(
         dir.path(),
         &[
@@ -191,6 +192,11 @@ async fn quarantine_redrives_an_event_and_tenants_list_needs_reauth_first() {
 
     b.goto(&app.admin_url("/#/tenants")).await;
     b.text_with("#needs-reauth", error).await;
+    b.assert_no_dialog().await;
+    let injected = b
+        .js("return [window.__pwned === undefined, document.querySelectorAll('img').length];")
+        .await;
+    assert_eq!(injected, json!([true, 0]));
     let first = b
         .js("return document.querySelector('tbody tr').dataset.tenant;")
         .await;

@@ -22,6 +22,10 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 pub struct Browser {
     pub client: Client,
     driver: Child,
+    /// Where the driver listens and the session's id: a failed test ends the session from
+    /// `Drop`, since a killed driver leaves its browser running.
+    port: u16,
+    session: Option<String>,
     _profile: tempfile::TempDir,
     _turn: tokio::sync::MutexGuard<'static, ()>,
 }
@@ -89,9 +93,12 @@ pub async fn open() -> Option<Browser> {
         .connect(&format!("http://127.0.0.1:{port}"))
         .await
         .expect("a Chromium session");
+    let session = client.session_id().await.unwrap();
     Some(Browser {
         client,
         driver: child,
+        port,
+        session,
         _profile: profile,
         _turn: turn,
     })
@@ -226,16 +233,35 @@ impl Browser {
     }
 
     pub async fn close(mut self) {
-        let _ = self.client.clone().close().await;
+        if self.client.clone().close().await.is_ok() {
+            self.session = None;
+        }
+    }
+}
+
+impl Drop for Browser {
+    /// Ends the session (which quits the browser) unless `close` did, then stops the driver:
+    /// a failed test leaves no browser behind.
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            let _ = end_session(self.port, &session);
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
 }
 
-impl Drop for Browser {
-    /// A failed test still stops its driver (and with it the browser).
-    fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
+/// WebDriver's `DELETE /session/{id}`, without the async runtime `Drop` cannot wait on.
+fn end_session(port: u16, session: &str) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "DELETE /session/{session} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    Ok(())
 }
