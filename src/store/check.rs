@@ -14,10 +14,10 @@ use super::bucket::config;
 use super::damage::{all_lost, Held, Lost, SetAside};
 use super::error::StoreError;
 use super::layout::{
-    accepted, decode_applied, meta_u64, parse_bucket_name, seq_of, span, ACCEPTED, APPLIED, DEDUP,
-    EVENT, EVENTS, LOGGED, MAIN_DB, READY, SET_ASIDE, STOPPED_AT, WATERMARK,
+    accepted, meta_u64, parse_bucket_name, seq_of, span, ACCEPTED, APPLIED, DEDUP, EVENT, EVENTS,
+    LOGGED, MAIN_DB, READY, SET_ASIDE, STOPPED_AT, WATERMARK,
 };
-use super::log::{inspect, SEGMENT_FILE};
+use super::log::{inspect, Applied, SEGMENT_FILE};
 use super::summary::Summary;
 use super::tokens::OfflineTrees;
 
@@ -203,7 +203,7 @@ fn check_with(
             let meta = db.open_tree("meta")?;
             let w = meta_u64(&meta, WATERMARK)?;
             // The checkpoint's frame was acknowledged: the log must reach it.
-            let applied = meta.get(APPLIED)?.and_then(|v| decode_applied(&v));
+            let applied = meta.get(APPLIED)?.and_then(|v| Applied::from_bytes(&v));
             let through = meta_u64(&meta, STOPPED_AT)?.max(applied.map_or(0, |a| a.seq));
             (w, through, accepted(&meta)?)
         }

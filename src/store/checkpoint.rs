@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::bucket::Bucket;
 use super::error::StoreError;
-use super::layout::{encode_applied, APPLIED};
+use super::layout::APPLIED;
 use super::log::Applied;
 
 /// How often the checkpoint moves while events come in.
@@ -100,7 +100,7 @@ impl Checkpoint {
             return Err(e);
         }
         if let Some(applied) = applied {
-            self.meta.insert(APPLIED, &encode_applied(&applied))?;
+            self.meta.insert(APPLIED, &applied.to_bytes())?;
             self.meta_db.flush()?;
         }
         Ok(())

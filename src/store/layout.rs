@@ -33,7 +33,7 @@ pub const ACCEPTED: &[u8] = b"lost";
 /// `meta` key of the store's id (16 bytes), written into every segment's header.
 pub const STORE_ID: &[u8] = b"id";
 /// `meta` key of the event log's *applied* checkpoint: the last frame whose dedup keys are
-/// flushed to the buckets' databases (see [`encode_applied`]).
+/// flushed to the buckets' databases (`log::Applied::to_bytes`).
 pub const APPLIED: &[u8] = b"applied";
 
 /// The main database's directory under the data dir.
@@ -97,27 +97,6 @@ pub fn meta_u64(meta: &sled::Tree, key: &[u8]) -> sled::Result<u64> {
         .get(key)?
         .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
         .unwrap_or(0))
-}
-
-/// The [`APPLIED`] checkpoint: seq, segment, end offset (u64 BE each), header CRC (u32 BE).
-pub fn encode_applied(a: &super::log::Applied) -> [u8; 28] {
-    let mut out = [0u8; 28];
-    out[..8].copy_from_slice(&a.seq.to_be_bytes());
-    out[8..16].copy_from_slice(&a.segment.to_be_bytes());
-    out[16..24].copy_from_slice(&a.end_offset.to_be_bytes());
-    out[24..].copy_from_slice(&a.header_crc.to_be_bytes());
-    out
-}
-
-pub fn decode_applied(bytes: &[u8]) -> Option<super::log::Applied> {
-    let b: &[u8; 28] = bytes.try_into().ok()?;
-    let word = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-    Some(super::log::Applied {
-        seq: word(0),
-        segment: word(8),
-        end_offset: word(16),
-        header_crc: u32::from_be_bytes(b[24..].try_into().expect("4 bytes")),
-    })
 }
 
 /// The losses an operator accepted ([`ACCEPTED`]).

@@ -12,8 +12,8 @@ use super::damage::Ledger;
 use super::error::StoreError;
 use super::keys::key_hash;
 use super::keys::DedupRecord;
-use super::layout::{decode_applied, APPLIED, STORE_ID};
-use super::log::{store_id_of, EventLog, Known, LogFs, Options, Recovered};
+use super::layout::{APPLIED, STORE_ID};
+use super::log::{store_id_of, Applied, EventLog, Known, LogFs, Options, Recovered};
 
 /// Opens the log in `events_dir`. `opened` are the buckets a start found (oldest first): the
 /// logged ones take their bounds from their segments, and gain the keys of the frames past the
@@ -25,7 +25,7 @@ pub(super) fn open_log(
     opened: &mut [WithKeys],
     published: u64,
 ) -> Result<(Arc<EventLog>, Recovered), StoreError> {
-    let applied = meta.get(APPLIED)?.and_then(|v| decode_applied(&v));
+    let applied = meta.get(APPLIED)?.and_then(|v| Applied::from_bytes(&v));
     // The seqs of buckets written before the log are not the log's to hold.
     let older = opened
         .iter()

@@ -52,6 +52,30 @@ pub struct Applied {
     pub header_crc: u32,
 }
 
+impl Applied {
+    /// Seq, segment, end offset (u64 BE each), header CRC (u32 BE): how the caller keeps it.
+    pub fn to_bytes(self) -> [u8; 28] {
+        let mut out = [0u8; 28];
+        out[..8].copy_from_slice(&self.seq.to_be_bytes());
+        out[8..16].copy_from_slice(&self.segment.to_be_bytes());
+        out[16..24].copy_from_slice(&self.end_offset.to_be_bytes());
+        out[24..].copy_from_slice(&self.header_crc.to_be_bytes());
+        out
+    }
+
+    /// `None` unless `bytes` are what [`Applied::to_bytes`] wrote.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Applied> {
+        let b: &[u8; 28] = bytes.try_into().ok()?;
+        let word = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        Some(Applied {
+            seq: word(0),
+            segment: word(8),
+            end_offset: word(16),
+            header_crc: u32::from_be_bytes(b[24..].try_into().expect("4 bytes")),
+        })
+    }
+}
+
 /// What the caller knows of the log from elsewhere.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Known {

@@ -12,10 +12,8 @@ use std::sync::Arc;
 use super::engine::{Keys, Lookup};
 use super::index::Indexes;
 use crate::store::error::StoreError;
-use crate::store::layout::{
-    decode_applied, meta_u64, APPLIED, EVENTS, MAIN_DB, STORE_ID, WATERMARK,
-};
-use crate::store::log::{store_id_of, EventLog, Known, Options, ReadOnlyFs};
+use crate::store::layout::{meta_u64, APPLIED, EVENTS, MAIN_DB, STORE_ID, WATERMARK};
+use crate::store::log::{store_id_of, Applied, EventLog, Known, Options, ReadOnlyFs};
 
 /// A copy of the main database, removed when dropped.
 pub(super) struct Copy(PathBuf);
@@ -49,7 +47,7 @@ pub fn open_read_only(data_dir: &Path) -> Result<Lookup, StoreError> {
     options.segment_bytes = u64::MAX;
     let known = Known {
         floor: meta_u64(&meta, WATERMARK)? + 1,
-        applied: meta.get(APPLIED)?.and_then(|v| decode_applied(&v)),
+        applied: meta.get(APPLIED)?.and_then(|v| Applied::from_bytes(&v)),
     };
     let (log, _) = EventLog::open(Arc::new(ReadOnlyFs), &events_dir, options, known)?;
     let log = Arc::new(log);
