@@ -1,4 +1,4 @@
-//! A data dir written by the release before the event log (`tests/fixtures/previous-release`:
+//! A data dir written by the release before the event log (`tests/fixtures/previous-release/store`:
 //! five events and an array of three posted to that binary with the broker away, then stopped)
 //! opens with this one: every stored event is published once, byte for byte, in order, and new
 //! events follow with the next seqs.
@@ -42,7 +42,7 @@ fn stored_bodies(fixture: &Path) -> Vec<Vec<u8>> {
 async fn a_data_dir_of_the_previous_release_is_published_and_goes_on() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/previous-release");
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&fixture.join("data"), &dir.path().join("data"));
+    copy_dir(&fixture.join("store"), &dir.path().join("data"));
     let exchange = unique("test.upgrade");
     let (ed, rsa) = (Signer::ed25519(), Signer::rsa());
     let env = process_env(dir.path(), &exchange, &ed, &rsa);
