@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use crate::entry::now_ms;
 
-use super::bucket::config;
+use super::bucket::{config, marked_logged};
 use super::damage::{all_lost, Held, Lost, SetAside};
 use super::error::StoreError;
 use super::layout::{
     accepted, meta_u64, parse_bucket_name, seq_of, span, ACCEPTED, APPLIED, DEDUP, EVENT, EVENTS,
-    LOGGED, MAIN_DB, READY, SET_ASIDE, STOPPED_AT, WATERMARK,
+    MAIN_DB, READY, SET_ASIDE, STOPPED_AT, WATERMARK,
 };
 use super::log::{inspect, Applied, SEGMENT_FILE};
 use super::summary::Summary;
@@ -380,8 +380,8 @@ fn read_contents(dir: &Path, with_keys: bool) -> Result<Contents, StoreError> {
         .and_then(|n| parse_bucket_name(n.to_str()?))
         .map_or(0, |(seq, _)| seq);
     let claimed_last = Summary::load(dir, first_seq).map(|s| s.last_seq);
-    let logged = std::fs::read(dir.join(READY)).is_ok_and(|m| m == LOGGED);
-    if logged || dir.join(SEGMENT_FILE).exists() {
+    // A bucket set aside has no ready marker left: its segment tells.
+    if marked_logged(dir) || dir.join(SEGMENT_FILE).exists() {
         let inspected = inspect(dir)?.unwrap_or_default();
         return Ok(Contents {
             runs: inspected.runs,

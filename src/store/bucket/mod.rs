@@ -158,7 +158,7 @@ impl Bucket {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             match name.parse::<u64>() {
                 Ok(first_seq) if first_seq > 0 && path.join(READY).exists() => {
-                    let logged = is_logged(&path);
+                    let logged = marked_logged(&path);
                     if let Some(summary) = Summary::load(&path, first_seq) {
                         let bucket = Bucket::new(path, first_seq, None, &summary, ledger, logged);
                         buckets.push((bucket, summary.hashes));
@@ -477,7 +477,7 @@ fn segment_key_hashes(dir: &Path) -> Vec<u64> {
 }
 
 /// Whether the bucket in `dir` keeps its events in its log segment: its ready marker says so.
-fn is_logged(dir: &Path) -> bool {
+pub(super) fn marked_logged(dir: &Path) -> bool {
     std::fs::read(dir.join(READY)).is_ok_and(|m| m == LOGGED)
 }
 

@@ -94,3 +94,25 @@ pub struct Bounds {
     pub first_seq: u64,
     pub last_seq: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Applied;
+
+    #[test]
+    fn a_checkpoint_reads_back_and_nothing_else_passes_for_one() {
+        let a = Applied {
+            seq: u64::MAX - 1,
+            segment: 7,
+            end_offset: 1 << 40,
+            header_crc: 0xDEAD_BEEF,
+        };
+        assert_eq!(Applied::from_bytes(&a.to_bytes()), Some(a));
+        let bytes = a.to_bytes();
+        for len in [0, 8, 27, 29, 56] {
+            let mut v = bytes.to_vec();
+            v.resize(len, 0);
+            assert_eq!(Applied::from_bytes(&v), None, "{len} bytes");
+        }
+    }
+}
