@@ -289,9 +289,8 @@ impl Bucket {
         self.newest_ms.store(newest_ms, Ordering::Release);
     }
 
-    /// Records dedup keys with their acceptance time, without a flush (the log holds them
-    /// durably; the checkpoint flushes). A summary written before no longer holds every key:
-    /// it goes, so that the next start reads the database.
+    /// Records dedup keys with their acceptance time and seqs, without a flush (the log holds
+    /// them durably; the checkpoint flushes; a start records again what it did not reach).
     pub fn record_keys(&self, keys: &[(Vec<u8>, DedupRecord)]) -> Result<(), StoreError> {
         if keys.is_empty() {
             return Ok(());
